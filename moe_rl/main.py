@@ -1,0 +1,53 @@
+"""Command line entry point: `python -m moe_rl.main --config=experiments/<name>.py`.
+
+Any config field can be overridden: `--config.model.num_hidden_layers=4`. The recipe named
+by `config.recipe` is imported and its `run(config, workdir)` called, the same function the
+Colab notebooks call.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+
+from absl import app, flags
+from ml_collections import config_flags
+
+# recipe name -> module defining run(config, workdir)
+RECIPES = {
+    "summary": "moe_rl.summary",
+}
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Experiment config file.", lock_config=True
+)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (default: runs/<experiment name>).")
+
+
+def get_recipe(name: str):
+    """The `run(config, workdir)` function of a recipe; unknown names list the known ones."""
+    if name not in RECIPES:
+        raise ValueError(f"Unknown config.recipe={name!r}; known recipes: {sorted(RECIPES)}")
+    return importlib.import_module(RECIPES[name]).run
+
+
+def default_workdir(config, config_path: str | None) -> str:
+    name = config.get("name") or os.path.splitext(os.path.basename(config_path or "run"))[0]
+    return os.path.join("runs", name)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    config = _CONFIG.value
+    if config is None:
+        raise app.UsageError("--config=experiments/<name>.py is required")
+    run = get_recipe(config.recipe)
+    workdir = _WORKDIR.value or default_workdir(
+        config, config_flags.get_config_filename(flags.FLAGS["config"])
+    )
+    run(config, workdir)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,335 @@
+"""Model configuration: Hugging Face DeepSeek-V3 field names, validated before anything is built.
+
+Experiments hold the model as an `ml_collections.ConfigDict` (so any field can be overridden on
+the command line); `ModelConfig.from_config` turns it into a frozen, hashable dataclass that the
+Flax modules take as a static attribute, after checking every field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax.numpy as jnp
+import ml_collections
+from ml_collections import config_dict
+
+ATTENTION_KINDS = ("mla", "gqa")
+SCORING_FUNCS = ("sigmoid", "softmax")
+ROPE_SCALING_TYPES = ("none", "yarn")
+MOE_IMPLS = ("sparse", "dense", "ragged")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclasses.dataclass(frozen=True)
+class YarnConfig:
+    """YaRN context extension (Peng et al. 2023), with DeepSeek's mscale / mscale_all_dim."""
+
+    factor: float
+    original_max_position_embeddings: int
+    beta_fast: float = 32.0
+    beta_slow: float = 1.0
+    mscale: float = 1.0
+    mscale_all_dim: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Every knob of the decoder; names follow HF `DeepseekV3Config` where one exists."""
+
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int  # dense FFN width (first_k_dense_replace layers, dense models)
+    num_hidden_layers: int
+    num_attention_heads: int
+    attention: str = "mla"  # 'mla' (DeepSeek-V2/V3) or 'gqa' (Qwen2/Llama-like dense students)
+    # MLA
+    q_lora_rank: int | None = None  # None: no query compression (DeepSeek-V2-Lite)
+    kv_lora_rank: int = 64
+    qk_nope_head_dim: int = 32
+    qk_rope_head_dim: int = 16
+    v_head_dim: int = 32
+    mla_absorb: bool = True  # decode from the cache with the absorbed (latent-space) path
+    # GQA
+    num_key_value_heads: int = 0
+    head_dim: int = 0
+    attention_bias: bool = False  # q/k/v biases (Qwen2)
+    # MoE
+    moe_intermediate_size: int = 0
+    n_routed_experts: int = 0  # 0: dense FFN in every layer
+    n_shared_experts: int = 0
+    num_experts_per_tok: int = 0
+    n_group: int = 1
+    topk_group: int = 1
+    routed_scaling_factor: float = 1.0
+    scoring_func: str = "sigmoid"
+    norm_topk_prob: bool = True
+    first_k_dense_replace: int = 0
+    moe_impl: str = "sparse"
+    # Positions, norms, head
+    rope_theta: float = 10000.0
+    rope_scaling: YarnConfig | None = None
+    rope_interleave: bool = True  # DeepSeek rotates interleaved pairs; Qwen2/Llama rotate halves
+    rms_norm_eps: float = 1e-6
+    tie_word_embeddings: bool = False
+    initializer_range: float = 0.02
+    max_position_embeddings: int = 4096
+    # Multi-token prediction depth D (DeepSeek-V3 sec. 2.2); 0 disables it.
+    num_nextn_predict_layers: int = 0
+    # Numerics and compilation
+    dtype: str = "float32"  # activations / matmuls
+    param_dtype: str = "float32"
+    scan_layers: bool = False  # lax.scan over identical layers: compile time flat in depth
+    remat: bool = False  # rematerialise each layer in the backward pass
+
+    @property
+    def is_moe(self) -> bool:
+        return self.n_routed_experts > 0
+
+    @property
+    def num_dense_layers(self) -> int:
+        return self.num_hidden_layers if not self.is_moe else self.first_k_dense_replace
+
+    @property
+    def num_moe_layers(self) -> int:
+        return self.num_hidden_layers - self.num_dense_layers
+
+    @property
+    def qk_head_dim(self) -> int:
+        return self.qk_nope_head_dim + self.qk_rope_head_dim
+
+    @property
+    def compute_dtype(self) -> Any:
+        return jnp.dtype(self.dtype)
+
+    @property
+    def weight_dtype(self) -> Any:
+        return jnp.dtype(self.param_dtype)
+
+    @classmethod
+    def from_config(cls, cfg: ml_collections.ConfigDict | dict) -> ModelConfig:
+        """Builds and validates; raises ValueError naming the offending `model.<field>`."""
+        values = cfg.to_dict() if isinstance(cfg, ml_collections.ConfigDict) else dict(cfg)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(
+                f"Unknown model config field(s) {unknown}; known fields: {sorted(known)}"
+            )
+        rope_scaling = values.get("rope_scaling")
+        if isinstance(rope_scaling, dict):
+            values["rope_scaling"] = _yarn_from_dict(rope_scaling)
+        model = cls(**values)
+        validate(model)
+        return model
+
+
+def _yarn_from_dict(d: dict) -> YarnConfig | None:
+    d = dict(d)
+    kind = d.pop("type", d.pop("rope_type", "none")) or "none"
+    if kind not in ROPE_SCALING_TYPES:
+        raise ValueError(f"model.rope_scaling.type={kind!r}; allowed: {ROPE_SCALING_TYPES}")
+    if kind == "none":
+        return None
+    fields = {f.name for f in dataclasses.fields(YarnConfig)}
+    unknown = sorted(set(d) - fields)
+    if unknown:
+        raise ValueError(f"Unknown model.rope_scaling field(s) {unknown}; known: {sorted(fields)}")
+    return YarnConfig(**d)
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(f"Invalid model config: {message}")
+
+
+def validate(m: ModelConfig) -> None:
+    """Checks ranges and cross-field consistency; every message names the fields involved."""
+    for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads"):
+        _require(getattr(m, name) > 0, f"model.{name}={getattr(m, name)} must be > 0")
+    _require(
+        m.attention in ATTENTION_KINDS,
+        f"model.attention={m.attention!r}; allowed: {ATTENTION_KINDS}",
+    )
+    _require(m.dtype in DTYPES, f"model.dtype={m.dtype!r}; allowed: {DTYPES}")
+    _require(m.param_dtype in DTYPES, f"model.param_dtype={m.param_dtype!r}; allowed: {DTYPES}")
+    _require(m.rms_norm_eps > 0, f"model.rms_norm_eps={m.rms_norm_eps} must be > 0")
+    _require(m.num_nextn_predict_layers >= 0, "model.num_nextn_predict_layers must be >= 0")
+    if m.attention == "mla":
+        _require(
+            m.q_lora_rank is None or m.q_lora_rank > 0,
+            f"model.q_lora_rank={m.q_lora_rank} must be None (no query compression) or > 0",
+        )
+        for name in ("kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim"):
+            _require(getattr(m, name) > 0, f"model.{name}={getattr(m, name)} must be > 0 for MLA")
+        _require(m.qk_rope_head_dim % 2 == 0, "model.qk_rope_head_dim must be even (rotary pairs)")
+    else:
+        _require(
+            m.head_dim > 0 and m.head_dim % 2 == 0, f"model.head_dim={m.head_dim} must be even > 0"
+        )
+        kv = m.num_key_value_heads
+        _require(
+            kv > 0 and m.num_attention_heads % kv == 0,
+            f"model.num_attention_heads={m.num_attention_heads} must be a multiple of "
+            f"model.num_key_value_heads={kv} (> 0) for GQA",
+        )
+    if m.rope_scaling is not None:
+        y = m.rope_scaling
+        _require(y.factor >= 1.0, f"model.rope_scaling.factor={y.factor} must be >= 1")
+        _require(y.original_max_position_embeddings > 0, "model.rope_scaling.original_max_... > 0")
+    _require(
+        0 <= m.first_k_dense_replace <= m.num_hidden_layers,
+        f"model.first_k_dense_replace={m.first_k_dense_replace} must be in "
+        f"[0, model.num_hidden_layers={m.num_hidden_layers}]",
+    )
+    _require(m.n_routed_experts >= 0, f"model.n_routed_experts={m.n_routed_experts} must be >= 0")
+    dense_ffn = m.num_dense_layers > 0 or (m.num_nextn_predict_layers > 0 and not m.is_moe)
+    if dense_ffn:
+        _require(m.intermediate_size > 0, "model.intermediate_size must be > 0 (dense FFN layers)")
+    if not m.is_moe:
+        return
+    E, K = m.n_routed_experts, m.num_experts_per_tok
+    _require(m.moe_intermediate_size > 0, "model.moe_intermediate_size must be > 0 with experts")
+    _require(m.n_shared_experts >= 0, "model.n_shared_experts must be >= 0")
+    _require(
+        m.scoring_func in SCORING_FUNCS,
+        f"model.scoring_func={m.scoring_func!r}; allowed: {SCORING_FUNCS}",
+    )
+    _require(m.moe_impl in MOE_IMPLS, f"model.moe_impl={m.moe_impl!r}; allowed: {MOE_IMPLS}")
+    _require(m.n_group >= 1, f"model.n_group={m.n_group} must be >= 1")
+    _require(
+        E % m.n_group == 0,
+        f"model.n_routed_experts={E} is not divisible by model.n_group={m.n_group}",
+    )
+    _require(
+        1 <= m.topk_group <= m.n_group,
+        f"model.topk_group={m.topk_group} must be in [1, model.n_group={m.n_group}]",
+    )
+    per_group = E // m.n_group
+    if m.n_group > 1 and m.scoring_func == "sigmoid":
+        _require(
+            per_group >= 2,
+            f"model.n_routed_experts={E} / model.n_group={m.n_group} leaves {per_group} expert per "
+            "group; sigmoid routing scores a group by its top-2 experts, so it needs >= 2",
+        )
+    reachable = m.topk_group * per_group
+    _require(
+        1 <= K <= reachable,
+        f"model.num_experts_per_tok={K} must be in [1, {reachable}]: model.topk_group="
+        f"{m.topk_group} groups of model.n_routed_experts/model.n_group={per_group} experts",
+    )
+    _require(m.routed_scaling_factor > 0, "model.routed_scaling_factor must be > 0")
+
+
+def model_config_dict(**fields) -> ml_collections.ConfigDict:
+    """A ConfigDict with every ModelConfig field (defaults overridden by `fields`).
+
+    `q_lora_rank` is a typed placeholder so `--config.model.q_lora_rank=64` works from None, and
+    `rope_scaling` is a nested dict with `type` in ('none', 'yarn').
+    """
+    values = {
+        f.name: f.default
+        for f in dataclasses.fields(ModelConfig)
+        if f.default is not dataclasses.MISSING
+    }
+    values["rope_scaling"] = dict(
+        type="none",
+        factor=1.0,
+        original_max_position_embeddings=4096,
+        beta_fast=32.0,
+        beta_slow=1.0,
+        mscale=1.0,
+        mscale_all_dim=0.0,
+    )
+    values.update(fields)
+    q_lora = values.pop("q_lora_rank")
+    cfg = ml_collections.ConfigDict(values)
+    cfg.q_lora_rank = config_dict.placeholder(int)
+    if q_lora is not None:
+        cfg.q_lora_rank = q_lora
+    return cfg
+
+
+# Presets. `tiny` is shared by the tests; `small` is still fast on a 2-core CPU.
+PRESETS = {
+    "tiny": dict(
+        vocab_size=264,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        attention="mla",
+        q_lora_rank=32,
+        kv_lora_rank=32,
+        qk_nope_head_dim=16,
+        qk_rope_head_dim=8,
+        v_head_dim=16,
+        moe_intermediate_size=32,
+        n_routed_experts=8,
+        n_shared_experts=1,
+        num_experts_per_tok=2,
+        n_group=4,
+        topk_group=2,
+        routed_scaling_factor=2.5,
+        first_k_dense_replace=1,
+        num_nextn_predict_layers=1,
+        max_position_embeddings=512,
+    ),
+    "small": dict(
+        vocab_size=264,
+        hidden_size=256,
+        intermediate_size=768,
+        num_hidden_layers=6,
+        num_attention_heads=8,
+        attention="mla",
+        q_lora_rank=128,
+        kv_lora_rank=64,
+        qk_nope_head_dim=32,
+        qk_rope_head_dim=16,
+        v_head_dim=32,
+        moe_intermediate_size=128,
+        n_routed_experts=16,
+        n_shared_experts=1,
+        num_experts_per_tok=4,
+        n_group=4,
+        topk_group=2,
+        routed_scaling_factor=2.5,
+        first_k_dense_replace=1,
+        num_nextn_predict_layers=1,
+        max_position_embeddings=1024,
+    ),
+    # Dense GQA students/baselines (Qwen2/Llama-like).
+    "tiny_dense": dict(
+        vocab_size=264,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        attention="gqa",
+        num_key_value_heads=2,
+        head_dim=16,
+        rope_interleave=False,
+        rope_theta=1e6,
+        max_position_embeddings=512,
+    ),
+    "small_dense": dict(
+        vocab_size=264,
+        hidden_size=256,
+        intermediate_size=640,
+        num_hidden_layers=6,
+        num_attention_heads=8,
+        attention="gqa",
+        num_key_value_heads=2,
+        head_dim=32,
+        rope_interleave=False,
+        rope_theta=1e6,
+        max_position_embeddings=1024,
+    ),
+}
+
+
+def preset(name: str, **overrides) -> ml_collections.ConfigDict:
+    """The named model preset as an overridable ConfigDict."""
+    if name not in PRESETS:
+        raise ValueError(f"Unknown model preset {name!r}; allowed: {sorted(PRESETS)}")
+    return model_config_dict(**{**PRESETS[name], **overrides})

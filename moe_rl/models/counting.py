@@ -1,0 +1,77 @@
+"""Closed-form parameter and FLOP counts (what the tests check against the real param tree)."""
+
+from __future__ import annotations
+
+from moe_rl.models.config import ModelConfig
+
+
+def _attention_params(m: ModelConfig) -> int:
+    D, H = m.hidden_size, m.num_attention_heads
+    if m.attention == "gqa":
+        qkv = D * H * m.head_dim + 2 * D * m.num_key_value_heads * m.head_dim
+        bias = (H + 2 * m.num_key_value_heads) * m.head_dim if m.attention_bias else 0
+        return qkv + bias + H * m.head_dim * D
+    q_out = H * m.qk_head_dim
+    q = (
+        D * q_out
+        if m.q_lora_rank is None
+        else D * m.q_lora_rank + m.q_lora_rank + m.q_lora_rank * q_out
+    )
+    kv_a = D * (m.kv_lora_rank + m.qk_rope_head_dim) + m.kv_lora_rank
+    kv_b = m.kv_lora_rank * H * (m.qk_nope_head_dim + m.v_head_dim)
+    return q + kv_a + kv_b + H * m.v_head_dim * D
+
+
+def _moe_params(m: ModelConfig, experts: int) -> int:
+    """Router + `experts` routed experts + shared experts."""
+    D, F = m.hidden_size, m.moe_intermediate_size
+    return D * m.n_routed_experts + 3 * experts * D * F + 3 * D * F * m.n_shared_experts
+
+
+def _layer_params(m: ModelConfig, moe: bool, experts: int) -> int:
+    ffn = _moe_params(m, experts) if moe else 3 * m.hidden_size * m.intermediate_size
+    return 2 * m.hidden_size + _attention_params(m) + ffn
+
+
+def param_counts(m: ModelConfig) -> dict[str, int]:
+    """total: every parameter (incl. MTP); activated: used by one token of the main model.
+
+    `activated` counts only the K chosen routed experts of each MoE layer, the input embedding
+    and the output head, and excludes the MTP modules (training-only).
+    """
+    D, V = m.hidden_size, m.vocab_size
+    E, K = m.n_routed_experts, m.num_experts_per_tok
+    embed = V * D
+    head = 0 if m.tie_word_embeddings else D * V
+
+    def body(experts):
+        dense = m.num_dense_layers * _layer_params(m, False, 0)
+        return dense + m.num_moe_layers * _layer_params(m, True, experts) + D  # + final norm
+
+    mtp_layer = _layer_params(m, m.is_moe, E)
+    mtp = m.num_nextn_predict_layers * (3 * D + 2 * D * D + mtp_layer)
+    total = embed + head + body(E) + mtp
+    return {
+        "total": total,
+        "activated": embed + head + body(K),
+        "embedding": embed,
+        "mtp": mtp,
+    }
+
+
+def flops_per_token(m: ModelConfig, seq_len: int) -> float:
+    """Training FLOPs per token: 6 x activated matmul params + attention (Kaplan et al. 2020).
+
+    The input embedding is a lookup, not a matmul, so it is excluded; the tied/untied output
+    head is included. Attention adds 6 * L * S_avg * (qk + v dims) * heads for causal S_avg=S/2.
+    """
+    counts = param_counts(m)
+    matmul = counts["activated"] - counts["embedding"]
+    if m.tie_word_embeddings:
+        matmul += m.vocab_size * m.hidden_size
+    if m.attention == "mla":
+        per_head = m.qk_head_dim + m.v_head_dim
+    else:
+        per_head = 2 * m.head_dim
+    attn = m.num_hidden_layers * m.num_attention_heads * per_head * seq_len / 2
+    return 6.0 * matmul + 6.0 * attn

@@ -1,0 +1,134 @@
+"""DeepSeekMoE layer: fine-grained routed experts + shared experts, auxiliary-loss-free routing.
+
+The router runs in float32. The per-expert correction bias (DeepSeek-V3 sec. 2.1.2) only
+changes *which* experts are selected; the gate weights come from the unbiased scores. The bias
+is not a parameter: it lives in the `moe_bias` collection, in float32, outside the optimizer,
+and the training loop updates it from the expert counts this layer returns.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from moe_rl.models.config import ModelConfig
+from moe_rl.models.dispatch import routed_experts
+from moe_rl.models.layers import MLP, logical_param, normal_init
+
+BIAS_COLLECTION = "moe_bias"
+
+
+def route(
+    logits_TE: jax.Array, bias_E: jax.Array, cfg: ModelConfig
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Returns (scores [T,E], expert ids [T,K], gates [T,K]), all routing math in float32.
+
+    DeepSeek-V3 eqs. 13-16: s = sigmoid(u.e); selection by top-k of s + b within the top
+    `topk_group` groups (a group scores the sum of its two best biased scores, sec. 2.1.2 and
+    the V3 reference code); gates g = s[top-k] / sum(s[top-k]) * routed_scaling_factor.
+    With softmax scores (DeepSeek-V2) a group scores its best expert (group-limited greedy).
+    """
+    logits_TE = logits_TE.astype(jnp.float32)
+    if cfg.scoring_func == "sigmoid":
+        scores_TE = jax.nn.sigmoid(logits_TE)
+    else:
+        scores_TE = jax.nn.softmax(logits_TE, axis=-1)
+    choice_TE = scores_TE + jax.lax.stop_gradient(bias_E.astype(jnp.float32))
+    T, E = choice_TE.shape
+    if cfg.n_group > 1:
+        G = cfg.n_group
+        choice_TGe = choice_TE.reshape(T, G, E // G)
+        if cfg.scoring_func == "sigmoid":
+            group_TG = jax.lax.top_k(choice_TGe, 2)[0].sum(-1)
+        else:
+            group_TG = choice_TGe.max(-1)
+        _, top_groups_Tg = jax.lax.top_k(group_TG, cfg.topk_group)
+        keep_TG = jax.nn.one_hot(top_groups_Tg, G, dtype=jnp.bool_).any(axis=1)
+        choice_TE = jnp.where(keep_TG[:, :, None], choice_TGe, -jnp.inf).reshape(T, E)
+    _, expert_ids_TK = jax.lax.top_k(choice_TE, cfg.num_experts_per_tok)
+    gates_TK = jnp.take_along_axis(scores_TE, expert_ids_TK, axis=-1)
+    if cfg.norm_topk_prob:
+        gates_TK = gates_TK / (gates_TK.sum(-1, keepdims=True) + 1e-20)
+    return scores_TE, expert_ids_TK, gates_TK * cfg.routed_scaling_factor
+
+
+def sequence_balance_loss(
+    scores_BLE: jax.Array, expert_ids_BLK: jax.Array, valid_BL: jax.Array
+) -> jax.Array:
+    """Sequence-wise balance loss sum_i f_i P_i (DeepSeek-V3 eqs. 17-20), mean over sequences.
+
+    f_i = E/(K T) * #tokens choosing i;  P_i = mean_t s_i,t / sum_j s_j,t.  The weight alpha is
+    applied by the training loss, not here.
+    """
+    E, K = scores_BLE.shape[-1], expert_ids_BLK.shape[-1]
+    valid = valid_BL.astype(jnp.float32)
+    n_tokens_B = jnp.maximum(valid.sum(-1), 1.0)
+    chosen_BLE = jax.nn.one_hot(expert_ids_BLK, E, dtype=jnp.float32).sum(-2)
+    f_BE = E / K * jnp.einsum("ble,bl->be", chosen_BLE, valid) / n_tokens_B[:, None]
+    normalised_BLE = scores_BLE / scores_BLE.sum(-1, keepdims=True)
+    p_BE = jnp.einsum("ble,bl->be", normalised_BLE, valid) / n_tokens_B[:, None]
+    return jnp.mean(jnp.sum(f_BE * p_BE, axis=-1))
+
+
+class MoE(nn.Module):
+    """Routed + shared experts; returns (output, {'expert_counts' [E], 'balance_loss' []})."""
+
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x_BLD, valid_BL):
+        cfg = self.cfg
+        dt, pdt, init = cfg.compute_dtype, cfg.weight_dtype, normal_init(cfg)
+        B, L, D = x_BLD.shape
+        E, F = cfg.n_routed_experts, cfg.moe_intermediate_size
+        w_router = logical_param(self, "router", (D, E), ("embed", "expert"), init, pdt)
+        bias = self.variable(
+            BIAS_COLLECTION,
+            "bias",
+            nn.with_logical_partitioning(nn.initializers.zeros_init(), ("expert",)),
+            None,
+            (E,),
+            jnp.float32,
+        )
+        w_gate = logical_param(
+            self, "experts_gate", (E, D, F), ("expert", "embed", "mlp"), init, pdt
+        )
+        w_up = logical_param(self, "experts_up", (E, D, F), ("expert", "embed", "mlp"), init, pdt)
+        w_down = logical_param(
+            self, "experts_down", (E, F, D), ("expert", "mlp", "embed"), init, pdt
+        )
+
+        x_TD = x_BLD.reshape(B * L, D).astype(dt)
+        logits_TE = x_TD.astype(jnp.float32) @ w_router.astype(jnp.float32)
+        scores_TE, ids_TK, gates_TK = route(logits_TE, bias.value, cfg)
+        y_TD = routed_experts(
+            cfg.moe_impl,
+            x_TD,
+            ids_TK,
+            gates_TK,
+            w_gate.astype(dt),
+            w_up.astype(dt),
+            w_down.astype(dt),
+        )
+        y_BLD = y_TD.reshape(B, L, D)
+        if cfg.n_shared_experts:
+            y_BLD = y_BLD + MLP(cfg, F * cfg.n_shared_experts, name="shared_experts")(x_BLD)
+
+        valid = valid_BL.reshape(-1).astype(jnp.float32)
+        counts_E = jnp.einsum("tke,t->e", jax.nn.one_hot(ids_TK, E, dtype=jnp.float32), valid)
+        K = cfg.num_experts_per_tok
+        balance = sequence_balance_loss(
+            scores_TE.reshape(B, L, E), ids_TK.reshape(B, L, K), valid_BL
+        )
+        return y_BLD.astype(dt), {"expert_counts": counts_E, "balance_loss": balance}
+
+
+def update_bias(bias_E: jax.Array, counts_E: jax.Array, rate: float) -> jax.Array:
+    """Auxiliary-loss-free balancing (DeepSeek-V3 sec. 2.1.2): b_i += gamma * sign(mean - load_i).
+
+    `counts_E` are the tokens each expert received over the whole global batch (all
+    microbatches, all devices), so every replica applies the same update.
+    """
+    counts = counts_E.astype(jnp.float32)
+    return bias_E + rate * jnp.sign(counts.mean(-1, keepdims=True) - counts)

@@ -1,0 +1,266 @@
+"""The decoder: dense-then-MoE layers, final norm, output head, multi-token prediction.
+
+`init` makes (params, state) pytrees; `forward` is a pure function of them:
+
+    logits_BLV, new_cache, aux = forward(cfg, params, state, tokens, positions, segment_ids, cache)
+
+`state` holds the non-trained `moe_bias` collection. The KV cache is a dict made by
+`init_cache`; passing it returns the updated cache (nothing is stored in the module).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from moe_rl.models.attention import attention_module, init_layer_cache, write_cache
+from moe_rl.models.config import ModelConfig
+from moe_rl.models.layers import MLP, Embed, RMSNorm, logical_param, normal_init
+from moe_rl.models.moe import BIAS_COLLECTION, MoE
+
+Params = Any
+
+
+class DecoderLayer(nn.Module):
+    """Pre-norm block: x + Attn(norm(x)), then + FFN(norm(.)), FFN dense or DeepSeekMoE."""
+
+    cfg: ModelConfig
+    moe: bool
+
+    @nn.compact
+    def __call__(self, x_BLD, ctx, cache=None):
+        positions_BL, mask_BLS, valid_BL, cache_index = ctx
+        cfg = self.cfg
+        norm = lambda name: RMSNorm(
+            cfg.rms_norm_eps, cfg.compute_dtype, cfg.weight_dtype, name=name
+        )
+        attn_out, new_cache = attention_module(cfg, "attn")(
+            norm("input_layernorm")(x_BLD), positions_BL, mask_BLS, cache, cache_index
+        )
+        h_BLD = x_BLD + attn_out
+        ffn_in = norm("post_attention_layernorm")(h_BLD)
+        if self.moe:
+            ffn_out, aux = MoE(cfg, name="mlp")(ffn_in, valid_BL)
+        else:
+            ffn_out, aux = MLP(cfg, cfg.intermediate_size, name="mlp")(ffn_in), {}
+        return h_BLD + ffn_out, new_cache, aux
+
+
+class _ScanStep(nn.Module):
+    """Adapter to the (carry, xs) -> (carry, ys) signature of nn.scan."""
+
+    cfg: ModelConfig
+    moe: bool
+
+    @nn.compact
+    def __call__(self, x_BLD, cache, ctx):
+        layer = nn.remat(DecoderLayer, prevent_cse=False) if self.cfg.remat else DecoderLayer
+        x_BLD, new_cache, aux = layer(self.cfg, self.moe, name="layer")(x_BLD, ctx, cache)
+        return x_BLD, (new_cache, aux)
+
+
+class LayerStack(nn.Module):
+    """`num_layers` identical layers, unrolled or as one lax.scan (params stacked on 'layers')."""
+
+    cfg: ModelConfig
+    moe: bool
+    num_layers: int
+
+    @nn.compact
+    def __call__(self, x_BLD, ctx, caches=None):
+        cfg = self.cfg
+        if cfg.scan_layers:
+            scanned = nn.scan(
+                _ScanStep,
+                variable_axes={"params": 0, BIAS_COLLECTION: 0},
+                split_rngs={"params": True},
+                in_axes=(0, nn.broadcast),
+                length=self.num_layers,
+                metadata_params={nn.PARTITION_NAME: "layers"},
+            )
+            x_BLD, (new_caches, aux) = scanned(cfg, self.moe, name="scan")(x_BLD, caches, ctx)
+            return x_BLD, new_caches, aux
+        layer_cls = nn.remat(DecoderLayer) if cfg.remat else DecoderLayer
+        new_caches, auxes = [], []
+        for i in range(self.num_layers):
+            cache = None if caches is None else caches[i]
+            x_BLD, new_cache, aux = layer_cls(cfg, self.moe, name=str(i))(x_BLD, ctx, cache)
+            new_caches.append(new_cache)
+            auxes.append(aux)
+        aux = jax.tree.map(lambda *xs: jnp.stack(xs), *auxes) if auxes and auxes[0] else {}
+        return x_BLD, (None if caches is None else tuple(new_caches)), aux
+
+
+class Transformer(nn.Module):
+    """DeepSeek-V3-style decoder (or a dense GQA decoder when n_routed_experts == 0)."""
+
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, tokens_BL, positions_BL, segment_ids_BL=None, cache=None, mtp=True):
+        cfg = self.cfg
+        B, L = tokens_BL.shape
+        seg_BL = jnp.ones((B, L), jnp.int32) if segment_ids_BL is None else segment_ids_BL
+        seg_BL = seg_BL.astype(jnp.int32)
+        if cache is None:
+            index, kv_seg_BS = None, seg_BL
+            q_slot_L = kv_slot_S = jnp.arange(L)
+        else:
+            index = cache["index"]
+            kv_seg_BS = write_cache(cache["segment_ids"], seg_BL, index)
+            q_slot_L, kv_slot_S = index + jnp.arange(L), jnp.arange(kv_seg_BS.shape[1])
+        # Causal over cache slots, and only within a document (segment ids; 0 = padding/empty).
+        mask_BLS = (kv_slot_S[None, None, :] <= q_slot_L[None, :, None]) & (
+            seg_BL[:, :, None] == kv_seg_BS[:, None, :]
+        )
+        ctx = (positions_BL, mask_BLS, seg_BL > 0, index)
+
+        embed = Embed(cfg, name="embed")
+        x_BLD = embed(tokens_BL)
+        new_cache, aux = {}, {}
+        for kind, n in (("dense", cfg.num_dense_layers), ("moe", cfg.num_moe_layers)):
+            if n == 0:
+                continue
+            caches = None if cache is None else cache[kind]
+            x_BLD, new_cache[kind], layer_aux = LayerStack(
+                cfg, kind == "moe", n, name=f"{kind}_layers"
+            )(x_BLD, ctx, caches)
+            aux.update(layer_aux)
+
+        norm = lambda name: RMSNorm(
+            cfg.rms_norm_eps, cfg.compute_dtype, cfg.weight_dtype, name=name
+        )
+        if cfg.tie_word_embeddings:
+            head = embed.attend
+        else:
+            w_head = logical_param(
+                self,
+                "lm_head",
+                (cfg.hidden_size, cfg.vocab_size),
+                ("embed", "vocab"),
+                normal_init(cfg),
+                cfg.weight_dtype,
+            )
+            head = lambda x: jnp.einsum(
+                "bld,dv->blv", x.astype(cfg.compute_dtype), w_head.astype(cfg.compute_dtype)
+            ).astype(jnp.float32)
+        logits_BLV = head(norm("final_norm")(x_BLD))
+
+        if mtp and cfg.num_nextn_predict_layers and cache is None:
+            aux.update(self._multi_token_prediction(x_BLD, tokens_BL, ctx, embed, head))
+        if cache is not None:
+            new_cache.update(index=index + L, segment_ids=kv_seg_BS)
+        return logits_BLV, (new_cache if cache is not None else None), aux
+
+    def _multi_token_prediction(self, h_BLD, tokens_BL, ctx, embed, head):
+        """Sequential MTP modules (DeepSeek-V3 sec. 2.2, eqs. 21-23).
+
+        Depth k at position i: h' = M_k [RMSNorm(h^{k-1}_i); RMSNorm(Emb(t_{i+k}))], one
+        transformer block, then the shared output head; its logits predict t_{i+k+1}. The last
+        k positions see padding and are masked by the loss.
+        """
+        cfg = self.cfg
+        dt, pdt = cfg.compute_dtype, cfg.weight_dtype
+        D = cfg.hidden_size
+        norm = lambda name: RMSNorm(cfg.rms_norm_eps, dt, pdt, name=name)
+        logits, counts = [], []
+        for k in range(1, cfg.num_nextn_predict_layers + 1):
+            shifted_BL = jnp.pad(tokens_BL[:, k:], ((0, 0), (0, k)))
+            w_proj = logical_param(
+                self, f"mtp_{k}_eh_proj", (2 * D, D), ("mlp", "embed"), normal_init(cfg), pdt
+            )
+            joined = jnp.concatenate(
+                [norm(f"mtp_{k}_hnorm")(h_BLD), norm(f"mtp_{k}_enorm")(embed(shifted_BL))], axis=-1
+            )
+            h_BLD = joined.astype(dt) @ w_proj.astype(dt)
+            h_BLD, _, layer_aux = DecoderLayer(cfg, cfg.is_moe, name=f"mtp_{k}_layer")(h_BLD, ctx)
+            logits.append(head(norm(f"mtp_{k}_norm")(h_BLD)))
+            if layer_aux:
+                counts.append(layer_aux["expert_counts"])
+        out = {"mtp_logits": jnp.stack(logits)}
+        if counts:
+            out["mtp_expert_counts"] = jnp.stack(counts)
+        return out
+
+
+def _split(variables) -> tuple[Params, dict]:
+    variables = dict(variables)
+    params = variables.pop("params")
+    return params, variables
+
+
+def init_boxed(cfg: ModelConfig, key: jax.Array):
+    """Variables with their logical-axis metadata boxes (for sharding); see `init`."""
+    tokens = jnp.zeros((1, 4), jnp.int32)
+    positions = jnp.arange(4)[None]
+    return Transformer(cfg).init(key, tokens, positions)
+
+
+def init(cfg: ModelConfig, key: jax.Array) -> tuple[Params, dict]:
+    """Fresh (params, state); state = {'moe_bias': ...} for MoE models, {} for dense ones."""
+    return _split(nn.meta.unbox(init_boxed(cfg, key)))
+
+
+def logical_axes(cfg: ModelConfig) -> tuple[Params, dict]:
+    """PartitionSpecs of logical axis names, same structure as `init`'s output."""
+    boxed = jax.eval_shape(lambda: init_boxed(cfg, jax.random.key(0)))
+    return _split(nn.get_partition_spec(boxed))
+
+
+def forward(
+    cfg: ModelConfig,
+    params: Params,
+    state: dict,
+    tokens_BL: jax.Array,
+    positions_BL: jax.Array,
+    segment_ids_BL: jax.Array | None = None,
+    cache: dict | None = None,
+    *,
+    mtp: bool = True,
+):
+    """Pure forward pass -> (logits [B,L,V] float32, new cache or None, aux dict).
+
+    aux: 'expert_counts' [n_moe_layers, E] (valid tokens per expert), 'balance_loss'
+    [n_moe_layers], and with MTP (no cache) 'mtp_logits' [D, B, L, V], 'mtp_expert_counts'.
+    """
+    variables = {"params": params, **state}
+    return Transformer(cfg).apply(
+        variables, tokens_BL, positions_BL, segment_ids_BL, cache, mtp=mtp
+    )
+
+
+def init_cache(cfg: ModelConfig, batch: int, max_len: int) -> dict:
+    """An empty KV cache of `max_len` slots; segment id 0 marks empty slots."""
+    cache: dict = {
+        "index": jnp.zeros((), jnp.int32),
+        "segment_ids": jnp.zeros((batch, max_len), jnp.int32),
+    }
+    for kind, n in (("dense", cfg.num_dense_layers), ("moe", cfg.num_moe_layers)):
+        if n == 0:
+            continue
+        layer = init_layer_cache(cfg, batch, max_len)
+        if cfg.scan_layers:
+            cache[kind] = jax.tree.map(lambda a, n=n: jnp.broadcast_to(a, (n, *a.shape)), layer)
+        else:
+            cache[kind] = tuple(layer for _ in range(n))
+    return cache
+
+
+def counts_like_bias(cfg: ModelConfig, state: dict, aux: dict) -> dict:
+    """Aux expert counts ([n_moe_layers, E], MTP [D, E]) in the layout of state['moe_bias']."""
+    bias = state[BIAS_COLLECTION]
+    out = {}
+    for name, sub in bias.items():
+        if name == "moe_layers":
+            counts = aux["expert_counts"]
+            if cfg.scan_layers:
+                out[name] = {"scan": {"layer": {"mlp": {"bias": counts}}}}
+            else:
+                out[name] = {str(i): {"mlp": {"bias": counts[i]}} for i in range(len(sub))}
+        else:  # mtp_{k}_layer
+            k = int(name.split("_")[1])
+            out[name] = {"mlp": {"bias": aux["mtp_expert_counts"][k - 1]}}
+    return {BIAS_COLLECTION: out}

@@ -1,0 +1,81 @@
+"""Recipe 'summary': build a model from its config and report its size, cost and speed.
+
+Prints parameters vs activated parameters, FLOPs per token, KV-cache bytes per token (MLA vs
+the equivalent multi-head attention) and a timed jit-compiled forward pass; writes
+`<workdir>/summary.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from moe_rl.models import config as model_config
+from moe_rl.models import counting, transformer
+
+
+def kv_cache_bytes_per_token(m: model_config.ModelConfig) -> dict[str, int]:
+    """Cache bytes per token over all layers, and those of standard MHA with the same heads."""
+    item = jnp.dtype(m.dtype).itemsize
+    if m.attention == "mla":
+        cached = m.kv_lora_rank + m.qk_rope_head_dim
+        mha = m.num_attention_heads * (m.qk_head_dim + m.v_head_dim)
+    else:
+        cached = 2 * m.num_key_value_heads * m.head_dim
+        mha = 2 * m.num_attention_heads * m.head_dim
+    layers = m.num_hidden_layers
+    return {"cache": cached * layers * item, "mha_equivalent": mha * layers * item}
+
+
+def summarize(m: model_config.ModelConfig, batch_size: int, seq_len: int, seed: int) -> dict:
+    """Counts, and the median time of a jit-compiled forward on random tokens."""
+    params, state = transformer.init(m, jax.random.key(seed))
+    actual = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+    tokens = jax.random.randint(jax.random.key(seed + 1), (batch_size, seq_len), 0, m.vocab_size)
+    positions = jnp.broadcast_to(jnp.arange(seq_len), tokens.shape)
+    fwd = jax.jit(lambda p, s, t, q: transformer.forward(m, p, s, t, q)[0])
+    fwd(params, state, tokens, positions).block_until_ready()
+    times = []
+    for _ in range(5):
+        start = time.perf_counter()
+        fwd(params, state, tokens, positions).block_until_ready()
+        times.append(time.perf_counter() - start)
+    seconds = float(np.median(times))
+    return {
+        **counting.param_counts(m),
+        "params_in_tree": actual,
+        "train_flops_per_token": counting.flops_per_token(m, seq_len),
+        "kv_cache_bytes_per_token": kv_cache_bytes_per_token(m),
+        "forward_seconds": seconds,
+        "forward_tokens_per_second": batch_size * seq_len / seconds,
+    }
+
+
+def run(config, workdir: str) -> dict:
+    m = model_config.ModelConfig.from_config(config.model)
+    result = summarize(m, config.batch_size, config.seq_len, config.seed)
+    cache = result["kv_cache_bytes_per_token"]
+    rows = [
+        ("total params", f"{result['total']:,}"),
+        ("activated params / token", f"{result['activated']:,}"),
+        ("  of which embedding", f"{result['embedding']:,}"),
+        ("MTP params (training only)", f"{result['mtp']:,}"),
+        ("train FLOPs / token", f"{result['train_flops_per_token']:.3g}"),
+        ("KV cache bytes / token", f"{cache['cache']:,} (MHA: {cache['mha_equivalent']:,})"),
+        (
+            f"forward {config.batch_size}x{config.seq_len}",
+            f"{result['forward_seconds'] * 1e3:.1f} ms",
+        ),
+        ("forward tokens / s", f"{result['forward_tokens_per_second']:,.0f}"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    print("\n".join(f"{k:<{width}}  {v}" for k, v in rows))
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "summary.json"), "w") as f:
+        json.dump(result, f, indent=2)
+    return result

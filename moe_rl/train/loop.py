@@ -1,0 +1,168 @@
+"""The small loop all recipes share: metrics out, NaN guard, progress bar, checkpoints.
+
+A recipe supplies a jitted `step(state, batch) -> (state, metrics)` and a batch iterator; the
+loop fetches each step's metrics one step late (the device never waits on the host), writes
+them to `<workdir>/metrics.jsonl` and TensorBoard, stops on a non-finite loss naming the step
+and metric, and saves/restores Orbax checkpoints together with the iterator position.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import jax
+import numpy as np
+from absl import logging
+from tqdm.auto import tqdm
+
+from moe_rl.checkpoint import Checkpointer
+
+
+class NonFiniteError(FloatingPointError):
+    """A loss or metric became NaN/Inf: training stops instead of writing garbage."""
+
+
+class MetricWriter:
+    """Appends {'step': s, **metrics} lines to metrics.jsonl and scalars to TensorBoard."""
+
+    def __init__(self, workdir: str, tensorboard: bool = True):
+        os.makedirs(workdir, exist_ok=True)
+        self.path = os.path.join(workdir, "metrics.jsonl")
+        self._file = open(self.path, "a")  # noqa: SIM115 - closed in close()
+        self._tb = None
+        if tensorboard:
+            from tensorboardX import SummaryWriter
+
+            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+    def write(self, step: int, metrics: dict[str, Any]) -> None:
+        scalars = {k: _to_python(v) for k, v in metrics.items()}
+        self._file.write(json.dumps({"step": int(step), **scalars}) + "\n")
+        self._file.flush()
+        if self._tb is not None:
+            for k, v in scalars.items():
+                if isinstance(v, int | float):
+                    self._tb.add_scalar(k, v, step)
+
+    def close(self) -> None:
+        self._file.close()
+        if self._tb is not None:
+            self._tb.close()
+
+
+def _to_python(v):
+    v = np.asarray(v)
+    if v.ndim == 0:
+        return v.item()
+    return v.tolist()
+
+
+def read_metrics(workdir: str) -> list[dict]:
+    """All lines of metrics.jsonl; a resumed run may repeat steps, the last write wins."""
+    path = os.path.join(workdir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return []
+    by_key: dict[tuple, dict] = {}
+    with open(path) as f:
+        for line in f:
+            if line.strip():
+                row = json.loads(line)
+                by_key[(row["step"], tuple(sorted(row)))] = row
+    return sorted(by_key.values(), key=lambda r: r["step"])
+
+
+def check_finite(step: int, metrics: dict[str, Any]) -> None:
+    for name, value in metrics.items():
+        arr = np.asarray(value)
+        if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
+            raise NonFiniteError(f"Non-finite {name}={arr.tolist()} at step {step}; stopping.")
+
+
+def format_metrics(metrics: dict[str, Any], keys: tuple[str, ...]) -> dict[str, str]:
+    out = {}
+    for k in keys:
+        if k in metrics and np.asarray(metrics[k]).ndim == 0:
+            v = float(metrics[k])
+            out[k] = f"{v:.4g}" if math.isfinite(v) else str(v)
+    return out
+
+
+def train_loop(
+    *,
+    state: Any,
+    step_fn: Callable,
+    batches: Iterator,
+    num_steps: int,
+    workdir: str,
+    checkpointer: Checkpointer | None,
+    checkpoint_every: int,
+    data_state: Callable[[], dict],
+    eval_fn: Callable[[Any], dict] | None = None,
+    eval_every: int = 0,
+    log_every: int = 1,
+    progress_keys: tuple[str, ...] = ("loss",),
+    extra_metrics: Callable[[int, dict], dict] | None = None,
+) -> tuple[Any, list[dict]]:
+    """Runs steps from state.step to num_steps; returns the final state and the logged rows.
+
+    `data_state()` returns the iterator position *after* the batches consumed so far; it is
+    saved with each checkpoint so a resumed run sees exactly the same batches.
+    """
+    writer = MetricWriter(workdir)
+    start = int(state.step)
+    pending: tuple[int, dict, float] | None = None
+    rows: list[dict] = []
+
+    def flush(item):
+        step, metrics, seconds = item
+        metrics = jax.device_get(metrics)
+        check_finite(step, metrics)
+        metrics = {k: v for k, v in metrics.items()}
+        metrics["step_seconds"] = seconds
+        if extra_metrics is not None:
+            metrics.update(extra_metrics(step, metrics))
+        if step % log_every == 0 or step == num_steps:
+            writer.write(step, metrics)
+            rows.append({"step": step, **{k: _to_python(v) for k, v in metrics.items()}})
+        bar.set_postfix(format_metrics(metrics, progress_keys), refresh=False)
+
+    bar = tqdm(
+        total=num_steps,
+        initial=start,
+        desc=os.path.basename(workdir.rstrip("/")),
+        dynamic_ncols=True,
+    )
+    try:
+        last = time.perf_counter()
+        for step in range(start + 1, num_steps + 1):
+            batch = next(batches)
+            state, metrics = step_fn(state, batch)
+            now = time.perf_counter()
+            if pending is not None:
+                flush(pending)  # the previous step's metrics: ready by now, no device stall
+            pending = (step, metrics, now - last)
+            last = now
+            bar.update(1)
+            if eval_fn is not None and eval_every and (step % eval_every == 0 or step == num_steps):
+                flush(pending)
+                pending = None
+                eval_metrics = eval_fn(state)
+                check_finite(step, eval_metrics)
+                writer.write(step, eval_metrics)
+                rows.append({"step": step, **eval_metrics})
+                logging.info("step %d eval %s", step, eval_metrics)
+            if checkpointer is not None and (step % checkpoint_every == 0 or step == num_steps):
+                checkpointer.save(step, state, data_state(), force=step == num_steps)
+        if pending is not None:
+            flush(pending)
+    finally:
+        bar.close()
+        writer.close()
+        if checkpointer is not None:
+            checkpointer.wait()
+    return state, rows

@@ -1,0 +1,52 @@
+"""The command line: config files, overrides, recipe dispatch and clear errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from moe_rl import main
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_unknown_recipe_lists_known_ones():
+    with pytest.raises(ValueError, match="summary"):
+        main.get_recipe("nope")
+
+
+def test_cli_runs_summary_with_overrides(tmp_path):
+    workdir = tmp_path / "run"
+    cmd = [
+        sys.executable,
+        "-m",
+        "moe_rl.main",
+        "--config=experiments/tiny.py",
+        "--config.model.num_hidden_layers=2",
+        "--config.model.q_lora_rank=16",
+        "--config.seq_len=16",
+        f"--workdir={workdir}",
+    ]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "activated params" in out.stdout
+    summary = json.loads((workdir / "summary.json").read_text())
+    assert summary["total"] == summary["params_in_tree"]
+
+
+def test_cli_bad_model_value_fails_before_compiling(tmp_path):
+    cmd = [
+        sys.executable,
+        "-m",
+        "moe_rl.main",
+        "--config=experiments/tiny.py",
+        "--config.model.n_routed_experts=6",
+        f"--workdir={tmp_path}",
+    ]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode != 0
+    assert "n_routed_experts=6 is not divisible by model.n_group=4" in out.stderr

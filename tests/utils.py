@@ -1,0 +1,29 @@
+"""Small helpers shared by tests."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from moe_rl.models import config as model_config
+from moe_rl.models import transformer
+
+
+def make_config(preset: str = "tiny", **overrides) -> model_config.ModelConfig:
+    return model_config.ModelConfig.from_config(model_config.preset(preset, **overrides))
+
+
+def random_batch(cfg, batch: int = 2, length: int = 12, seed: int = 1):
+    tokens = jax.random.randint(jax.random.key(seed), (batch, length), 0, cfg.vocab_size)
+    positions = jnp.broadcast_to(jnp.arange(length), (batch, length))
+    return tokens, positions
+
+
+@functools.cache
+def jitted_forward(cfg, mtp: bool = True):
+    """transformer.forward compiled once per (config, mtp); tests call it many times."""
+    return jax.jit(
+        lambda params, state, tokens, positions, segment_ids=None, cache=None: transformer.forward(
+            cfg, params, state, tokens, positions, segment_ids, cache, mtp=mtp
+        )
+    )
