@@ -16,6 +16,8 @@ from ml_collections import config_flags
 # recipe name -> module defining run(config, workdir)
 RECIPES = {
     "summary": "moe_rl.summary",
+    "pretrain": "moe_rl.train.lm",
+    "sft": "moe_rl.train.lm",
 }
 
 _CONFIG = config_flags.DEFINE_config_file(

@@ -1,10 +1,15 @@
 """Shared fixtures: tiny configs and their initialised params, built once per test session."""
 
-import jax
-import pytest
+import os
 
-from moe_rl.models import transformer
-from tests.utils import make_config
+# Tests run tiny models: XLA's expensive LLVM passes cost compile time and buy nothing here.
+os.environ.setdefault("XLA_FLAGS", "--xla_llvm_disable_expensive_passes=true")
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+from moe_rl.models import transformer  # noqa: E402
+from tests.utils import make_config  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -67,9 +67,9 @@ def _decode_incrementally(cfg, params, state, tokens, positions, prefill, max_le
 def test_cached_decoding_equals_full_forward(preset, overrides):
     cfg = make_config(preset, **overrides)
     params, state = transformer.init(cfg, jax.random.key(1))
-    tokens, positions = random_batch(cfg, batch=3, length=14)
+    tokens, positions = random_batch(cfg, batch=2, length=10)
     full = jitted_forward(cfg)(params, state, tokens, positions)[0]
-    incremental = _decode_incrementally(cfg, params, state, tokens, positions, prefill=5)
+    incremental = _decode_incrementally(cfg, params, state, tokens, positions, prefill=4)
     chex.assert_trees_all_close(incremental, full, atol=2e-5)
 
 
@@ -77,8 +77,8 @@ def test_mla_absorbed_equals_naive(tiny):
     cfg, params, state = tiny
     naive = make_config("tiny", mla_absorb=False)
     tokens, positions = random_batch(cfg, batch=2, length=10)
-    a = _decode_incrementally(cfg, params, state, tokens, positions, prefill=3)
-    b = _decode_incrementally(naive, params, state, tokens, positions, prefill=3)
+    a = _decode_incrementally(cfg, params, state, tokens, positions, prefill=4)
+    b = _decode_incrementally(naive, params, state, tokens, positions, prefill=4)
     chex.assert_trees_all_close(a, b, atol=1e-5)
 
 
@@ -128,9 +128,10 @@ def _stack_layers(tree, n):
     }
 
 
-def test_scan_and_remat_equal_unrolled(tiny):
-    cfg, params, state = tiny
-    scanned = make_config("tiny", scan_layers=True, remat=True)
+def test_scan_and_remat_equal_unrolled():
+    cfg = make_config("tiny", num_nextn_predict_layers=0)
+    params, state = transformer.init(cfg, jax.random.key(0))
+    scanned = make_config("tiny", num_nextn_predict_layers=0, scan_layers=True, remat=True)
     stack = lambda tree: {
         k: _stack_layers(v, cfg.num_dense_layers if k == "dense_layers" else cfg.num_moe_layers)
         if k.endswith("_layers")
@@ -144,7 +145,7 @@ def test_scan_and_remat_equal_unrolled(tiny):
 
     def loss(p, s, c):
         logits, _, aux = transformer.forward(c, p, s, tokens, positions)
-        return jnp.mean(logits**2) + jnp.mean(aux["mtp_logits"] ** 2), aux["expert_counts"]
+        return jnp.mean(logits**2), aux["expert_counts"]
 
     grad = jax.jit(jax.value_and_grad(loss, has_aux=True), static_argnums=2)
     (l_u, counts_u), g_u = grad(params, state, cfg)

@@ -9,6 +9,8 @@ After each optimizer update the routing bias moves by gamma * sign(mean load - l
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -16,10 +18,16 @@ import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
+from absl import logging
 
-from moe_rl.models import moe, transformer
+from moe_rl import perf, plots
+from moe_rl.checkpoint import Checkpointer
+from moe_rl.data import corpus, packing, tokenizers
+from moe_rl.models import counting, moe, transformer
 from moe_rl.models.config import ModelConfig
+from moe_rl.train import loop
 
 
 @flax.struct.dataclass
@@ -203,3 +211,190 @@ def init_state(cfg: ModelConfig, tx: optax.GradientTransformation, seed: int) ->
         model_state=model_state,
         rng=rng,
     )
+
+
+# ----------------------------------------------------------------------------------------------
+# Recipes 'pretrain' and 'sft'.
+
+
+def validate_train_config(config: ml_collections.ConfigDict, cfg: ModelConfig) -> None:
+    """Checks the training fields before anything compiles; errors name the key."""
+    t = config.train
+
+    def require(ok, msg):
+        if not ok:
+            raise ValueError(f"Invalid config: {msg}")
+
+    for key in (
+        "num_steps",
+        "batch_size",
+        "seq_len",
+        "grad_accum",
+        "checkpoint_every",
+        "log_every",
+    ):
+        require(t[key] > 0, f"train.{key}={t[key]} must be > 0")
+    require(
+        t.batch_size % t.grad_accum == 0,
+        f"train.batch_size={t.batch_size} must be divisible by train.grad_accum={t.grad_accum}",
+    )
+    require(
+        t.seq_len <= cfg.max_position_embeddings,
+        f"train.seq_len={t.seq_len} exceeds model.max_position_embeddings="
+        f"{cfg.max_position_embeddings}",
+    )
+    require(t.eval_every >= 0 and t.eval_batches >= 0, "train.eval_every/eval_batches must be >= 0")
+    require(t.bias_update_rate >= 0, f"train.bias_update_rate={t.bias_update_rate} must be >= 0")
+    o = config.optim
+    require(o.learning_rate > 0, f"optim.learning_rate={o.learning_rate} must be > 0")
+    require(0 <= o.end_lr_ratio <= 1, f"optim.end_lr_ratio={o.end_lr_ratio} must be in [0, 1]")
+    require(o.warmup_steps >= 0, f"optim.warmup_steps={o.warmup_steps} must be >= 0")
+    require(o.grad_clip > 0, f"optim.grad_clip={o.grad_clip} must be > 0")
+
+
+def load_sources(config: ml_collections.ConfigDict):
+    """(train, validation) sequences: documents (pretrain) or (prompt, completion) pairs (sft)."""
+    d = config.data
+    if config.recipe == "sft":
+        return tuple(read_pairs(path) for path in (d.sft_train, d.sft_validation))
+    kwargs = dict(data_dir=d.data_dir or None, text_key=d.text_key or None)
+    if d.name == corpus.ARITHMETIC:
+        kwargs["config"] = corpus.arithmetic_config(
+            d.num_documents, d.num_validation, d.corpus_seed
+        )
+    return tuple(
+        corpus.load_text_dataset(d.name, split, **kwargs) for split in ("train", d.validation_split)
+    )
+
+
+def read_pairs(path: str) -> list[tuple[str, str]]:
+    """A JSONL file of {"prompt": ..., "completion": ...} lines."""
+    if not path or not os.path.exists(path):
+        raise ValueError(
+            f"SFT data file {path!r} does not exist (config.data.sft_train/sft_validation)"
+        )
+    with open(path) as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    return [(r["prompt"], r["completion"]) for r in rows]
+
+
+def _microbatches(batch: dict, accum: int) -> dict:
+    return {k: v.reshape(accum, v.shape[0] // accum, *v.shape[1:]) for k, v in batch.items()}
+
+
+class _Reshaped:
+    """Iterator over [accum, B/accum, L] batches that keeps the packer's resumable state."""
+
+    def __init__(self, batches: packing.PackedBatches, accum: int):
+        self.batches, self.accum = batches, accum
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return _microbatches(next(self.batches), self.accum)
+
+
+def restore_or_init(config, cfg: ModelConfig, tx, workdir: str):
+    """(state, checkpointer, data-iterator state or None): resume from the workdir's newest
+    checkpoint, else start from `config.init_checkpoint`'s params, else from scratch."""
+    init = jax.jit(lambda: init_state(cfg, tx, config.seed))
+    abstract = jax.eval_shape(init)
+    checkpointer = Checkpointer(workdir, keep=config.train.keep_checkpoints)
+    restored = checkpointer.restore_latest(abstract)
+    if restored is not None:
+        state, extra, step = restored
+        logging.info("Resuming %s from step %d", workdir, step)
+        return state, checkpointer, extra.get("data")
+    state = init()
+    if config.get("init_checkpoint"):
+        source = Checkpointer(config.init_checkpoint, async_save=False).restore_latest(abstract)
+        if source is None:
+            raise ValueError(f"config.init_checkpoint={config.init_checkpoint!r} has no checkpoint")
+        state = state.replace(params=source[0].params, model_state=source[0].model_state)
+    return state, checkpointer, None
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Recipes 'pretrain' and 'sft': train, evaluate, checkpoint, plot; returns the summary."""
+    cfg = ModelConfig.from_config(config.model)
+    validate_train_config(config, cfg)
+    t = config.train
+    tokenizer = tokenizers.get_tokenizer(config.data.tokenizer)
+    if tokenizer.vocab_size > cfg.vocab_size:
+        raise ValueError(
+            f"config.data.tokenizer has {tokenizer.vocab_size} tokens > "
+            f"model.vocab_size={cfg.vocab_size}"
+        )
+    train_src, val_src = load_sources(config)
+    batches = packing.PackedBatches(train_src, tokenizer, t.batch_size, t.seq_len, seed=config.seed)
+    val_batches = packing.PackedBatches(val_src, tokenizer, t.batch_size, t.seq_len, shuffle=False)
+    val_batches = [next(val_batches) for _ in range(t.eval_batches)]
+
+    tx = make_optimizer(config.optim, t.num_steps)
+    state, checkpointer, data_state = restore_or_init(config, cfg, tx, workdir)
+    if data_state is not None:
+        batches.set_state(data_state)
+    lc = LossConfig.from_config(t)
+    train_step = jax.jit(make_train_step(cfg, lc, tx, t.bias_update_rate), donate_argnums=0)
+    eval_step = jax.jit(make_eval_step(cfg, lc))
+
+    def evaluate(state):
+        nll, n = 0.0, 0.0
+        for b in val_batches:
+            s, c = jax.device_get(eval_step(state, b))
+            nll, n = nll + float(s), n + float(c)
+        loss = nll / max(n, 1.0)
+        return {"val_loss": loss, "val_ppl": float(np.exp(min(loss, 50.0)))}
+
+    flops = counting.flops_per_token(cfg, t.seq_len)
+    peak = perf.measure_matmul_peak()
+
+    def throughput(step, metrics):
+        tokens_per_s = float(metrics["tokens"]) / max(metrics["step_seconds"], 1e-9)
+        return {"tokens_per_s": tokens_per_s, "mfu": flops * tokens_per_s / peak}
+
+    start_step = int(state.step)
+    state, rows = loop.train_loop(
+        state=state,
+        step_fn=train_step,
+        batches=_Reshaped(batches, t.grad_accum),
+        num_steps=t.num_steps,
+        workdir=workdir,
+        checkpointer=checkpointer,
+        checkpoint_every=t.checkpoint_every,
+        data_state=batches.get_state,
+        eval_fn=evaluate if t.eval_batches else None,
+        eval_every=t.eval_every,
+        log_every=t.log_every,
+        progress_keys=("loss", "ce", "val_loss", "tokens_per_s"),
+        extra_metrics=throughput,
+    )
+    checkpointer.close()
+    summary = summarize_run(cfg, rows, flops, peak, start_step)
+    with open(os.path.join(workdir, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    summary["plots"] = plots.plot_training(workdir)
+    return summary
+
+
+def summarize_run(
+    cfg: ModelConfig, rows: list[dict], flops: float, peak: float, start: int
+) -> dict:
+    """Final and median metrics of this invocation (steps after warm-up compile)."""
+    train_rows = [r for r in rows if "loss" in r]
+    timed = [r for r in train_rows if r["step"] > start + 2] or train_rows
+    evals = [r for r in rows if "val_loss" in r]
+    counts = counting.param_counts(cfg)
+    tokens_per_s = float(np.median([r["tokens_per_s"] for r in timed])) if timed else 0.0
+    return {
+        "params": counts["total"],
+        "activated_params": counts["activated"],
+        "flops_per_token": flops,
+        "matmul_peak_flops": peak,
+        "tokens_per_s": tokens_per_s,
+        "mfu": flops * tokens_per_s / peak,
+        "final_loss": train_rows[-1]["loss"] if train_rows else None,
+        "final_val_loss": evals[-1]["val_loss"] if evals else None,
+        "steps": train_rows[-1]["step"] if train_rows else start,
+    }

@@ -1,0 +1,28 @@
+"""Pretrain the dense GQA baseline (about the MoE's activated parameters) on the embedded
+arithmetic/puzzle corpus.
+
+Command:  python -m moe_rl.main --config=experiments/pretrain_dense.py
+Runtime:  RUNTIME_dense
+Result:   RESULT_dense
+Kill it at any time and re-run the same command: it resumes from the last checkpoint.
+"""
+
+from ml_collections import ConfigDict
+
+from moe_rl.models.config import preset
+from moe_rl.train import configs
+
+
+def get_config() -> ConfigDict:
+    return ConfigDict(
+        dict(
+            name="pretrain_dense",
+            recipe="pretrain",
+            seed=0,  # init, data order
+            init_checkpoint="",  # a workdir whose newest checkpoint gives the initial params
+            model=preset("tiny_dense"),
+            data=configs.data(),
+            train=configs.train(),
+            optim=configs.optim(),
+        )
+    )

@@ -1,0 +1,433 @@
+"""The embedded pretraining text: arithmetic and Countdown puzzles, generated from a seed.
+
+A model pretrained on it should become a usable *base* model for R1-Zero RL: it has seen the
+numbers, the puzzle statements and the `<think> ... </think> <answer> ... </answer>` format,
+but imperfectly. So the documents mix worked reasoning (with failed Countdown attempts, i.e.
+search), bare answers, prose and worksheets; only a minority use the think/answer tags, and
+about a quarter are confidently wrong (a slip in one step, carried to the end), like web text.
+
+Kinds (share): addition .12, subtraction .10, multiplication .11, mixed expressions with
+precedence .10, chains of sums .12, missing number .05, Countdown .40 (half with numbers up to
+10 and targets up to 100, half up to 99 and 999). Styles: bare answer .30, worked steps .35,
+think/answer tags .15 (half inside the R1-Zero template), prose .10, worksheet .10.
+The phrasings include those of the RL tasks (`moe_rl.data.tasks`): "Compute 12 + 34 * 5",
+"Using the numbers [3, 5, 7], create an equation that equals 22. ...", the R1-Zero and
+"Question: ...\nAnswer:" prompts. Documents are tens to a few hundred bytes.
+"""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import itertools
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+
+# Half of the think-style documents are the R1-Zero prompt (R1 paper, Table 1) and a response.
+from moe_rl.data.tasks.templates import R1_ZERO_TEMPLATE
+
+KINDS = {
+    "addition": 0.12,
+    "subtraction": 0.10,
+    "multiplication": 0.11,
+    "expression": 0.10,
+    "chain": 0.12,
+    "missing": 0.05,
+    "countdown": 0.40,
+}
+STYLES = {"answer": 0.30, "worked": 0.35, "think": 0.15, "prose": 0.10, "worksheet": 0.10}
+WRONG_RATE = 0.25
+
+
+@dataclasses.dataclass
+class Solved:
+    """One problem rendered in parts; the styles assemble documents from them."""
+
+    question: str
+    steps: list[str]  # worked reasoning, one sentence each
+    answer: str  # what goes after "Answer:" or inside <answer>
+    fact: str  # one line stating the result, for prose and worksheets
+
+
+class Random:
+    """Uniform draws from a seeded numpy Generator, fetched in blocks: one scalar numpy call
+    costs microseconds, and a document needs dozens of draws."""
+
+    def __init__(self, seed: int | Sequence[int]):
+        self._rng = np.random.default_rng(seed)
+        self._block: list[float] = []
+
+    def random(self) -> float:
+        if not self._block:
+            self._block = self._rng.random(4096).tolist()[::-1]
+        return self._block.pop()
+
+    def below(self, n: int) -> int:
+        """Uniform in 0..n-1."""
+        i = int(self.random() * n)
+        return i if i < n else n - 1  # u * n can round up to n
+
+    def integers(self, low: int, high: int) -> int:
+        """Uniform in low..high-1, like numpy's."""
+        return low + self.below(high - low)
+
+
+def _choice(rng: Random, seq: Sequence):
+    return seq[rng.below(len(seq))]
+
+
+def _weighted(rng: Random, table: dict[str, float]) -> str:
+    names = list(table)
+    cdf = list(itertools.accumulate(table.values()))
+    return names[min(bisect.bisect(cdf, rng.random() * cdf[-1]), len(names) - 1)]
+
+
+def _number(rng: Random, digits: int) -> int:
+    low = 0 if digits == 1 else 10 ** (digits - 1)
+    return rng.integers(low, 10**digits)
+
+
+def _slip(rng: Random, value: int) -> int:
+    """A plausible arithmetic mistake: off by one, by ten, or by a few."""
+    delta = _choice(rng, (1, 1, 2, 10, 10, 100 if value >= 100 else 3))
+    return value + delta if rng.random() < 0.5 or value - delta < 0 else value - delta
+
+
+def _running(
+    rng: Random, start: int, moves: list[tuple[str, int]], wrong: bool
+) -> tuple[list[str], int]:
+    """Steps 'x op y = z' applying moves in turn; if wrong, one result slips and is carried on."""
+    bad = rng.below(len(moves)) if wrong else -1
+    steps, value = [], start
+    for i, (op, y) in enumerate(moves):
+        new = value + y if op == "+" else value - y if op == "-" else value * y
+        if i == bad:
+            new = _slip(rng, new)
+        steps.append(f"{value} {op} {y} = {new}.")
+        value = new
+    return steps, value
+
+
+def _place_parts(n: int) -> list[int]:
+    """385 -> [300, 80, 5]: the non-zero place values, largest first."""
+    digits = str(n)
+    parts = [int(d) * 10 ** (len(digits) - 1 - i) for i, d in enumerate(digits)]
+    return [p for p in parts if p] or [0]
+
+
+_PLACES = ("ones", "tens", "hundreds", "thousands", "ten-thousands")
+
+
+def _column_addition(rng: Random, a: int, b: int, wrong: bool) -> tuple[list[str], int]:
+    """School column addition, right to left; if wrong, one column is miscounted."""
+    da, db = str(a)[::-1], str(b)[::-1]
+    columns = max(len(da), len(db))
+    bad = rng.below(columns) if wrong else -1
+    steps, carry, total = [], 0, 0
+    for i in range(columns):
+        x = int(da[i]) if i < len(da) else 0
+        y = int(db[i]) if i < len(db) else 0
+        s = x + y + carry
+        if i == bad:
+            s = s + 1 if s < 18 else s - 1
+        terms = f"{x} + {y}" + (f" + {carry}" if carry else "")
+        digit, carry = s % 10, s // 10
+        note = f"write {digit} carry {carry}" if carry else f"write {digit}"
+        steps.append(f"{_PLACES[i].capitalize()}: {terms} = {s}, {note}.")
+        total += digit * 10**i
+    total += carry * 10**columns
+    return steps, total
+
+
+def addition(rng: Random, wrong: bool) -> Solved:
+    a, b = _number(rng, rng.integers(1, 5)), _number(rng, rng.integers(1, 4))
+    if rng.random() < 0.5:
+        steps, result = _column_addition(rng, a, b, wrong)
+    else:
+        steps, result = _running(rng, a, [("+", p) for p in _place_parts(b)], wrong)
+    question = _choice(
+        rng,
+        (
+            f"What is {a} + {b}?",
+            f"Compute {a} + {b}.",
+            f"Calculate {a} plus {b}.",
+            f"Find the sum of {a} and {b}.",
+            f"{a} + {b} = ?",
+            f"Add {a} and {b}.",
+        ),
+    )
+    fact = _choice(rng, (f"{a} + {b} = {result}", f"{a} plus {b} is {result}."))
+    return Solved(question, steps, str(result), fact)
+
+
+def subtraction(rng: Random, wrong: bool) -> Solved:
+    a, b = _number(rng, rng.integers(2, 5)), _number(rng, rng.integers(1, 4))
+    a, b = max(a, b), min(a, b)
+    steps, result = _running(rng, a, [("-", p) for p in _place_parts(b)], wrong)
+    question = _choice(
+        rng,
+        (
+            f"What is {a} - {b}?",
+            f"Compute {a} - {b}.",
+            f"Subtract {b} from {a}.",
+            f"What is {a} minus {b}?",
+            f"{a} - {b} = ?",
+            f"How much is left if you take {b} away from {a}?",
+        ),
+    )
+    fact = _choice(rng, (f"{a} - {b} = {result}", f"{a} minus {b} is {result}."))
+    return Solved(question, steps, str(result), fact)
+
+
+def multiplication(rng: Random, wrong: bool) -> Solved:
+    a, b = _number(rng, rng.integers(1, 4)), _number(rng, rng.integers(1, 3))
+    if b >= 10:  # split the multiplier: 47 * 38 = 47 * 30 + 47 * 8
+        parts = _place_parts(b)
+        products = [a * p for p in parts]
+        bad = rng.below(len(parts)) if wrong else -1
+        products = [_slip(rng, q) if i == bad else q for i, q in enumerate(products)]
+        split = " + ".join(f"{a} * {p}" for p in parts)
+        steps = [f"{a} * {b} = {split}."]
+        steps += [f"{a} * {p} = {q}." for p, q in zip(parts, products, strict=True)]
+        result = sum(products)
+        steps.append(" + ".join(map(str, products)) + f" = {result}.")
+    else:  # split the multiplicand: 47 * 8 = 40 * 8 + 7 * 8
+        parts = _place_parts(a)
+        products = [p * b for p in parts]
+        bad = rng.below(len(parts)) if wrong else -1
+        products = [_slip(rng, q) if i == bad else q for i, q in enumerate(products)]
+        result = sum(products)
+        split = " + ".join(f"{p} * {b}" for p in parts)
+        steps = [f"{a} * {b} = {split} = " + " + ".join(map(str, products)) + f" = {result}."]
+    question = _choice(
+        rng,
+        (
+            f"What is {a} * {b}?",
+            f"Compute {a} * {b}.",
+            f"Multiply {a} by {b}.",
+            f"What is {a} times {b}?",
+            f"{a} * {b} = ?",
+            f"Find the product of {a} and {b}.",
+        ),
+    )
+    fact = _choice(rng, (f"{a} * {b} = {result}", f"{a} times {b} is {result}."))
+    return Solved(question, steps, str(result), fact)
+
+
+def expression(rng: Random, wrong: bool) -> Solved:
+    """2-4 two-digit numbers joined by + - *: products first, then left to right."""
+    values = [rng.integers(0, 100) for _ in range(rng.integers(2, 5))]
+    ops = [_choice(rng, "+-*") for _ in values[1:]]
+    expr = str(values[0]) + "".join(f" {op} {v}" for op, v in zip(ops, values[1:], strict=True))
+    bad = rng.below(len(ops)) if wrong else -1
+    steps, terms, signs = [], [values[0]], []
+    for op, v in zip(ops, values[1:], strict=True):  # products first
+        if op == "*":
+            product = terms[-1] * v
+            product = _slip(rng, product) if len(steps) == bad else product
+            steps.append(f"{terms[-1]} * {v} = {product}.")
+            terms[-1] = product
+        else:
+            terms.append(v)
+            signs.append(op)
+    result = terms[0]
+    for op, v in zip(signs, terms[1:], strict=True):  # then sums, left to right
+        new = result + v if op == "+" else result - v
+        new = _slip(rng, new) if len(steps) == bad else new
+        steps.append(f"{result} {op} {v} = {new}.")
+        result = new
+    if len(steps) > 1:
+        steps.insert(0, "Multiplication first." if "*" in ops else "Left to right.")
+    question = _choice(
+        rng, (f"Compute {expr}", f"What is {expr}?", f"Evaluate {expr}.", f"{expr} = ?")
+    )
+    return Solved(question, steps, str(result), f"{expr} = {result}")
+
+
+def chain(rng: Random, wrong: bool) -> Solved:
+    """A running total over 3-6 small numbers, as a sum or as a little story."""
+    n = rng.integers(3, 7)
+    values = [rng.integers(1, 100) for _ in range(n)]
+    if rng.random() < 0.6:
+        moves = [("+", v) for v in values[1:]]
+        expr = " + ".join(map(str, values))
+        question = _choice(
+            rng,
+            (
+                f"What is {expr}?",
+                f"Add up {', '.join(map(str, values[:-1]))} and {values[-1]}.",
+                f"Compute {expr}.",
+                f"{expr} = ?",
+            ),
+        )
+    else:  # a story with gains and losses; the total never goes negative
+        moves, total = [], values[0]
+        for v in values[1:]:
+            op = "-" if v <= total and rng.random() < 0.4 else "+"
+            total = total + v if op == "+" else total - v
+            moves.append((op, v))
+        expr = str(values[0]) + "".join(f" {op} {v}" for op, v in moves)
+        thing = _choice(rng, ("apples", "marbles", "coins", "stickers", "books", "points"))
+        name = _choice(rng, ("Ana", "Ben", "Chen", "Dara", "Eli", "Femi", "Gus", "Hana"))
+        events = [f"{'gets' if op == '+' else 'gives away'} {v}" for op, v in moves]
+        question = (
+            f"{name} has {values[0]} {thing}, then {', then '.join(events)}. "
+            f"How many {thing} does {name} have now?"
+        )
+    steps, result = _running(rng, values[0], moves, wrong)
+    return Solved(question, steps, str(result), f"{expr} = {result}")
+
+
+def missing(rng: Random, wrong: bool) -> Solved:
+    """Find the missing number: solve a one-step equation by the inverse operation."""
+    form = rng.below(3)
+    if form == 0:
+        x, b = _number(rng, 2), _number(rng, rng.integers(1, 3))
+        puzzle, inverse, c = "? + {b} = {c}", "{c} - {b}", x + b
+    elif form == 1:
+        b, c = _number(rng, rng.integers(1, 3)), _number(rng, 2)
+        puzzle, inverse, x = "? - {b} = {c}", "{c} + {b}", b + c
+    else:
+        x, b = rng.integers(2, 13), rng.integers(2, 13)
+        puzzle, inverse, c = "{b} * ? = {c}", "{c} / {b}", x * b
+    puzzle, inverse = puzzle.format(b=b, c=c), inverse.format(b=b, c=c)
+    answer = _slip(rng, x) if wrong else x
+    question = _choice(
+        rng, (f"Find the missing number: {puzzle}", f"What number goes in the blank? {puzzle}")
+    )
+    steps = [f"The missing number is {inverse} = {answer}."]
+    return Solved(question, steps, str(answer), puzzle.replace("?", str(answer)))
+
+
+# Countdown: combine the given numbers with + - * / (exact integer division) to hit a target.
+_PREC = {"+": 1, "-": 1, "*": 2, "/": 2}
+
+
+def _join(op: str, left: tuple[str, int], right: tuple[str, int]) -> tuple[str, int]:
+    """(text, precedence) of `left op right` with only the parentheses it needs."""
+    p = _PREC[op]
+    lt = f"({left[0]})" if left[1] < p else left[0]
+    rt = f"({right[0]})" if right[1] < p or (right[1] == p and op in "-/") else right[0]
+    return f"{lt} {op} {rt}", p
+
+
+def _combine(rng: Random, numbers: list[int]) -> tuple[int, str, list[str]]:
+    """A random expression using every number once: (value, text, steps 'x op y = z').
+
+    Intermediate values stay positive integers: subtraction puts the larger number first,
+    division happens only when exact.
+    """
+    pool = [(n, (str(n), 3)) for n in numbers]
+    steps = []
+    while len(pool) > 1:
+        i, j = rng.below(len(pool)), rng.below(len(pool) - 1)
+        j += j >= i  # two distinct picks
+        (x, ex), (y, ey) = pool[i], pool[j]
+        ops = ["+", "*"] + (["-"] if x != y else []) + (["/"] if _divides(x, y) else [])
+        op = _choice(rng, ops)
+        if op == "-" and x < y or op == "/" and not (y > 1 and x % y == 0):
+            (x, ex), (y, ey) = (y, ey), (x, ex)
+        z = x + y if op == "+" else x - y if op == "-" else x * y if op == "*" else x // y
+        steps.append(f"{x} {op} {y} = {z}")
+        pool = [p for k, p in enumerate(pool) if k not in (i, j)] + [(z, _join(op, ex, ey))]
+    value, (text, _) = pool[0]
+    return value, text, steps
+
+
+def _divides(x: int, y: int) -> bool:
+    return (y > 1 and x % y == 0) or (x > 1 and y % x == 0)
+
+
+def countdown_puzzle(
+    rng: Random, num_numbers: int, max_value: int, max_target: int
+) -> tuple[list[int], int, str, list[str]]:
+    """(numbers, target, a solution expression, its steps): numbers in 1..max_value, combined
+    by a random expression over all of them into a target in 1..max_target that is not one of
+    the numbers (as the Countdown RL task draws them)."""
+    while True:
+        numbers = [rng.integers(1, max_value + 1) for _ in range(num_numbers)]
+        target, text, steps = _combine(rng, numbers)
+        if 1 <= target <= max_target and target not in numbers:
+            return numbers, target, text, steps
+
+
+def countdown(rng: Random, wrong: bool) -> Solved:
+    small = rng.random() < 0.5
+    numbers, target, solution, steps = countdown_puzzle(
+        rng, 3 if rng.random() < 0.6 else 4, 10 if small else 99, 100 if small else 999
+    )
+    listed = ", ".join(map(str, numbers))
+    question = _choice(
+        rng,
+        (
+            f"Using the numbers [{listed}], create an equation that equals {target}. You can use "
+            f"+ - * / and each number {_choice(rng, ('at most once', 'exactly once'))}",
+            f"Using the numbers [{listed}], create an equation that equals {target}. You can use "
+            "basic arithmetic operations (+, -, *, /) and each number can only be used once.",
+            f"Reach {target} using the numbers {listed} with +, -, * and /. "
+            "Each number may be used at most once.",
+            f"Numbers: {' '.join(map(str, numbers))}. Target: {target}. Combine the numbers "
+            "with + - * / to make the target.",
+            f"Make {target} from {listed}, using each number once.",
+        ),
+    )
+    work = []
+    for _ in range(_choice(rng, (0, 0, 1, 1, 2))):  # failed attempts: search in the text
+        value, text, _ = _combine(rng, numbers)
+        if value != target:
+            gap = "too big" if value > target else f"{target - value} short"
+            work.append(f"Try {text} = {value}, {gap}.")
+    if wrong:  # a wrong expression, its last step claimed to hit the target
+        value, solution, steps = _combine(rng, numbers)
+        if value != target:
+            steps[-1] = steps[-1].rsplit("=", 1)[0] + f"= {target}"
+    work.append(f"Try {solution}: " + ", ".join(steps) + ".")
+    work.append(f"So {solution} = {target}.")
+    fact = f"With {listed} you can make {target}: {solution} = {target}."
+    return Solved(question, work, solution, fact)
+
+
+_MAKERS = {
+    "addition": addition,
+    "subtraction": subtraction,
+    "multiplication": multiplication,
+    "expression": expression,
+    "chain": chain,
+    "missing": missing,
+    "countdown": countdown,
+}
+_LABELS = (("Question:", "Answer:"), ("Q:", "A:"), ("Problem:", "Answer:"), ("User:", "Assistant:"))
+
+
+def document(rng: Random) -> str:
+    """One random document: a kind of problem rendered in a style, wrong WRONG_RATE of the time."""
+    make = _MAKERS[_weighted(rng, KINDS)]
+    style = _weighted(rng, STYLES)
+    if style == "worksheet":
+        lines = [make(rng, rng.random() < WRONG_RATE).fact for _ in range(rng.integers(3, 7))]
+        title = _choice(rng, ("Practice:", "Worksheet", "Exercises", "Check these:"))
+        return title + "\n" + "\n".join(lines)
+    p = make(rng, rng.random() < WRONG_RATE)
+    if style == "prose":
+        return p.fact
+    if style == "think":
+        reply = f"<think> {' '.join(p.steps)} </think> <answer> {p.answer} </answer>"
+        r = rng.random()
+        if r < 0.5:
+            prompt = R1_ZERO_TEMPLATE.format(prompt=p.question.rstrip("."))  # it adds the "."
+            return f"{prompt} {reply}"
+        return f"Question: {p.question}\nAnswer: {reply}" if r < 0.75 else f"{p.question}\n{reply}"
+    ask, tell = _choice(rng, _LABELS) if rng.random() < 0.5 else _LABELS[0]
+    if style == "answer":
+        return f"{ask} {p.question}\n{tell} {p.answer}"
+    sep = "\n" if rng.random() < 0.5 else " "
+    end = _choice(rng, (f"So the answer is {p.answer}.", f"The answer is {p.answer}."))
+    return f"{ask} {p.question}\n{tell} {sep.join(p.steps)}{sep}{end}"
+
+
+def documents(num: int, seed: int | Sequence[int]) -> Iterator[str]:
+    """`num` documents, the same for the same seed (numpy's PCG64 stream)."""
+    rng = Random(seed)
+    for _ in range(num):
+        yield document(rng)

@@ -1,0 +1,57 @@
+"""Verifiable tasks by name: built-in generators, `rg:<name>` (reasoning-gym), `tfds:<name>`.
+
+task = get_task("countdown", num_numbers=3)
+train = task.stream("train", seed=0)           # endless
+test = task.examples("test", n=200, seed=0)
+score = task.verify("3 * 5 + 7", test[0])      # in [0, 1]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from moe_rl.data.tasks.arithmetic import ArithmeticTask
+from moe_rl.data.tasks.base import SPLITS, Example, GeneratedTask, Task, split_of
+from moe_rl.data.tasks.countdown import CountdownTask
+from moe_rl.data.tasks.templates import TEMPLATES, apply_chat_template, format_prompt
+
+# Built-in tasks (generated locally, no download): name -> factory(**kwargs).
+TASKS: dict[str, Callable[..., Task]] = {
+    "arithmetic": ArithmeticTask,
+    "countdown": CountdownTask,
+}
+
+
+def get_task(name: str, **kwargs) -> Task:
+    """The task called `name`, built with `kwargs` (its difficulty knobs, data_dir, ...)."""
+    if name.startswith("rg:"):
+        from moe_rl.data.tasks.rg import ReasoningGymTask
+
+        return ReasoningGymTask(name.removeprefix("rg:"), **kwargs)
+    if name.startswith("tfds:"):
+        from moe_rl.data.tasks.tfds_math import TfdsMathTask
+
+        return TfdsMathTask(name.removeprefix("tfds:"), **kwargs)
+    if name not in TASKS:
+        raise ValueError(
+            f"unknown task {name!r}; registered: {', '.join(sorted(TASKS))}, or a prefix "
+            "'rg:<reasoning-gym dataset>' (e.g. rg:chain_sum) or 'tfds:<dataset>' "
+            "(e.g. tfds:math_dataset/arithmetic__add_or_sub)"
+        )
+    return TASKS[name](**kwargs)
+
+
+__all__ = [
+    "SPLITS",
+    "TASKS",
+    "TEMPLATES",
+    "ArithmeticTask",
+    "CountdownTask",
+    "Example",
+    "GeneratedTask",
+    "Task",
+    "apply_chat_template",
+    "format_prompt",
+    "get_task",
+    "split_of",
+]

@@ -1,0 +1,63 @@
+"""Config blocks shared by the experiment files (every field commented once, here)."""
+
+from __future__ import annotations
+
+from ml_collections import ConfigDict
+
+
+def optim(**overrides) -> ConfigDict:
+    c = ConfigDict(
+        dict(
+            learning_rate=3e-3,  # peak AdamW learning rate
+            warmup_steps=50,  # linear warmup from 0
+            end_lr_ratio=0.1,  # cosine decays to learning_rate * end_lr_ratio at num_steps
+            b1=0.9,
+            b2=0.95,
+            eps=1e-8,
+            weight_decay=0.1,  # matrices only; norms and biases are exempt
+            grad_clip=1.0,  # global-norm clipping
+        )
+    )
+    c.update(overrides)
+    return c
+
+
+def train(**overrides) -> ConfigDict:
+    c = ConfigDict(
+        dict(
+            num_steps=300,
+            batch_size=16,  # sequences per optimizer step (global batch)
+            seq_len=256,  # tokens per packed sequence
+            grad_accum=1,  # microbatches per step (batch_size must divide)
+            mtp_weight=0.3,  # lambda of the MTP loss (DeepSeek-V3: 0.3, later 0.1)
+            balance_alpha=1e-4,  # alpha of the sequence-wise balance loss
+            z_loss=0.0,  # weight of mean(logsumexp^2); 0 disables
+            bias_update_rate=1e-3,  # gamma of aux-loss-free balancing; 0 freezes the bias
+            log_every=1,  # write metrics every N steps
+            eval_every=100,  # validation loss every N steps (and at the end); 0: only at the end
+            eval_batches=4,  # validation batches (fixed, unshuffled)
+            checkpoint_every=100,  # Orbax checkpoint every N steps (and at the end)
+            keep_checkpoints=2,
+        )
+    )
+    c.update(overrides)
+    return c
+
+
+def data(**overrides) -> ConfigDict:
+    c = ConfigDict(
+        dict(
+            name="moe_rl_arithmetic",  # embedded corpus, or a TFDS text dataset (tiny_shakespeare)
+            data_dir="",  # TFDS data_dir ('' = TFDS default ~/tensorflow_datasets)
+            text_key="",  # text feature of a TFDS dataset ('' = 'text' or its only text feature)
+            validation_split="validation",  # split used for validation loss
+            num_documents=100_000,  # embedded corpus: training documents
+            num_validation=2_000,  # embedded corpus: validation documents
+            corpus_seed=0,  # embedded corpus: generator seed
+            tokenizer="byte",  # 'byte' or a Hugging Face tokenizer folder / tokenizer.json
+            sft_train="",  # recipe 'sft': JSONL of {"prompt", "completion"} lines
+            sft_validation="",
+        )
+    )
+    c.update(overrides)
+    return c

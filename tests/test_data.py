@@ -1,0 +1,368 @@
+"""The data layer: tokenizers, the embedded TFDS corpus, packing and exact resume."""
+
+import ast
+import json
+import operator
+import re
+from fractions import Fraction
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from moe_rl.data import arithmetic, corpus, packing
+from moe_rl.data.tokenizers import ByteTokenizer, HFTokenizer, get_tokenizer
+
+BYTE = ByteTokenizer()
+
+
+# --- tokenizers -------------------------------------------------------------------------------
+
+
+@given(st.text())
+def test_byte_round_trip(text):
+    ids = BYTE.encode(text, add_bos=True, add_eos=True)
+    assert ids[0] == BYTE.bos_id and ids[-1] == BYTE.eos_id
+    assert all(0 <= i < BYTE.vocab_size for i in ids)
+    assert BYTE.decode(ids) == text
+
+
+def test_byte_special_ids_and_invalid_utf8():
+    specials = {BYTE.pad_id, BYTE.bos_id, BYTE.eos_id}
+    assert len(specials) == 3 and BYTE.pad_id == 0
+    assert not specials & set(BYTE.encode("".join(map(chr, range(256)))))
+    assert BYTE.vocab_size % 8 == 0
+    assert BYTE.decode([BYTE.offset + 0xFF, BYTE.offset + ord("a"), 260]) == "\ufffda"
+
+
+def _tiny_hf_tokenizer(folder, config: dict | None):
+    """A byte-level BPE trained on three strings, saved (with its config) into folder."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=300,
+        special_tokens=["<pad>", "<s>", "</s>", "<|end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(["12 + 34 = 46", "hello world", "What is 7 * 8?"], trainer)
+    folder.mkdir(exist_ok=True)
+    tok.save(str(folder / "tokenizer.json"))
+    if config is not None:
+        (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    return tok
+
+
+@pytest.fixture(scope="module")
+def hf_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("hf")
+    config = {
+        "bos_token": {"content": "<s>", "special": True},  # AddedToken form
+        "eos_token": "<|end|>",
+        "pad_token": "<pad>",
+        "chat_template": "{% for m in messages %}{{ m.content }}{% endfor %}",
+    }
+    _tiny_hf_tokenizer(folder, config)
+    return folder
+
+
+@settings(max_examples=30)
+@given(st.text())
+def test_hf_adapter_round_trip(hf_folder, text):
+    tok = get_tokenizer(str(hf_folder))
+    assert isinstance(tok, HFTokenizer)
+    ids = tok.encode(text, add_bos=True, add_eos=True)
+    assert ids[0] == tok.bos_id and ids[-1] == tok.eos_id
+    assert tok.decode(ids) == text
+
+
+def test_hf_adapter_reads_config(hf_folder, tmp_path):
+    tok = get_tokenizer(str(hf_folder / "tokenizer.json"))
+    assert (tok.pad_id, tok.bos_id, tok.eos_id) == (0, 1, 3)
+    assert tok.chat_template.startswith("{% for")
+    assert tok.vocab_size == len(Tokenizer.from_file(tok.path).get_vocab())
+    bare = _tiny_hf_tokenizer(tmp_path / "bare", config=None)  # no config: common names
+    tok = HFTokenizer(str(tmp_path / "bare"))
+    assert (tok.pad_id, tok.bos_id, tok.eos_id) == tuple(
+        map(bare.token_to_id, ["<pad>", "<s>", "</s>"])
+    )
+    assert tok.chat_template is None
+
+
+def test_get_tokenizer_rejects_unknown_names(tmp_path):
+    for bad in ("bytes", str(tmp_path), str(tmp_path / "missing.json")):
+        with pytest.raises(ValueError, match="'byte'"):
+            get_tokenizer(bad)
+
+
+# --- the embedded corpus ----------------------------------------------------------------------
+
+_OPS = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+}
+
+
+def _evaluate(expr: str) -> Fraction:
+    """+ - * / over integer literals, exactly (a test helper for our own generated text)."""
+
+    def ev(node):
+        if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
+            return _OPS[type(node.op)](ev(node.left), ev(node.right))
+        if isinstance(node, ast.Constant) and isinstance(node.value, int):
+            return Fraction(node.value)
+        raise ValueError(ast.dump(node))
+
+    return ev(ast.parse(expr, mode="eval").body)
+
+
+def _fact_holds(fact: str) -> bool:
+    """Whether a Solved.fact ('a + b = c', 'a plus b is c.', 'With ...: expr = t.') is true."""
+    fact = fact.split(": ")[-1].rstrip(".")
+    for word, op in (("plus", "+"), ("minus", "-"), ("times", "*"), ("is", "=")):
+        fact = fact.replace(f" {word} ", f" {op} ")
+    left, right = fact.split(" = ")
+    return _evaluate(left) == int(right)
+
+
+@pytest.mark.parametrize("kind", sorted(arithmetic.KINDS))
+def test_generated_problems_are_right_unless_wrong(kind):
+    rng = arithmetic.Random(0)
+    make = getattr(arithmetic, kind)
+    assert all(_fact_holds(make(rng, wrong=False).fact) for _ in range(300))
+    assert np.mean([not _fact_holds(make(rng, wrong=True).fact) for _ in range(300)]) > 0.8
+
+
+def test_countdown_solutions_use_each_number_once():
+    rng = arithmetic.Random(1)
+    for _ in range(300):
+        numbers, target, solution, _ = arithmetic.countdown_puzzle(rng, 4, 10, 100)
+        assert sorted(map(int, re.findall(r"\d+", solution))) == sorted(numbers)
+        assert _evaluate(solution) == target and target not in numbers and 1 <= target <= 100
+
+
+def test_document_mix():
+    docs = list(arithmetic.documents(3000, seed=0))
+    assert docs == list(arithmetic.documents(3000, seed=0))
+    assert docs != list(arithmetic.documents(3000, seed=1))
+    think = np.mean(["<think>" in d and "</answer>" in d for d in docs])
+    assert 0.08 < think < 0.25  # a minority in the R1 format
+    r1_prefix = arithmetic.R1_ZERO_TEMPLATE.split("{prompt}")[0]
+    assert any(d.startswith(r1_prefix) and ". Assistant: <think> " in d for d in docs)
+    assert 0.2 < np.mean(["Answer:" in d for d in docs]) < 0.7
+    assert 0.3 < np.mean(["Target" in d or "numbers" in d or "make" in d for d in docs]) < 0.6
+    lengths = [len(d.encode()) for d in docs]
+    assert min(lengths) >= 5 and np.median(lengths) < 300 and max(lengths) < 1200
+    # Bare "Question: What is a + b?\nAnswer: c" documents: mostly, not always, right.
+    pattern = re.compile(r"^Question: What is (\d+) \+ (\d+)\?\nAnswer: (\d+)$")
+    sums = [m.groups() for d in docs if (m := pattern.match(d))]
+    right = np.mean([int(a) + int(b) == int(c) for a, b, c in sums])
+    assert len(sums) > 10 and 0.5 < right < 0.95
+
+
+@pytest.fixture
+def no_downloads(monkeypatch):
+    """Any attempt to download or prepare a non-embedded dataset fails the test."""
+
+    def refuse(self, *args, **kwargs):
+        if self.name != corpus.ARITHMETIC:
+            raise AssertionError(f"tried to prepare {self.name}")
+        return original(self, *args, **kwargs)
+
+    original = tfds.core.DatasetBuilder.download_and_prepare
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", refuse)
+
+
+def test_corpus_prepares_offline_deterministically(tmp_path, no_downloads):
+    config = corpus.arithmetic_config(num_train=120, num_validation=30, seed=3)
+    train = corpus.load_text_dataset(corpus.ARITHMETIC, "train", str(tmp_path / "a"), config=config)
+    again = corpus.load_text_dataset(corpus.ARITHMETIC, "train", str(tmp_path / "b"), config=config)
+    valid = corpus.load_text_dataset(
+        corpus.ARITHMETIC, "validation", str(tmp_path / "a"), config=config
+    )
+    assert list(tmp_path.glob("a/moe_rl_arithmetic/*/1.0.0/*train.array_record*"))
+    assert (len(train), len(valid)) == (120, 30)
+    assert list(train) == list(again) == list(arithmetic.documents(120, [3, 0]))
+    assert train.__getitems__([5, 2]) == [train[5], train[2]] and train[-1] == train[119]
+    assert len(set(valid) & set(train)) < 5  # different seeds per split; short docs may repeat
+
+
+class MoeRlTestTexts(tfds.core.GeneratorBasedBuilder):
+    """A stand-in for an external TFDS text dataset (two text fields, neither called 'text')."""
+
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+        text = tfds.features.Text()
+        return tfds.core.DatasetInfo(
+            builder=self, features=tfds.features.FeaturesDict({"title": text, "body": text})
+        )
+
+    def _split_generators(self, dl_manager):
+        return {"train": self._generate_examples()}
+
+    def _generate_examples(self):
+        for i in range(5):
+            yield i, {"title": f"t{i}", "body": f"body {i} ünïcode"}
+
+
+def test_external_dataset_not_prepared_is_a_clear_error(tmp_path, no_downloads):
+    with pytest.raises(corpus.DatasetNotPreparedError, match="tfds build tiny_shakespeare"):
+        corpus.load_text_dataset("tiny_shakespeare", "train", str(tmp_path))
+    with pytest.raises(ValueError, match="Unknown dataset"):
+        corpus.load_text_dataset("no_such_dataset_anywhere", "train", str(tmp_path))
+
+
+def test_external_prepared_dataset_loads_by_name(tmp_path):
+    MoeRlTestTexts(data_dir=str(tmp_path)).download_and_prepare(
+        file_format="array_record", download_config=corpus.OFFLINE_DOWNLOAD_CONFIG
+    )
+    with pytest.raises(ValueError, match="text_key"):
+        corpus.load_text_dataset("moe_rl_test_texts", "train", str(tmp_path))
+    texts = corpus.load_text_dataset("moe_rl_test_texts", "train", str(tmp_path), text_key="body")
+    assert sorted(texts) == [f"body {i} ünïcode" for i in range(5)]
+
+
+# --- packing and resume -----------------------------------------------------------------------
+
+
+def _check_layout(batch, pad_id):
+    """Segments 1, 2, ... then padding (segment 0, pad id); positions restart per segment."""
+    for tokens, seg, pos in zip(
+        batch["tokens"], batch["segment_ids"], batch["positions"], strict=True
+    ):
+        used = int(np.sum(seg > 0))
+        assert np.all(seg[used:] == 0) and np.all(tokens[used:] == pad_id)
+        assert np.all(pos[used:] == 0)
+        starts = np.flatnonzero(np.diff(seg[:used], prepend=0))
+        assert list(seg[starts]) == list(range(1, len(starts) + 1))
+        for s in range(1, len(starts) + 1):  # contiguous: seg only changes at the starts
+            assert list(pos[seg == s]) == list(range(np.sum(seg == s)))
+
+
+def _pieces(batches):
+    """The token pieces (one per segment), in row order."""
+    out = []
+    for batch in batches:
+        for tokens, seg in zip(batch["tokens"], batch["segment_ids"], strict=True):
+            for s in range(1, int(seg.max(initial=0)) + 1):
+                out.append(tokens[seg == s])
+    return out
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(st.text(max_size=40), min_size=1, max_size=12),
+    st.integers(1, 3),
+    st.integers(4, 24),
+)
+def test_packing_keeps_every_token_in_order(texts, batch_size, seq_len):
+    batches = list(
+        packing.PackedBatches(texts, BYTE, batch_size, seq_len, shuffle=False, num_epochs=1)
+    )
+    for b in batches:
+        assert set(b) == {"tokens", "segment_ids", "positions"}
+        assert all(v.shape == (batch_size, seq_len) and v.dtype == np.int32 for v in b.values())
+        _check_layout(b, BYTE.pad_id)
+    docs = [BYTE.encode(t, add_bos=True, add_eos=True) for t in texts]
+    pieces = [list(p) for p in _pieces(batches)]
+    assert sum(pieces, []) == sum(docs, [])
+    # A document that fits in a row is never split; a longer one fills whole rows.
+    i = 0
+    for doc in docs:
+        if len(doc) <= seq_len:
+            assert pieces[i] == doc
+            i += 1
+        else:
+            n = 0
+            while n < len(doc):
+                n, i = n + len(pieces[i]), i + 1
+
+
+def test_epochs_are_fresh_permutations():
+    texts = [f"doc{i:02d}" for i in range(20)]
+    it = packing.PackedBatches(texts, BYTE, 4, 32, seed=5, num_epochs=2)
+    seen = [BYTE.decode(p) for p in _pieces(list(it))]
+    first, second = seen[:20], seen[20:]
+    assert sorted(first) == sorted(second) == texts and first != second != texts
+    assert it.get_state() == {"epoch": 2, "index": 0, "offset": 0}
+
+
+def test_shards_split_each_epoch():
+    texts = [f"doc{i:02d}" for i in range(21)]
+    shards = [
+        [
+            BYTE.decode(p)
+            for p in _pieces(packing.PackedBatches(texts, BYTE, 2, 16, 1, True, 1, k, 3))
+        ]
+        for k in range(3)
+    ]
+    assert sorted(sum(shards, [])) == texts and all(len(s) == 7 for s in shards)
+
+
+@pytest.mark.parametrize("sft", [False, True])
+def test_resume_yields_the_same_batches(sft):
+    docs = list(arithmetic.documents(12, seed=2)) + ["long " * 40]  # a doc spans rows
+    source = [(d[:20], d[20:]) for d in docs] if sft else docs
+    make = lambda: packing.PackedBatches(source, BYTE, batch_size=3, seq_len=48, seed=7)
+    reference = make()
+    expected = [next(reference) for _ in range(40)]  # several epochs
+    offsets = set()
+    for cut in range(0, 36, 3):
+        run = make()
+        for _ in range(cut):
+            next(run)
+        state = json.loads(json.dumps(run.get_state()))
+        offsets.add(state["offset"] > 0)
+        resumed = make()
+        resumed.set_state(state)
+        for want in expected[cut : cut + 4]:
+            got = next(resumed)
+            assert all(np.array_equal(got[k], want[k]) for k in want)
+    assert sft or offsets == {True, False}  # some cuts fall inside a document
+    with pytest.raises(ValueError, match="state"):
+        reference.set_state({"epoch": 0})
+
+
+def _check_sft(batch):
+    """Layout and mask of SFT rows; returns the (prompt, completion) pairs found."""
+    assert set(batch) == {"tokens", "segment_ids", "positions", "loss_mask"}
+    _check_layout(batch, BYTE.pad_id)
+    assert np.all(batch["loss_mask"][batch["segment_ids"] == 0] == 0)
+    found = []
+    for tokens, seg, mask in zip(
+        batch["tokens"], batch["segment_ids"], batch["loss_mask"], strict=True
+    ):
+        for s in range(1, int(seg.max(initial=0)) + 1):
+            t, m = tokens[seg == s], mask[seg == s]
+            assert t[0] == BYTE.bos_id and t[-1] == BYTE.eos_id
+            assert np.all(np.diff(m) >= 0)  # prompt (0) then completion (1)
+            found.append((BYTE.decode(t[m == 0]), BYTE.decode(t[m == 1])))
+            assert np.sum(m) == len(BYTE.encode(found[-1][1])) + 1  # completion and its EOS
+    return found
+
+
+def test_sft_batch_masks_only_completions():
+    pairs = [("Q: 2 + 2?\nA:", " 4"), ("What is 7 * 8?", " <answer> 56 </answer>"), ("x", "y")]
+    packed = packing.sft_batch(pairs, BYTE, seq_len=48)
+    assert packed["tokens"].shape == (2, 48)
+    assert _check_sft(packed) == pairs
+    padded = packing.sft_batch(pairs, BYTE, seq_len=48, num_rows=4, pack=False)
+    assert padded["tokens"].shape == (4, 48) and list(padded["segment_ids"].max(1)) == [1, 1, 1, 0]
+    assert _check_sft(padded) == pairs
+    with pytest.raises(ValueError, match="do not fit"):
+        packing.sft_batch(pairs, BYTE, seq_len=48, num_rows=2, pack=False)
+    cut = packing.sft_batch([("prompt", "completion " * 10)], BYTE, seq_len=16)
+    assert cut["tokens"].shape == (1, 16) and cut["loss_mask"][0, :7].sum() == 0
+    assert cut["loss_mask"][0, 7:].all()
+
+
+def test_packed_batches_of_pairs_carry_the_mask():
+    pairs = [("Q: 2 + 2?\nA:", " 4"), ("What is 7 * 8?", " 56")] * 3
+    batches = list(packing.PackedBatches(pairs, BYTE, 2, 32, shuffle=False, num_epochs=1))
+    assert sum((_check_sft(b) for b in batches), []) == pairs

@@ -1,0 +1,245 @@
+"""Tasks: registry, disjoint train/test splits, knobs, verifiers, templates, rg and tfds loaders."""
+
+import socket
+import sys
+
+import pytest
+
+from moe_rl import rewards
+from moe_rl.data.tasks import Example, format_prompt, get_task, split_of, templates
+
+BUILTINS = [
+    ("arithmetic", {}),
+    ("arithmetic", {"num_digits": 3, "num_terms": 4, "operators": "+-*"}),
+    ("arithmetic", {"num_digits": 1}),  # 100 questions: a tiny space still splits
+    ("countdown", {}),
+    ("countdown", {"num_numbers": 4, "min_value": 1, "max_value": 20, "use_all": True}),
+]
+
+
+def test_unknown_task_lists_registered_names_and_prefixes():
+    with pytest.raises(ValueError) as err:
+        get_task("no_such_task")
+    for part in ("arithmetic", "countdown", "rg:", "tfds:"):
+        assert part in str(err.value)
+
+
+@pytest.mark.parametrize("name, kwargs", BUILTINS)
+def test_builtin_splits_are_disjoint_and_deterministic(name, kwargs):
+    task = get_task(name, **kwargs)
+    test = task.examples("test", 100, seed=0)
+    train = task.examples("train", 1000, seed=0) + task.examples("train", 1000, seed=1)
+    assert len(test) == 100 and len(train) == 2000
+    assert not {e.question for e in test} & {e.question for e in train}
+    assert all(split_of(e.question, task.test_fraction) == "test" for e in test)
+    assert task.examples("test", 100, seed=0) == test
+    assert task.examples("train", 50, seed=2) != train[:50]
+
+
+@pytest.mark.parametrize("name, kwargs", BUILTINS)
+def test_builtin_reference_answers_verify(name, kwargs):
+    task = get_task(name, **kwargs)
+    for example in task.examples("train", 200, seed=3):
+        assert task.verify(example.answer, example) == 1.0
+        assert task.verify("", example) == 0.0
+        assert task.verify(example.answer + " + 1", example) == 0.0
+
+
+def test_arithmetic_knobs():
+    task = get_task("arithmetic", num_digits=3, num_terms=4, operators="-*")
+    for example in task.examples("train", 200):
+        tokens = example.meta["expression"].split()
+        assert len(tokens) == 7 and set(tokens[1::2]) <= {"-", "*"}
+        assert all(0 <= int(t) < 1000 for t in tokens[::2])
+        assert example.question == f"Compute {example.meta['expression']}"
+    easy = get_task("arithmetic").examples("train", 200)
+    assert all(" + " in e.question and int(e.answer) <= 198 for e in easy)
+    for bad in [{"num_digits": 0}, {"num_terms": 1}, {"operators": "/"}, {"operators": ""}]:
+        with pytest.raises(ValueError):
+            get_task("arithmetic", **bad)
+
+
+def test_countdown_knobs_and_solvability():
+    task = get_task("countdown", num_numbers=4, min_value=2, max_value=9, max_target=50)
+    for example in task.examples("train", 200):
+        numbers, target = example.meta["numbers"], example.meta["target"]
+        assert len(numbers) == 4 and all(2 <= n <= 9 for n in numbers)
+        assert 1 <= target <= 50 and target not in numbers
+        assert str(numbers) in example.question and str(target) in example.question
+        # The reference uses every number exactly once, so both rules are satisfiable.
+        assert rewards.check_countdown(example.answer, numbers, target, use_all=True)
+    for bad in [{"num_numbers": 1}, {"min_value": 0}, {"min_value": 5, "max_value": 4}]:
+        with pytest.raises(ValueError):
+            get_task("countdown", **bad)
+
+
+def test_countdown_number_rule():
+    example = Example("q", "4 * 5 - 9", {"numbers": [4, 5, 9], "target": 11})
+    at_most_once, exactly_once = get_task("countdown"), get_task("countdown", use_all=True)
+    assert at_most_once.verify("9 + 4 / 2", example) == 0.0  # 2 is not given
+    assert at_most_once.verify("4 * 5 - 9", example) == exactly_once.verify("4*5-9", example) == 1
+    example = Example("q", "4 * 5 - 9", {"numbers": [4, 5, 9], "target": 9})
+    assert at_most_once.verify("9", example) == 1.0 and exactly_once.verify("9", example) == 0.0
+    assert "at most once" in at_most_once.examples("test", 1)[0].question
+    assert "exactly once" in exactly_once.examples("test", 1)[0].question
+
+
+def test_split_errors_and_tiny_question_space():
+    task = get_task("arithmetic")
+    with pytest.raises(ValueError, match="split"):
+        task.examples("validation", 1)
+    with pytest.raises(ValueError, match="test_fraction"):
+        get_task("arithmetic", test_fraction=1.0)
+    tiny = get_task("countdown", num_numbers=2, min_value=1, max_value=1, test_fraction=0.5)
+    tiny.max_rejections = 100
+    with pytest.raises(RuntimeError, match="too small"):
+        tiny.examples("test", 5) + tiny.examples("train", 5)
+
+
+def test_split_of_is_a_stable_fraction():
+    assert split_of("Compute 1 + 2", 0.1) == split_of("Compute 1 + 2", 0.1)
+    questions = [f"question {i}" for i in range(4000)]
+    share = sum(split_of(q, 0.25) == "test" for q in questions) / len(questions)
+    assert 0.2 < share < 0.3
+
+
+# ----------------------------------------------------------------------------- templates
+
+
+def test_r1_zero_template_is_the_papers():
+    expected = (
+        "A conversation between User and Assistant. The user asks a question, and the Assistant "
+        "solves it. The assistant first thinks about the reasoning process in the mind and then "
+        "provides the user with the answer. The reasoning process and answer are enclosed within "
+        "<think> </think> and <answer> </answer> tags, respectively, i.e., <think> reasoning "
+        "process here </think> <answer> answer here </answer>. User: Compute 1 + 2. Assistant:"
+    )
+    assert format_prompt("r1_zero", "Compute 1 + 2") == expected
+    assert format_prompt("r1_zero", "Compute 1 + 2", think_opened=True) == expected + " <think>"
+    assert format_prompt("r1_zero", "{x} {}").endswith("User: {x} {}. Assistant:")
+
+
+def test_plain_and_unknown_templates():
+    assert format_prompt("plain", "Compute 1 + 2") == "Question: Compute 1 + 2\nAnswer:"
+    with pytest.raises(ValueError) as err:
+        format_prompt("alpaca", "q")
+    assert all(name in str(err.value) for name in ("r1_zero", "plain", "chat"))
+    with pytest.raises(ValueError, match="chat_template"):
+        format_prompt("chat", "q")
+
+
+def test_chat_template_without_jinja2_is_a_clear_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "jinja2", None)
+    monkeypatch.setitem(sys.modules, "jinja2.sandbox", None)
+    with pytest.raises(ImportError, match="pip install jinja2"):
+        format_prompt("chat", "q", chat_template="{{ messages[0]['content'] }}")
+
+
+def test_chat_template_renders():
+    pytest.importorskip("jinja2")
+    chat_template = (
+        "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{% endfor %}"
+        "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+    )
+    assert format_prompt("chat", "hi", chat_template) == "<|user|>hi<|assistant|>"
+    assert templates.apply_chat_template(chat_template, [], add_generation_prompt=False) == ""
+    assert format_prompt("chat", "hi", chat_template, think_opened=True).endswith("<think>\n")
+
+
+# ----------------------------------------------------------------------------- reasoning-gym
+
+
+def test_reasoning_gym_round_trip():
+    task = get_task("rg:chain_sum")
+    assert task.name == "rg:chain_sum" and not task.math_answer
+    example = task.examples("train", 1, seed=0)[0]
+    assert task.verify(example.answer, example) == 1.0
+    assert task.verify(str(int(example.answer) + 1), example) < 1.0
+    assert task.verify("x" * 100_000, example) == 0.0
+    response = f"<think>add</think><answer>{example.answer}</answer>"
+    assert rewards.compute_rewards([response], [example], task)["total"][0] == pytest.approx(1.1)
+
+
+def test_reasoning_gym_splits_and_config():
+    task = get_task("rg:chain_sum", min_terms=2, max_terms=2, min_digits=2, max_digits=2)
+    test = task.examples("test", 30, seed=0)
+    train = task.examples("train", 300, seed=0) + task.examples("train", 300, seed=1)
+    assert not {e.question for e in test} & {e.question for e in train}
+    assert all(e.meta["num_terms"] == 2 for e in train)
+    assert task.examples("test", 30, seed=0) == test
+
+
+def test_reasoning_gym_errors():
+    with pytest.raises(ValueError, match="chain_sum"):
+        get_task("rg:chain_summ")
+    with pytest.raises(ValueError, match="allow_eval_verifier"):
+        get_task("rg:spiral_matrix")
+
+
+def test_reasoning_gym_countdown_is_verified_without_eval(monkeypatch):
+    import sympy.parsing.sympy_parser
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("parse_expr called")
+
+    monkeypatch.setattr(sympy.parsing.sympy_parser, "parse_expr", forbidden)
+    monkeypatch.setattr("reasoning_gym.games.countdown.parse_expr", forbidden)
+    task = get_task("rg:countdown")
+    example = task.examples("test", 1)[0]
+    numbers = example.meta["numbers"]
+    assert task.verify(example.answer, example) == 1.0
+    assert task.verify(" + ".join(map(str, numbers)), example) == 0.0
+    assert task.verify("__import__('os').system('true')", example) == 0.0
+
+
+# ----------------------------------------------------------------------------- tfds
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("network access attempted")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+def test_tfds_not_prepared_is_a_clear_error(tmp_path, no_network):
+    with pytest.raises(FileNotFoundError) as err:
+        get_task("tfds:math_dataset/arithmetic__add_or_sub", data_dir=str(tmp_path))
+    message = str(err.value)
+    assert "cannot be downloaded" in message and str(tmp_path) in message
+    assert "tfds build math_dataset/arithmetic__add_or_sub" in message and "data_dir" in message
+    assert not list(tmp_path.iterdir())
+
+
+def test_tfds_unsupported_dataset(no_network):
+    with pytest.raises(ValueError, match="arithmetic__add_or_sub"):
+        get_task("tfds:mnist")
+    with pytest.raises(ValueError, match="only math_dataset"):
+        get_task("tfds:math_dataset/no_such_module")
+
+
+def test_tfds_prepared_source(tmp_path, no_network):
+    import tensorflow_datasets as tfds
+
+    records = [
+        {"question": b"What is 1 + 2?", "answer": b"3\n"},
+        {"question": b"Let x = 3/4. What is x?", "answer": b"3/4"},
+        {"question": b"Expand (x + 1)**2.", "answer": b"x**2 + 2*x + 1"},
+    ]
+    with tfds.testing.mock_data(as_data_source_fn=lambda self, split, **kw: records):
+        task = get_task("tfds:math_dataset/arithmetic__add_or_sub", data_dir=str(tmp_path))
+    examples = task.examples("test", 6, seed=0)
+    assert sorted(e.question for e in examples[:3]) == sorted(
+        r["question"].decode() for r in records
+    )
+    by_answer = {e.answer: e for e in examples}
+    assert task.verify("3", by_answer["3"]) == 1.0
+    assert task.verify("0.75", by_answer["3/4"]) == 1.0
+    assert task.verify("x**2+2*x+1", by_answer["x**2 + 2*x + 1"]) == 1.0
+    assert task.verify("4", by_answer["3"]) == 0.0
+    response = "<answer>1 + 2*x + x^2</answer>"
+    example = by_answer["x**2 + 2*x + 1"]
+    assert rewards.accuracy_reward(response, example, task) == 0.0
+    assert rewards.accuracy_reward(response, example, task, use_math_verify=True) == 1.0
