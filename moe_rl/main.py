@@ -18,6 +18,7 @@ RECIPES = {
     "summary": "moe_rl.summary",
     "pretrain": "moe_rl.train.lm",
     "sft": "moe_rl.train.lm",
+    "moe_vs_dense": "moe_rl.train.compare",
 }
 
 _CONFIG = config_flags.DEFINE_config_file(

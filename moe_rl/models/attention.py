@@ -3,6 +3,9 @@
 Both take an explicit per-layer KV cache (or None) and return the updated cache: the cache is
 data, not module state. The mask [B, L, S] (causal by cache slot, same segment) is built once by
 the decoder and shared by every layer.
+
+Score and value contractions run head-major ([B, H, L, d]): XLA:CPU multiplies batched
+matrices ~5x faster when the batch dims lead than with heads between length and features.
 """
 
 from __future__ import annotations
@@ -25,10 +28,13 @@ def masked_softmax(scores_BHLS: jax.Array, mask_BLS: jax.Array) -> jax.Array:
     return jax.nn.softmax(scores, axis=-1)
 
 
-def write_cache(buffer_BS_: jax.Array, new_BL_: jax.Array, index: jax.Array) -> jax.Array:
-    """Writes new entries at slots [index, index + L) of every row."""
-    start = (0, index) + (0,) * (buffer_BS_.ndim - 2)
-    return jax.lax.dynamic_update_slice(buffer_BS_, new_BL_.astype(buffer_BS_.dtype), start)
+def write_cache(
+    buffer: jax.Array, new: jax.Array, index: jax.Array, slot_axis: int = 1
+) -> jax.Array:
+    """Writes `new` at slots [index, index + L) along `slot_axis` of every row."""
+    start = [0] * buffer.ndim
+    start[slot_axis] = index
+    return jax.lax.dynamic_update_slice(buffer, new.astype(buffer.dtype), tuple(start))
 
 
 def softmax_scale(cfg: ModelConfig) -> float:
@@ -48,7 +54,7 @@ def init_layer_cache(cfg: ModelConfig, batch: int, max_len: int) -> dict:
             "latent": jnp.zeros((batch, max_len, cfg.kv_lora_rank), dt),
             "k_rope": jnp.zeros((batch, max_len, cfg.qk_rope_head_dim), dt),
         }
-    shape = (batch, max_len, cfg.num_key_value_heads, cfg.head_dim)
+    shape = (batch, cfg.num_key_value_heads, max_len, cfg.head_dim)  # head-major: fast dots
     return {"k": jnp.zeros(shape, dt), "v": jnp.zeros(shape, dt)}
 
 
@@ -87,7 +93,8 @@ class MLA(nn.Module):
             )
             q_BLr = norm("q_a_norm", "q_lora")(x @ w_qa.astype(dt))
             q_BLHk = jnp.einsum("blr,rhk->blhk", q_BLr, w_qb.astype(dt))
-        q_nope_BLHn, q_rope_BLHr = q_BLHk[..., :dn], rope(q_BLHk[..., dn:], positions_BL)
+        q_nope_BHLn = q_BLHk[..., :dn].transpose(0, 2, 1, 3)
+        q_rope_BHLr = rope(q_BLHk[..., dn:], positions_BL).transpose(0, 2, 1, 3)
 
         w_kva = logical_param(self, "kv_a_proj", (D, c + dr), ("embed", "kv_lora"), init, pdt)
         kv_BLk = x @ w_kva.astype(dt)
@@ -105,22 +112,22 @@ class MLA(nn.Module):
             self, "kv_b_proj", (c, H, dn + dv), ("kv_lora", "heads", "kv"), init, pdt
         )
         w_uk_cHn, w_uv_cHv = w_kvb[..., :dn].astype(dt), w_kvb[..., dn:].astype(dt)
-        rope_scores = jnp.einsum("blhr,bsr->bhls", q_rope_BLHr, k_rope_BSr)
+        rope_scores = jnp.einsum("bhlr,bsr->bhls", q_rope_BHLr, k_rope_BSr)
         if cache is not None and cfg.mla_absorb:
-            q_lat_BLHc = jnp.einsum("blhn,chn->blhc", q_nope_BLHn, w_uk_cHn)
-            scores = jnp.einsum("blhc,bsc->bhls", q_lat_BLHc, latent_BSc) + rope_scores
+            q_lat_BHLc = jnp.einsum("bhln,chn->bhlc", q_nope_BHLn, w_uk_cHn)
+            scores = jnp.einsum("bhlc,bsc->bhls", q_lat_BHLc, latent_BSc) + rope_scores
             probs = masked_softmax(scores * softmax_scale(cfg), mask_BLS).astype(dt)
-            o_lat_BLHc = jnp.einsum("bhls,bsc->blhc", probs, latent_BSc)
-            o_BLHv = jnp.einsum("blhc,chv->blhv", o_lat_BLHc, w_uv_cHv)
+            o_lat_BHLc = jnp.einsum("bhls,bsc->bhlc", probs, latent_BSc)
+            o_BHLv = jnp.einsum("bhlc,chv->bhlv", o_lat_BHLc, w_uv_cHv)
         else:
-            k_nope_BSHn = jnp.einsum("bsc,chn->bshn", latent_BSc, w_uk_cHn)
-            v_BSHv = jnp.einsum("bsc,chv->bshv", latent_BSc, w_uv_cHv)
-            scores = jnp.einsum("blhn,bshn->bhls", q_nope_BLHn, k_nope_BSHn) + rope_scores
+            k_nope_BHSn = jnp.einsum("bsc,chn->bhsn", latent_BSc, w_uk_cHn)
+            v_BHSv = jnp.einsum("bsc,chv->bhsv", latent_BSc, w_uv_cHv)
+            scores = jnp.einsum("bhln,bhsn->bhls", q_nope_BHLn, k_nope_BHSn) + rope_scores
             probs = masked_softmax(scores * softmax_scale(cfg), mask_BLS).astype(dt)
-            o_BLHv = jnp.einsum("bhls,bshv->blhv", probs, v_BSHv)
+            o_BHLv = jnp.einsum("bhls,bhsv->bhlv", probs, v_BHSv)
 
         w_o = logical_param(self, "o_proj", (H, dv, D), ("heads", "kv", "embed"), init, pdt)
-        return jnp.einsum("blhv,hvd->bld", o_BLHv, w_o.astype(dt)), new_cache
+        return jnp.einsum("bhlv,hvd->bld", o_BHLv, w_o.astype(dt)), new_cache
 
 
 class GQA(nn.Module):
@@ -151,24 +158,25 @@ class GQA(nn.Module):
             return y
 
         rope = Rotary(cfg, hd)
-        q_BLHd = rope(project("q_proj", H), positions_BL)
-        k_BLKd = rope(project("k_proj", KV), positions_BL)
-        v_BLKd = project("v_proj", KV)
+        head_major = lambda a: a.transpose(0, 2, 1, 3)
+        q_BHLd = head_major(rope(project("q_proj", H), positions_BL))
+        k_BKLd = head_major(rope(project("k_proj", KV), positions_BL))
+        v_BKLd = head_major(project("v_proj", KV))
         if cache is None:
-            k_BSKd, v_BSKd, new_cache = k_BLKd, v_BLKd, None
+            k_BKSd, v_BKSd, new_cache = k_BKLd, v_BKLd, None
         else:
-            k_BSKd = write_cache(cache["k"], k_BLKd, cache_index)
-            v_BSKd = write_cache(cache["v"], v_BLKd, cache_index)
-            new_cache = {"k": k_BSKd, "v": v_BSKd}
+            k_BKSd = write_cache(cache["k"], k_BKLd, cache_index, slot_axis=2)
+            v_BKSd = write_cache(cache["v"], v_BKLd, cache_index, slot_axis=2)
+            new_cache = {"k": k_BKSd, "v": v_BKSd}
 
         B, L = x.shape[:2]
-        q_BLKGd = q_BLHd.reshape(B, L, KV, H // KV, hd)
-        scores = jnp.einsum("blkgd,bskd->bkgls", q_BLKGd, k_BSKd).reshape(B, H, L, -1)
+        q_BKGLd = q_BHLd.reshape(B, KV, H // KV, L, hd)  # head h reads kv head h // (H/KV)
+        scores = jnp.einsum("bkgld,bksd->bkgls", q_BKGLd, k_BKSd).reshape(B, H, L, -1)
         probs = masked_softmax(scores / math.sqrt(hd), mask_BLS).astype(dt)
         probs_BKGLS = probs.reshape(B, KV, H // KV, L, -1)
-        o_BLHd = jnp.einsum("bkgls,bskd->blkgd", probs_BKGLS, v_BSKd).reshape(B, L, H, hd)
+        o_BHLd = jnp.einsum("bkgls,bksd->bkgld", probs_BKGLS, v_BKSd).reshape(B, H, L, hd)
         w_o = logical_param(self, "o_proj", (H, hd, D), ("heads", "kv", "embed"), init, pdt)
-        return jnp.einsum("blhd,hde->ble", o_BLHd, w_o.astype(dt)), new_cache
+        return jnp.einsum("bhld,hde->ble", o_BHLd, w_o.astype(dt)), new_cache
 
 
 def attention_module(cfg: ModelConfig, name: str = "attn") -> nn.Module:

@@ -18,6 +18,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+FLAGS = {"dwT": False}
 IMPLS = ("sparse", "dense", "ragged")
 
 
@@ -33,8 +34,11 @@ def dense_oracle(x_TD, expert_ids_TK, gates_TK, w_gate_EDF, w_up_EDF, w_down_EFD
 
 
 def expert_capacity(T: int, K: int, E: int, capacity_factor: float) -> int:
-    """Rows per expert of the fast path: `capacity_factor` times the balanced load, at most T."""
-    return max(1, min(T, math.ceil(capacity_factor * T * K / E)))
+    """Rows per expert on the fast path: capacity_factor x the balanced load T*K/E, rounded up to
+    a multiple of 8, at most T (top-k experts are distinct, so no expert gets more)."""
+    if capacity_factor < 1:
+        raise ValueError(f"capacity_factor={capacity_factor} must be >= 1")
+    return min(T, -(-math.ceil(capacity_factor * T * K / E) // 8) * 8)
 
 
 class _Sorted(NamedTuple):
@@ -59,130 +63,136 @@ def _sort_copies(expert_ids_TK: jax.Array, E: int) -> _Sorted:
 
 
 class _Layout(NamedTuple):
-    """S slots in G groups of R rows, each group multiplied by one expert; a copy per slot."""
+    """Token copies placed in slots: n chunks, each of G groups of R rows that share one expert."""
 
     slot_TK: jax.Array  # slot of copy (t, k)
-    copy_S: jax.Array  # copy held by each slot; T*K if the slot is empty
-    expert_G: jax.Array | None  # expert of each group; None means group g is expert g
+    copy_nS: jax.Array  # copy held by each slot of each chunk; T*K if the slot is empty
+    expert_nG: jax.Array  # expert of each group of each chunk
 
 
-def _layout(s: _Sorted, expert_ids_TK, offset_E, expert_S, expert_G) -> _Layout:
-    """Places expert e's copies, in sorted order, in consecutive slots from offset_E[e]."""
-    T, K = expert_ids_TK.shape
-    slot_TK = offset_E[expert_ids_TK] + s.rank_M.reshape(T, K)
-    rank_S = jnp.arange(expert_S.shape[0], dtype=jnp.int32) - offset_E[expert_S]
-    filled_S = rank_S < s.count_E[expert_S]
-    copy_S = jnp.where(filled_S, s.copy_M.at[s.start_E[expert_S] + rank_S].get(mode="clip"), T * K)
-    return _Layout(slot_TK, copy_S, expert_G)
+def _layout(s: _Sorted, expert_ids_TK, span_E, S: int, R: int, n: int) -> _Layout:
+    """Expert e's copies, in sorted order, at the start of `span_E[e]` consecutive slots.
 
-
-def _capacity_layout(s: _Sorted, expert_ids_TK, C: int) -> _Layout:
-    """Expert e owns slots [e*C, (e+1)*C): valid only if no expert has more than C copies."""
-    E = s.count_E.shape[0]
-    offset_E = jnp.arange(E, dtype=jnp.int32) * C
-    expert_S = jnp.repeat(jnp.arange(E, dtype=jnp.int32), C)
-    return _layout(s, expert_ids_TK, offset_E, expert_S, None)
-
-
-def _block_layout(s: _Sorted, expert_ids_TK, B: int) -> _Layout:
-    """Each expert's copies padded to whole blocks of B rows: dropless for any routing.
-
-    Padding is under B rows per routed expert, so T*K + min(E, T*K)*(B-1) slots always suffice.
+    Spans are multiples of R, so each group of R slots belongs to one expert.
     """
-    E, M = s.count_E.shape[0], expert_ids_TK.size
-    S = math.ceil((M + min(E, M) * (B - 1)) / B) * B
-    padded_E = -(-s.count_E // B) * B
-    offset_E = jnp.cumsum(padded_E) - padded_E
-    expert_S = jnp.searchsorted(offset_E, jnp.arange(S, dtype=jnp.int32), side="right") - 1
-    expert_S = expert_S.astype(jnp.int32)
-    return _layout(s, expert_ids_TK, offset_E, expert_S, expert_S[::B])
+    T, K = expert_ids_TK.shape
+    offset_E = jnp.cumsum(span_E) - span_E
+    slot_TK = offset_E[expert_ids_TK] + s.rank_M.reshape(T, K)
+    slots_S = jnp.arange(S, dtype=jnp.int32)
+    expert_S = (jnp.searchsorted(offset_E, slots_S, side="right") - 1).astype(jnp.int32)
+    rank_S = slots_S - offset_E[expert_S]
+    copy_S = s.copy_M.at[s.start_E[expert_S] + rank_S].get(mode="clip")
+    copy_S = jnp.where(rank_S < s.count_E[expert_S], copy_S, T * K)
+    return _Layout(slot_TK, copy_S.reshape(n, -1), expert_S[::R].reshape(n, -1))
 
 
-def _group(w_E__: jax.Array, expert_G: jax.Array | None) -> jax.Array:
-    return w_E__ if expert_G is None else w_E__[expert_G]
+def _rows(a_TD: jax.Array, copy_S: jax.Array, K: int) -> jax.Array:
+    """Row t of a_TD for each slot holding a copy of token t; zeros for empty slots."""
+    return jnp.take(a_TD, copy_S // K, axis=0, mode="fill", fill_value=0)
 
 
-def _ungroup(dw_G__: jax.Array, expert_G: jax.Array | None, E: int) -> jax.Array:
-    if expert_G is None:
-        return dw_G__
-    return jax.ops.segment_sum(dw_G__, expert_G, num_segments=E, indices_are_sorted=True)
+def _add_rows(acc_TD: jax.Array, copy_S: jax.Array, K: int, a_SD: jax.Array) -> jax.Array:
+    """acc_TD[t] += a_SD[s] for each slot s holding a copy of token t (empty slots dropped)."""
+    return acc_TD.at[copy_S // K].add(a_SD.astype(acc_TD.dtype), mode="drop")
 
 
-def _to_slots(a_TD: jax.Array, layout: _Layout, G: int) -> jax.Array:
-    """Row t of a_TD copied into every slot holding a copy of token t; zeros in empty slots."""
-    K = layout.slot_TK.shape[1]
-    rows_S = layout.copy_S // K
-    return jnp.take(a_TD, rows_S, axis=0, mode="fill", fill_value=0).reshape(G, -1, a_TD.shape[1])
+def _slot_gates(gates_TK: jax.Array, layout: _Layout) -> jax.Array:
+    gates_M = gates_TK.reshape(-1).astype(jnp.float32)
+    return jnp.take(gates_M, layout.copy_nS, mode="fill", fill_value=0)
 
 
-def _from_slots(a_GRD: jax.Array, layout: _Layout, gates_TK: jax.Array | None = None):
-    """sum_k gates[t,k] * a[slot[t,k]] in float32: the transpose of `_to_slots`."""
-    a_SD = a_GRD.reshape(-1, a_GRD.shape[-1])
-    a_TKD = jnp.take(a_SD, layout.slot_TK, axis=0, mode="clip").astype(jnp.float32)
-    if gates_TK is not None:
-        a_TKD = gates_TK.astype(jnp.float32)[..., None] * a_TKD
-    return a_TKD.sum(axis=1)
+def _swiglu_chunks(x_TD, gates_TK, w_gate_EDF, w_up_EDF, w_down_EFD, layout, keep_residuals):
+    """y_TD and, if asked, the pre-activations [n,G,R,2F] of every chunk (scan over chunks)."""
+    T, D = x_TD.shape
+    K, F = gates_TK.shape[1], w_gate_EDF.shape[-1]
+
+    def step(y_TD, chunk):
+        copy_S, expert_G, gate_S = chunk
+        xs_GRD = _rows(x_TD, copy_S, K).reshape(expert_G.shape[0], -1, D)
+        w_gu_GDF = jnp.concatenate([w_gate_EDF[expert_G], w_up_EDF[expert_G]], axis=-1)
+        gu_GRF = jnp.einsum("grd,gdf->grf", xs_GRD, w_gu_GDF)
+        h_GRF = jax.nn.silu(gu_GRF[..., :F]) * gu_GRF[..., F:]
+        ys_SD = jnp.einsum("grf,gfd->grd", h_GRF, w_down_EFD[expert_G]).reshape(-1, D)
+        y_TD = _add_rows(y_TD, copy_S, K, gate_S[:, None] * ys_SD.astype(jnp.float32))
+        return y_TD, gu_GRF if keep_residuals else None
+
+    chunks = (layout.copy_nS, layout.expert_nG, _slot_gates(gates_TK, layout))
+    y_TD, gu_nGRF = jax.lax.scan(step, jnp.zeros((T, D), jnp.float32), chunks)
+    return y_TD.astype(x_TD.dtype), gu_nGRF
 
 
 @jax.custom_vjp
 def _experts(x_TD, gates_TK, w_gate_EDF, w_up_EDF, w_down_EFD, layout: _Layout):
-    """Routed SwiGLU experts on slot-sorted copies: gathers both ways, no scatter-add."""
-    return _experts_fwd(x_TD, gates_TK, w_gate_EDF, w_up_EDF, w_down_EFD, layout)[0]
+    """Routed SwiGLU experts over the slots of `layout`, one chunk of slots at a time.
+
+    Chunks keep the working set small: on CPU, touching fresh memory (page faults) costs as much
+    as the arithmetic. The backward is written by hand to choose its matmuls and reuse gathers.
+    """
+    return _swiglu_chunks(x_TD, gates_TK, w_gate_EDF, w_up_EDF, w_down_EFD, layout, False)[0]
 
 
 def _experts_fwd(x_TD, gates_TK, w_gate_EDF, w_up_EDF, w_down_EFD, layout):
-    G = w_gate_EDF.shape[0] if layout.expert_G is None else layout.expert_G.shape[0]
-    xs_GRD = _to_slots(x_TD, layout, G)
-    g_GRF = jnp.einsum("grd,gdf->grf", xs_GRD, _group(w_gate_EDF, layout.expert_G))
-    u_GRF = jnp.einsum("grd,gdf->grf", xs_GRD, _group(w_up_EDF, layout.expert_G))
-    h_GRF = jax.nn.silu(g_GRF) * u_GRF
-    ys_GRD = jnp.einsum("grf,gfd->grd", h_GRF, _group(w_down_EFD, layout.expert_G))
-    y_TD = _from_slots(ys_GRD, layout, gates_TK).astype(x_TD.dtype)
-    return y_TD, (x_TD, gates_TK, w_gate_EDF, w_up_EDF, w_down_EFD, layout, g_GRF, u_GRF)
+    y_TD, gu_nGRF = _swiglu_chunks(x_TD, gates_TK, w_gate_EDF, w_up_EDF, w_down_EFD, layout, True)
+    return y_TD, (x_TD, gates_TK, w_gate_EDF, w_up_EDF, w_down_EFD, layout, gu_nGRF)
 
 
 def _experts_bwd(res, dy_TD):
-    x_TD, gates_TK, w_gate_EDF, w_up_EDF, w_down_EFD, layout, g_GRF, u_GRF = res
-    G, R, _ = g_GRF.shape
-    E, dt, f32 = w_gate_EDF.shape[0], x_TD.dtype, jnp.float32
-    w_gate_GDF = _group(w_gate_EDF, layout.expert_G)
-    w_up_GDF = _group(w_up_EDF, layout.expert_G)
-    w_down_GFD = _group(w_down_EFD, layout.expert_G)
-    xs_GRD = _to_slots(x_TD, layout, G)
-    dy_GRD = _to_slots(dy_TD.astype(dt), layout, G)  # not yet gated
-    gates_M = gates_TK.reshape(-1).astype(f32)
-    gate_GR1 = jnp.take(gates_M, layout.copy_S, mode="fill", fill_value=0).reshape(G, R, 1)
+    x_TD, gates_TK, w_gate_EDF, w_up_EDF, w_down_EFD, layout, gu_nGRF = res
+    T, D = x_TD.shape
+    K, F = gates_TK.shape[1], w_gate_EDF.shape[-1]
+    dt, f32 = x_TD.dtype, jnp.float32
 
-    dh_GRF = jnp.einsum("grd,gfd->grf", dy_GRD, w_down_GFD).astype(f32)
-    g, u = g_GRF.astype(f32), u_GRF.astype(f32)
-    sig = jax.nn.sigmoid(g)
-    silu = g * sig
-    h = silu * u
-    dgate_S = jnp.sum(dh_GRF * h, axis=-1).reshape(-1)
-    dh_GRF = dh_GRF * gate_GR1
-    dg_GRF = (dh_GRF * u * sig * (1 + g * (1 - sig))).astype(dt)
-    du_GRF = (dh_GRF * silu).astype(dt)
+    def step(carry, chunk):
+        dx_TD, dw_gate_EDF, dw_up_EDF, dw_down_EFD = carry
+        copy_S, expert_G, gate_S, gu_GRF = chunk
+        G, R, _ = gu_GRF.shape
+        xs_GRD = _rows(x_TD, copy_S, K).reshape(G, R, D)
+        dy_GRD = _rows(dy_TD.astype(dt), copy_S, K).reshape(G, R, D)  # not yet gated
+        w_gu_GDF = jnp.concatenate([w_gate_EDF[expert_G], w_up_EDF[expert_G]], axis=-1)
+        dh_GRF = jnp.einsum("grd,gfd->grf", dy_GRD, w_down_EFD[expert_G]).astype(f32)
+        g, u = gu_GRF[..., :F].astype(f32), gu_GRF[..., F:].astype(f32)
+        sig = jax.nn.sigmoid(g)
+        h = g * sig * u
+        dgate_S = jnp.sum(dh_GRF * h, axis=-1).reshape(-1)
+        gate_GR1 = gate_S.reshape(G, R, 1)
+        dh_GRF = dh_GRF * gate_GR1
+        dg = dh_GRF * u * sig * (1 + g * (1 - sig))
+        dgu_GRF = jnp.concatenate([dg, dh_GRF * g * sig], axis=-1).astype(dt)
+        dw_down_GFD = jnp.einsum("grf,grd->gfd", (h * gate_GR1).astype(dt), dy_GRD)
+        if FLAGS["dwT"]:
+            dw_gu_GDF = jnp.swapaxes(jnp.einsum("grd,grf->gfd", xs_GRD, dgu_GRF), 1, 2)
+        else:
+            dw_gu_GDF = jnp.einsum("grd,grf->gdf", xs_GRD, dgu_GRF)
+        dxs_SD = jnp.einsum("grf,gdf->grd", dgu_GRF, w_gu_GDF).reshape(-1, D)
+        carry = (
+            _add_rows(dx_TD, copy_S, K, dxs_SD),
+            dw_gate_EDF.at[expert_G].add(dw_gu_GDF[..., :F], indices_are_sorted=True),
+            dw_up_EDF.at[expert_G].add(dw_gu_GDF[..., F:], indices_are_sorted=True),
+            dw_down_EFD.at[expert_G].add(dw_down_GFD, indices_are_sorted=True),
+        )
+        return carry, dgate_S
 
-    dw_down = jnp.einsum("grf,grd->gfd", (h * gate_GR1).astype(dt), dy_GRD)
-    dw_gate = jnp.einsum("grd,grf->gdf", xs_GRD, dg_GRF)
-    dw_up = jnp.einsum("grd,grf->gdf", xs_GRD, du_GRF)
-    dxs_GRD = jnp.einsum("grf,gdf->grd", dg_GRF, w_gate_GDF) + jnp.einsum(
-        "grf,gdf->grd", du_GRF, w_up_GDF
-    )
-    dx_TD = _from_slots(dxs_GRD, layout).astype(dt)
-    dgates_TK = dgate_S[layout.slot_TK].astype(gates_TK.dtype)
+    zeros = lambda a: jnp.zeros(a.shape, f32)
+    init = (jnp.zeros((T, D), f32), zeros(w_gate_EDF), zeros(w_up_EDF), zeros(w_down_EFD))
+    chunks = (layout.copy_nS, layout.expert_nG, _slot_gates(gates_TK, layout), gu_nGRF)
+    (dx_TD, dw_gate, dw_up, dw_down), dgate_nS = jax.lax.scan(step, init, chunks)
+    dgates_TK = dgate_nS.reshape(-1)[layout.slot_TK].astype(gates_TK.dtype)
     no_grad = jax.tree.map(lambda _: None, layout)
     return (
-        dx_TD,
+        dx_TD.astype(dt),
         dgates_TK,
-        _ungroup(dw_gate, layout.expert_G, E),
-        _ungroup(dw_up, layout.expert_G, E),
-        _ungroup(dw_down, layout.expert_G, E),
+        dw_gate.astype(w_gate_EDF.dtype),
+        dw_up.astype(w_up_EDF.dtype),
+        dw_down.astype(w_down_EFD.dtype),
         no_grad,
     )
 
 
 _experts.defvjp(_experts_fwd, _experts_bwd)
+
+
+def _largest_divisor(n: int, limit: int) -> int:
+    return max(d for d in range(1, n + 1) if n % d == 0 and d <= max(limit, 1))
 
 
 def sparse_dispatch(
@@ -194,26 +204,30 @@ def sparse_dispatch(
     w_down_EFD,
     *,
     capacity_factor: float = 1.25,
-    block_size: int = 128,
+    chunk_rows: int = 4096,
 ):
     """Dropless sorted dispatch; compute follows the active experts.
 
-    Copies are sorted by expert. Fast path: each expert gets `capacity_factor` x the balanced
-    load in rows and all experts run as one batched matmul [E,C,D] x [E,D,F]. If any expert has
-    more copies than that, `lax.cond` takes the dropless path instead: copies padded to blocks of
-    `block_size` rows, each block one expert, weights gathered per block. Both are compiled, one
-    runs, and no token is ever dropped.
+    Copies are sorted by expert into E*C slots, C = `expert_capacity(...)`. Fast path: expert e
+    owns slots [e*C, (e+1)*C) and each chunk of about `chunk_rows` slots is one batched matmul
+    [G,C,D] x [G,D,F]. If some expert has more than C copies, `lax.cond` takes the dropless path
+    on the same slots: each expert's copies padded to blocks of B rows (B divides C and is small
+    enough that E*C slots hold any routing), the weights gathered per block. Both paths are
+    compiled and share their residual shapes; only one runs.
     """
     T, K = expert_ids_TK.shape
     E = w_gate_EDF.shape[0]
     C = expert_capacity(T, K, E, capacity_factor)
-    B = min(block_size, C)
+    B = _largest_divisor(C, C + 1 - math.ceil(T * K / E))  # E*C >= T*K + E*(B-1)
+    n = E // _largest_divisor(E, chunk_rows // C)
     s = _sort_copies(expert_ids_TK, E)
     args = (x_TD, gates_TK, w_gate_EDF, w_up_EDF, w_down_EFD)
+    capacity_E = jnp.full(E, C, jnp.int32)
+    blocks_E = -(-s.count_E // B) * B
     return jax.lax.cond(
         jnp.max(s.count_E) <= C,
-        lambda: _experts(*args, _capacity_layout(s, expert_ids_TK, C)),
-        lambda: _experts(*args, _block_layout(s, expert_ids_TK, B)),
+        lambda: _experts(*args, _layout(s, expert_ids_TK, capacity_E, E * C, C, n)),
+        lambda: _experts(*args, _layout(s, expert_ids_TK, blocks_E, E * C, B, n)),
     )
 
 
