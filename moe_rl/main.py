@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 import os
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 # recipe name -> module defining run(config, workdir)
@@ -45,6 +45,8 @@ def main(argv):
     config = _CONFIG.value
     if config is None:
         raise app.UsageError("--config=experiments/<name>.py is required")
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # keep the progress bar readable (Orbax is chatty)
     run = get_recipe(config.recipe)
     workdir = _WORKDIR.value or default_workdir(
         config, config_flags.get_config_filename(flags.FLAGS["config"])

@@ -18,7 +18,6 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-FLAGS = {"dwT": False}
 IMPLS = ("sparse", "dense", "ragged")
 
 
@@ -102,7 +101,7 @@ def _slot_gates(gates_TK: jax.Array, layout: _Layout) -> jax.Array:
 
 
 def _swiglu_chunks(x_TD, gates_TK, w_gate_EDF, w_up_EDF, w_down_EFD, layout, keep_residuals):
-    """y_TD and, if asked, the pre-activations [n,G,R,2F] of every chunk (scan over chunks)."""
+    """y_TD and, if asked, the pre-activations [n,S,2F] of every chunk (scan over chunks)."""
     T, D = x_TD.shape
     K, F = gates_TK.shape[1], w_gate_EDF.shape[-1]
 
@@ -114,11 +113,11 @@ def _swiglu_chunks(x_TD, gates_TK, w_gate_EDF, w_up_EDF, w_down_EFD, layout, kee
         h_GRF = jax.nn.silu(gu_GRF[..., :F]) * gu_GRF[..., F:]
         ys_SD = jnp.einsum("grf,gfd->grd", h_GRF, w_down_EFD[expert_G]).reshape(-1, D)
         y_TD = _add_rows(y_TD, copy_S, K, gate_S[:, None] * ys_SD.astype(jnp.float32))
-        return y_TD, gu_GRF if keep_residuals else None
+        return y_TD, gu_GRF.reshape(-1, 2 * F) if keep_residuals else None
 
     chunks = (layout.copy_nS, layout.expert_nG, _slot_gates(gates_TK, layout))
-    y_TD, gu_nGRF = jax.lax.scan(step, jnp.zeros((T, D), jnp.float32), chunks)
-    return y_TD.astype(x_TD.dtype), gu_nGRF
+    y_TD, gu_nSF = jax.lax.scan(step, jnp.zeros((T, D), jnp.float32), chunks)
+    return y_TD.astype(x_TD.dtype), gu_nSF
 
 
 @jax.custom_vjp
@@ -132,20 +131,22 @@ def _experts(x_TD, gates_TK, w_gate_EDF, w_up_EDF, w_down_EFD, layout: _Layout):
 
 
 def _experts_fwd(x_TD, gates_TK, w_gate_EDF, w_up_EDF, w_down_EFD, layout):
-    y_TD, gu_nGRF = _swiglu_chunks(x_TD, gates_TK, w_gate_EDF, w_up_EDF, w_down_EFD, layout, True)
-    return y_TD, (x_TD, gates_TK, w_gate_EDF, w_up_EDF, w_down_EFD, layout, gu_nGRF)
+    y_TD, gu_nSF = _swiglu_chunks(x_TD, gates_TK, w_gate_EDF, w_up_EDF, w_down_EFD, layout, True)
+    return y_TD, (x_TD, gates_TK, w_gate_EDF, w_up_EDF, w_down_EFD, layout, gu_nSF)
 
 
 def _experts_bwd(res, dy_TD):
-    x_TD, gates_TK, w_gate_EDF, w_up_EDF, w_down_EFD, layout, gu_nGRF = res
+    x_TD, gates_TK, w_gate_EDF, w_up_EDF, w_down_EFD, layout, gu_nSF = res
     T, D = x_TD.shape
     K, F = gates_TK.shape[1], w_gate_EDF.shape[-1]
     dt, f32 = x_TD.dtype, jnp.float32
 
     def step(carry, chunk):
         dx_TD, dw_gate_EDF, dw_up_EDF, dw_down_EFD = carry
-        copy_S, expert_G, gate_S, gu_GRF = chunk
-        G, R, _ = gu_GRF.shape
+        copy_S, expert_G, gate_S, gu_SF = chunk
+        G = expert_G.shape[0]
+        R = copy_S.shape[0] // G
+        gu_GRF = gu_SF.reshape(G, R, 2 * F)
         xs_GRD = _rows(x_TD, copy_S, K).reshape(G, R, D)
         dy_GRD = _rows(dy_TD.astype(dt), copy_S, K).reshape(G, R, D)  # not yet gated
         w_gu_GDF = jnp.concatenate([w_gate_EDF[expert_G], w_up_EDF[expert_G]], axis=-1)
@@ -159,10 +160,7 @@ def _experts_bwd(res, dy_TD):
         dg = dh_GRF * u * sig * (1 + g * (1 - sig))
         dgu_GRF = jnp.concatenate([dg, dh_GRF * g * sig], axis=-1).astype(dt)
         dw_down_GFD = jnp.einsum("grf,grd->gfd", (h * gate_GR1).astype(dt), dy_GRD)
-        if FLAGS["dwT"]:
-            dw_gu_GDF = jnp.swapaxes(jnp.einsum("grd,grf->gfd", xs_GRD, dgu_GRF), 1, 2)
-        else:
-            dw_gu_GDF = jnp.einsum("grd,grf->gdf", xs_GRD, dgu_GRF)
+        dw_gu_GDF = jnp.einsum("grd,grf->gdf", xs_GRD, dgu_GRF)
         dxs_SD = jnp.einsum("grf,gdf->grd", dgu_GRF, w_gu_GDF).reshape(-1, D)
         carry = (
             _add_rows(dx_TD, copy_S, K, dxs_SD),
@@ -174,7 +172,7 @@ def _experts_bwd(res, dy_TD):
 
     zeros = lambda a: jnp.zeros(a.shape, f32)
     init = (jnp.zeros((T, D), f32), zeros(w_gate_EDF), zeros(w_up_EDF), zeros(w_down_EFD))
-    chunks = (layout.copy_nS, layout.expert_nG, _slot_gates(gates_TK, layout), gu_nGRF)
+    chunks = (layout.copy_nS, layout.expert_nG, _slot_gates(gates_TK, layout), gu_nSF)
     (dx_TD, dw_gate, dw_up, dw_down), dgate_nS = jax.lax.scan(step, init, chunks)
     dgates_TK = dgate_nS.reshape(-1)[layout.slot_TK].astype(gates_TK.dtype)
     no_grad = jax.tree.map(lambda _: None, layout)
@@ -204,29 +202,31 @@ def sparse_dispatch(
     w_down_EFD,
     *,
     capacity_factor: float = 1.25,
-    chunk_rows: int = 4096,
+    chunk_rows: int = 1024,
 ):
     """Dropless sorted dispatch; compute follows the active experts.
 
-    Copies are sorted by expert into E*C slots, C = `expert_capacity(...)`. Fast path: expert e
-    owns slots [e*C, (e+1)*C) and each chunk of about `chunk_rows` slots is one batched matmul
-    [G,C,D] x [G,D,F]. If some expert has more than C copies, `lax.cond` takes the dropless path
-    on the same slots: each expert's copies padded to blocks of B rows (B divides C and is small
-    enough that E*C slots hold any routing), the weights gathered per block. Both paths are
-    compiled and share their residual shapes; only one runs.
+    Copies are sorted by expert into E*C slots, C = `expert_capacity(...)`, processed in chunks of
+    about `chunk_rows` slots, each a batched matmul over groups of rows that share an expert.
+    Fast path: expert e owns slots [e*C, (e+1)*C). If some expert has more than C copies,
+    `lax.cond` takes the dropless path on the same slots: each expert's copies padded to groups
+    of B rows, B small enough that E*C slots hold any routing, weights gathered per group. Both
+    paths are compiled and have the same residual shapes; only one runs.
     """
     T, K = expert_ids_TK.shape
     E = w_gate_EDF.shape[0]
     C = expert_capacity(T, K, E, capacity_factor)
-    B = _largest_divisor(C, C + 1 - math.ceil(T * K / E))  # E*C >= T*K + E*(B-1)
-    n = E // _largest_divisor(E, chunk_rows // C)
+    R = _largest_divisor(C, chunk_rows)  # fast-path rows per group
+    S_chunk = R * _largest_divisor(E * C // R, chunk_rows // R)
+    n = E * C // S_chunk
+    B = _largest_divisor(S_chunk, C + 1 - math.ceil(T * K / E))  # E*C >= T*K + E*(B-1)
     s = _sort_copies(expert_ids_TK, E)
     args = (x_TD, gates_TK, w_gate_EDF, w_up_EDF, w_down_EFD)
     capacity_E = jnp.full(E, C, jnp.int32)
     blocks_E = -(-s.count_E // B) * B
     return jax.lax.cond(
         jnp.max(s.count_E) <= C,
-        lambda: _experts(*args, _layout(s, expert_ids_TK, capacity_E, E * C, C, n)),
+        lambda: _experts(*args, _layout(s, expert_ids_TK, capacity_E, E * C, R, n)),
         lambda: _experts(*args, _layout(s, expert_ids_TK, blocks_E, E * C, B, n)),
     )
 
