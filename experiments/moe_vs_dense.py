@@ -1,8 +1,10 @@
 """MoE vs dense at equal activated parameters, trained on the same tokens.
 
 Command:  python -m moe_rl.main --config=experiments/moe_vs_dense.py
-Runtime:  RUNTIME
-Result:   RESULT
+Runtime:  about 6-7 minutes on a 2-core CPU (two runs of 300 steps x 16 x 256 tokens).
+Result:   a table of params, activated params, FLOPs/token, tokens/s, MFU and validation loss;
+          measured: MoE 218k params / 145k activated, val loss 0.665; dense 145k, 0.626
+          (at this tiny scale and 300 steps the MoE does not win; see the README).
 Both runs live in runs/moe_vs_dense/{moe,dense}; the table is also written to comparison.md.
 """
 
