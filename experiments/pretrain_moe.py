@@ -4,7 +4,7 @@ MTP) on the embedded arithmetic/puzzle corpus.
 Command:  python -m moe_rl.main --config=experiments/pretrain_moe.py
 Runtime:  about 3-4 minutes on a 2-core CPU (300 steps x 16 x 256 tokens; ~6k tokens/s),
           plus ~20 s to prepare the corpus the first time.
-Result:   validation loss from 5.6 (ln 264) to about 0.67 nats/byte; runs/pretrain_moe holds
+Result:   validation loss from 5.6 (ln 264) to about 0.64 nats/byte; runs/pretrain_moe holds
           metrics.jsonl, TensorBoard events, loss.png, expert_load.png, summary.json, checkpoints.
 Kill it at any time and re-run the same command: it resumes from the last checkpoint.
 """

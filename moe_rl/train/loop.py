@@ -148,15 +148,19 @@ def train_loop(
             pending = (step, metrics, now - last)
             last = now
             bar.update(1)
-            if eval_fn is not None and eval_every and (step % eval_every == 0 or step == num_steps):
+            evaluate = step == num_steps or (eval_every and step % eval_every == 0)
+            checkpoint = step % checkpoint_every == 0 or step == num_steps
+            if (eval_fn is not None and evaluate) or (checkpointer is not None and checkpoint):
+                # NaN check before saving: a checkpoint must never hold a non-finite state.
                 flush(pending)
                 pending = None
+            if eval_fn is not None and evaluate:
                 eval_metrics = eval_fn(state)
                 check_finite(step, eval_metrics)
                 writer.write(step, eval_metrics)
                 rows.append({"step": step, **eval_metrics})
                 logging.info("step %d eval %s", step, eval_metrics)
-            if checkpointer is not None and (step % checkpoint_every == 0 or step == num_steps):
+            if checkpointer is not None and checkpoint:
                 checkpointer.save(step, state, data_state(), force=step == num_steps)
         if pending is not None:
             flush(pending)
