@@ -1,12 +1,12 @@
 """MoE layer on this machine: routed-expert dispatch implementations vs the dense FFN bound.
 
-    python benchmarks/moe_layer.py [--tokens 4096 --experts 8 64 --repeats 7]
+    python benchmarks/moe_layer.py [--tokens 4096 --experts 8 64 --repeats 11]
 
 Each MoE row is a whole layer: router (x @ W_router, sigmoid, top-k, normalised gates), one
 shared expert and the routed experts through `routed_experts(impl, ...)`. The bound is a dense
 SwiGLU FFN of width (top_k + shared) * F: the same activated FLOPs, no routing. fwd+bwd is one
 jit of `jax.vjp` returning the output and the gradients w.r.t. x and every weight. Times are
-medians after a warm-up call, the fast rows interleaved so that machine load hits them alike.
+medians after a warm-up call, sparse and bound interleaved so that machine load hits them alike.
 The dense oracle and ragged_dot take seconds per call: `--slow_repeats` calls, no warm-up.
 """
 
@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import platform
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from moe_rl.models.dispatch import expert_capacity, routed_experts
+from moe_rl.models.dispatch import group_rows, routed_experts
 
 IMPLS = {"sparse dispatch": "sparse", "dense oracle": "dense", "ragged_dot": "ragged"}
 SLOW = ("dense oracle", "ragged_dot")
@@ -90,24 +91,46 @@ def bench(args, E: int) -> dict[str, tuple[float, float, int]]:
     moe_p, bound_p = make_params(kp, D, F, E, K, args.shared)
 
     ids_TK, _ = route(x_TD, moe_p["router"], K)
-    load = np.bincount(np.asarray(ids_TK).ravel(), minlength=E)
-    C = expert_capacity(T, K, E, 1.25)
-    path = "fast path" if load.max() <= C else "dropless fallback"
-    print(f"\nE={E}: expert load max {load.max()}, mean {load.mean():.0f}, capacity {C}: {path}")
+    load_E = np.bincount(np.asarray(ids_TK).ravel(), minlength=E)
+    R = group_rows(T, K, E, capacity_factor=1.25, chunk_rows=1024)  # sparse_dispatch defaults
+    groups = int(np.sum(-(-load_E // R)))
+    print(
+        f"\nE={E}: copies per expert max {load_E.max()}, mean {load_E.mean():.0f}; sparse "
+        f"dispatch: {groups} groups of {R} rows ({groups * R / (T * K):.2f}x the copies)"
+    )
 
-    steps = {name: fwd_and_fwd_bwd(moe_layer(impl, K), moe_p, x_TD, dy_TD) for name, impl in IMPLS.items()}
+    steps = {
+        name: fwd_and_fwd_bwd(moe_layer(impl, K), moe_p, x_TD, dy_TD)
+        for name, impl in IMPLS.items()
+    }
     steps[BOUND] = fwd_and_fwd_bwd(lambda p, x: swiglu(x, *p), bound_p, x_TD, dy_TD)
     times = {name: ([], []) for name in steps}
+
+    def measure(names, repeats):
+        for _ in range(repeats):
+            for name in names:
+                for t, (fn, a) in zip(times[name], steps[name], strict=True):
+                    t.append(call_ms(fn, a))
+
     fast = [name for name in steps if name not in SLOW]
     for name in fast:  # warm-up
         for fn, a in steps[name]:
             call_ms(fn, a)
-    for i in range(args.repeats):
-        for name in steps:
-            if name in fast or i < args.slow_repeats:
-                for t, (fn, a) in zip(times[name], steps[name], strict=True):
-                    t.append(call_ms(fn, a))
+    measure(fast, args.repeats)
+    measure(SLOW, args.slow_repeats)
     return {name: (np.median(f), np.median(fb), len(f)) for name, (f, fb) in times.items()}
+
+
+def machine() -> str:
+    cpu = platform.machine()
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    return (
+        f"jax {jax.__version__}, backend {jax.default_backend()}, devices {jax.devices()}, "
+        f"{os.cpu_count()} CPUs ({cpu})"
+    )
 
 
 def main():
@@ -118,22 +141,25 @@ def main():
     parser.add_argument("--top_k", type=int, default=6)
     parser.add_argument("--shared", type=int, default=1, help="shared experts")
     parser.add_argument("--experts", type=int, nargs="+", default=[8, 64])
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=11)
     parser.add_argument("--slow_repeats", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
+    print(machine())
     print(
-        f"jax {jax.__version__}, {jax.default_backend()} device {jax.devices()[0].device_kind}, "
-        f"{os.cpu_count()} CPUs; float32, T={args.tokens} D={args.hidden} F={args.expert_width}, "
-        f"top-{args.top_k} + {args.shared} shared"
+        f"float32, T={args.tokens} D={args.hidden} F={args.expert_width}, top-{args.top_k} + "
+        f"{args.shared} shared; medians, ratios to the bound in the same run"
     )
     for E in args.experts:
         results = bench(args, E)
-        bound = results[BOUND][1]
-        print(f"{'':17s}{'fwd ms':>9s}{'fwd+bwd ms':>12s}{'/ bound':>9s}{'repeats':>9s}")
+        bound_fwd, bound_fwd_bwd, _ = results[BOUND]
+        print(f"{'':17s}{'fwd ms':>9s}{'fwd+bwd ms':>12s}{'fwd+bwd/bound':>15s}{'fwd/bound':>11s}")
         for name, (fwd, fwd_bwd, n) in results.items():
-            print(f"{name:17s}{fwd:9.1f}{fwd_bwd:12.1f}{fwd_bwd / bound:8.2f}x{n:9d}")
+            print(
+                f"{name:17s}{fwd:9.1f}{fwd_bwd:12.1f}{fwd_bwd / bound_fwd_bwd:14.2f}x"
+                f"{fwd / bound_fwd:10.2f}x  ({n} repeats)"
+            )
 
 
 if __name__ == "__main__":

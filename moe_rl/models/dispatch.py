@@ -5,7 +5,8 @@ matmuls run in x's dtype, the gating and the sum over the K experts of a token i
 
 - `dense_oracle`: every expert on every token (E/K times the FLOPs); obviously correct, the test
   reference.
-- `sparse_dispatch`: dropless sorted dispatch, fast on XLA:CPU; cost follows the active experts.
+- `sparse_dispatch`: dropless sorted dispatch in groups of rows per expert, fast on XLA:CPU; its
+  cost follows the routing (the experts' actual loads), not the number of experts.
 - `ragged_dispatch`: token copies sorted by expert through `jax.lax.ragged_dot`, the grouped
   matmul of GPUs and TPUs (on CPU it is ~100x slower than a dense matmul of the same FLOPs).
 """
@@ -32,12 +33,13 @@ def dense_oracle(x_TD, expert_ids_TK, gates_TK, w_gate_EDF, w_up_EDF, w_down_EFD
     return jnp.einsum("te,ted->td", gates_TE, y_TED.astype(jnp.float32)).astype(x_TD.dtype)
 
 
-def expert_capacity(T: int, K: int, E: int, capacity_factor: float) -> int:
-    """Rows per expert on the fast path: capacity_factor x the balanced load T*K/E, rounded up to
-    a multiple of 8, at most T (top-k experts are distinct, so no expert gets more)."""
-    if capacity_factor < 1:
-        raise ValueError(f"capacity_factor={capacity_factor} must be >= 1")
-    return min(T, -(-math.ceil(capacity_factor * T * K / E) // 8) * 8)
+def group_rows(T: int, K: int, E: int, capacity_factor: float, chunk_rows: int) -> int:
+    """Rows of one group (one matmul of a batch) in `sparse_dispatch`: `capacity_factor` times the
+    balanced load T*K/E, so that most experts fill one group; rounded up to a multiple of 8, at
+    most `chunk_rows`."""
+    if capacity_factor <= 0:
+        raise ValueError(f"capacity_factor={capacity_factor} must be positive")
+    return max(8, min(-(-math.ceil(capacity_factor * T * K / E) // 8) * 8, chunk_rows))
 
 
 class _Sorted(NamedTuple):
@@ -53,36 +55,51 @@ def _sort_copies(expert_ids_TK: jax.Array, E: int) -> _Sorted:
     ids_M = expert_ids_TK.reshape(-1).astype(jnp.int32)
     M = ids_M.shape[0]
     iota_M = jnp.arange(M, dtype=jnp.int32)
-    sorted_ids_M, copy_M = jax.lax.sort((ids_M, iota_M), num_keys=1, is_stable=True)
+    if E * M <= jnp.iinfo(jnp.int32).max:  # one key, expert * M + copy: a much faster sort
+        key_M = jnp.sort(ids_M * M + iota_M)
+        sorted_ids_M, copy_M = key_M // M, key_M % M
+    else:
+        sorted_ids_M, copy_M = jax.lax.sort((ids_M, iota_M), num_keys=1, is_stable=True)
     experts_E = jnp.arange(E, dtype=jnp.int32)
-    start_E = jnp.searchsorted(sorted_ids_M, experts_E, side="left").astype(jnp.int32)
-    count_E = jnp.searchsorted(sorted_ids_M, experts_E, side="right").astype(jnp.int32) - start_E
+    bound = lambda side: jnp.searchsorted(sorted_ids_M, experts_E, side, method="compare_all")
+    start_E = bound("left").astype(jnp.int32)
+    count_E = bound("right").astype(jnp.int32) - start_E
     position_M = jnp.zeros(M, jnp.int32).at[copy_M].set(iota_M, unique_indices=True)
     return _Sorted(copy_M, position_M - start_E[ids_M], start_E, count_E)
 
 
 class _Layout(NamedTuple):
-    """Token copies placed in slots: n chunks, each of G groups of R rows that share one expert."""
+    """Token copies in slots: n chunks of G groups of R rows, each group one expert's copies."""
 
     slot_TK: jax.Array  # slot of copy (t, k)
     copy_nS: jax.Array  # copy held by each slot of each chunk; T*K if the slot is empty
     expert_nG: jax.Array  # expert of each group of each chunk
+    used: jax.Array  # chunks holding copies; the rest are empty and skipped
 
 
-def _layout(s: _Sorted, expert_ids_TK, span_E, S: int, R: int, n: int) -> _Layout:
-    """Expert e's copies, in sorted order, at the start of `span_E[e]` consecutive slots.
+def _layout(expert_ids_TK: jax.Array, E: int, R: int, chunk_rows: int) -> _Layout:
+    """Each expert's copies, sorted, padded to whole groups of R rows, experts one after another.
 
-    Spans are multiples of R, so each group of R slots belongs to one expert.
+    Padding is under R rows per routed expert, so T*K + min(E, T*K)*(R-1) slots hold any routing.
     """
     T, K = expert_ids_TK.shape
+    M = T * K
+    groups = -(-(M + min(E, M) * (R - 1)) // R)  # enough for any routing
+    S_chunk = R * max(1, min(chunk_rows // R, groups))
+    n = -(-groups * R // S_chunk)
+    s = _sort_copies(expert_ids_TK, E)
+    span_E = -(-s.count_E // R) * R
     offset_E = jnp.cumsum(span_E) - span_E
     slot_TK = offset_E[expert_ids_TK] + s.rank_M.reshape(T, K)
-    slots_S = jnp.arange(S, dtype=jnp.int32)
-    expert_S = (jnp.searchsorted(offset_E, slots_S, side="right") - 1).astype(jnp.int32)
+    slots_S = jnp.arange(n * S_chunk, dtype=jnp.int32)
+    expert_S = (
+        jnp.searchsorted(offset_E, slots_S, "right", method="compare_all").astype(jnp.int32) - 1
+    )
     rank_S = slots_S - offset_E[expert_S]
     copy_S = s.copy_M.at[s.start_E[expert_S] + rank_S].get(mode="clip")
-    copy_S = jnp.where(rank_S < s.count_E[expert_S], copy_S, T * K)
-    return _Layout(slot_TK, copy_S.reshape(n, -1), expert_S[::R].reshape(n, -1))
+    copy_S = jnp.where(rank_S < s.count_E[expert_S], copy_S, M)
+    used = -(-jnp.sum(span_E) // S_chunk)
+    return _Layout(slot_TK, copy_S.reshape(n, S_chunk), expert_S[::R].reshape(n, -1), used)
 
 
 def _rows(a_TD: jax.Array, copy_S: jax.Array, K: int) -> jax.Array:
@@ -95,18 +112,20 @@ def _add_rows(acc_TD: jax.Array, copy_S: jax.Array, K: int, a_SD: jax.Array) -> 
     return acc_TD.at[copy_S // K].add(a_SD.astype(acc_TD.dtype), mode="drop")
 
 
-def _slot_gates(gates_TK: jax.Array, layout: _Layout) -> jax.Array:
+def _chunks(gates_TK: jax.Array, layout: _Layout):
+    """Per-chunk scan inputs: (chunk index, copies, group experts, gates of the slots)."""
     gates_M = gates_TK.reshape(-1).astype(jnp.float32)
-    return jnp.take(gates_M, layout.copy_nS, mode="fill", fill_value=0)
+    gate_nS = jnp.take(gates_M, layout.copy_nS, mode="fill", fill_value=0)
+    n = layout.copy_nS.shape[0]
+    return jnp.arange(n), layout.copy_nS, layout.expert_nG, gate_nS
 
 
 def _swiglu_chunks(x_TD, gates_TK, w_gate_EDF, w_up_EDF, w_down_EFD, layout, keep_residuals):
-    """y_TD and, if asked, the pre-activations [n,S,2F] of every chunk (scan over chunks)."""
+    """y_TD and, if asked, the pre-activations [n,S,2F] of every chunk (zeros if unused)."""
     T, D = x_TD.shape
     K, F = gates_TK.shape[1], w_gate_EDF.shape[-1]
 
-    def step(y_TD, chunk):
-        copy_S, expert_G, gate_S = chunk
+    def compute(y_TD, copy_S, expert_G, gate_S):
         xs_GRD = _rows(x_TD, copy_S, K).reshape(expert_G.shape[0], -1, D)
         w_gu_GDF = jnp.concatenate([w_gate_EDF[expert_G], w_up_EDF[expert_G]], axis=-1)
         gu_GRF = jnp.einsum("grd,gdf->grf", xs_GRD, w_gu_GDF)
@@ -115,8 +134,15 @@ def _swiglu_chunks(x_TD, gates_TK, w_gate_EDF, w_up_EDF, w_down_EFD, layout, kee
         y_TD = _add_rows(y_TD, copy_S, K, gate_S[:, None] * ys_SD.astype(jnp.float32))
         return y_TD, gu_GRF.reshape(-1, 2 * F) if keep_residuals else None
 
-    chunks = (layout.copy_nS, layout.expert_nG, _slot_gates(gates_TK, layout))
-    y_TD, gu_nSF = jax.lax.scan(step, jnp.zeros((T, D), jnp.float32), chunks)
+    def skip(y_TD, copy_S, expert_G, gate_S):
+        gu_SF = jnp.zeros((copy_S.shape[0], 2 * F), x_TD.dtype)
+        return y_TD, gu_SF if keep_residuals else None
+
+    def step(y_TD, chunk):
+        i, *rest = chunk
+        return jax.lax.cond(i < layout.used, compute, skip, y_TD, *rest)
+
+    y_TD, gu_nSF = jax.lax.scan(step, jnp.zeros((T, D), jnp.float32), _chunks(gates_TK, layout))
     return y_TD.astype(x_TD.dtype), gu_nSF
 
 
@@ -141,9 +167,8 @@ def _experts_bwd(res, dy_TD):
     K, F = gates_TK.shape[1], w_gate_EDF.shape[-1]
     dt, f32 = x_TD.dtype, jnp.float32
 
-    def step(carry, chunk):
+    def compute(carry, copy_S, expert_G, gate_S, gu_SF):
         dx_TD, dw_gate_EDF, dw_up_EDF, dw_down_EFD = carry
-        copy_S, expert_G, gate_S, gu_SF = chunk
         G = expert_G.shape[0]
         R = copy_S.shape[0] // G
         gu_GRF = gu_SF.reshape(G, R, 2 * F)
@@ -170,9 +195,16 @@ def _experts_bwd(res, dy_TD):
         )
         return carry, dgate_S
 
+    def skip(carry, copy_S, expert_G, gate_S, gu_SF):
+        return carry, jnp.zeros(copy_S.shape, f32)
+
+    def step(carry, chunk):
+        i, *rest = chunk
+        return jax.lax.cond(i < layout.used, compute, skip, carry, *rest)
+
     zeros = lambda a: jnp.zeros(a.shape, f32)
     init = (jnp.zeros((T, D), f32), zeros(w_gate_EDF), zeros(w_up_EDF), zeros(w_down_EFD))
-    chunks = (layout.copy_nS, layout.expert_nG, _slot_gates(gates_TK, layout), gu_nSF)
+    chunks = (*_chunks(gates_TK, layout), gu_nSF)
     (dx_TD, dw_gate, dw_up, dw_down), dgate_nS = jax.lax.scan(step, init, chunks)
     dgates_TK = dgate_nS.reshape(-1)[layout.slot_TK].astype(gates_TK.dtype)
     no_grad = jax.tree.map(lambda _: None, layout)
@@ -189,10 +221,6 @@ def _experts_bwd(res, dy_TD):
 _experts.defvjp(_experts_fwd, _experts_bwd)
 
 
-def _largest_divisor(n: int, limit: int) -> int:
-    return max(d for d in range(1, n + 1) if n % d == 0 and d <= max(limit, 1))
-
-
 def sparse_dispatch(
     x_TD,
     expert_ids_TK,
@@ -204,31 +232,20 @@ def sparse_dispatch(
     capacity_factor: float = 1.25,
     chunk_rows: int = 1024,
 ):
-    """Dropless sorted dispatch; compute follows the active experts.
+    """Dropless sorted dispatch whose cost follows the routing.
 
-    Copies are sorted by expert into E*C slots, C = `expert_capacity(...)`, processed in chunks of
-    about `chunk_rows` slots, each a batched matmul over groups of rows that share an expert.
-    Fast path: expert e owns slots [e*C, (e+1)*C). If some expert has more than C copies,
-    `lax.cond` takes the dropless path on the same slots: each expert's copies padded to groups
-    of B rows, B small enough that E*C slots hold any routing, weights gathered per group. Both
-    paths are compiled and have the same residual shapes; only one runs.
+    Token copies are sorted by expert and each expert's copies padded to whole groups of
+    R = `group_rows(...)` rows: with balanced routing every expert fills one group, an expert
+    with more copies takes more groups, an expert with none takes no slot. A `lax.scan` over
+    chunks of about `chunk_rows` slots runs each chunk as one batched matmul over its groups
+    [G,R,D] x [G,D,F]; the slots are sized for the worst routing and the chunks past the last
+    copy are skipped with `lax.cond`, so nothing is dropped and empty slots cost almost nothing.
     """
     T, K = expert_ids_TK.shape
     E = w_gate_EDF.shape[0]
-    C = expert_capacity(T, K, E, capacity_factor)
-    R = _largest_divisor(C, chunk_rows)  # fast-path rows per group
-    S_chunk = R * _largest_divisor(E * C // R, chunk_rows // R)
-    n = E * C // S_chunk
-    B = _largest_divisor(S_chunk, C + 1 - math.ceil(T * K / E))  # E*C >= T*K + E*(B-1)
-    s = _sort_copies(expert_ids_TK, E)
-    args = (x_TD, gates_TK, w_gate_EDF, w_up_EDF, w_down_EFD)
-    capacity_E = jnp.full(E, C, jnp.int32)
-    blocks_E = -(-s.count_E // B) * B
-    return jax.lax.cond(
-        jnp.max(s.count_E) <= C,
-        lambda: _experts(*args, _layout(s, expert_ids_TK, capacity_E, E * C, R, n)),
-        lambda: _experts(*args, _layout(s, expert_ids_TK, blocks_E, E * C, B, n)),
-    )
+    R = group_rows(T, K, E, capacity_factor, chunk_rows)
+    layout = _layout(expert_ids_TK, E, R, chunk_rows)
+    return _experts(x_TD, gates_TK, w_gate_EDF, w_up_EDF, w_down_EFD, layout)
 
 
 def ragged_dispatch(x_TD, expert_ids_TK, gates_TK, w_gate_EDF, w_up_EDF, w_down_EFD):

@@ -111,7 +111,7 @@ def train_loop(
     """Runs steps from state.step to num_steps; returns the final state and the logged rows.
 
     `data_state()` returns the iterator position *after* the batches consumed so far; it is
-    saved with each checkpoint so a resumed run sees exactly the same batches.
+    saved with each checkpoint as extra['data'] so a resumed run sees exactly the same batches.
     """
     writer = MetricWriter(workdir)
     start = int(state.step)
@@ -161,7 +161,7 @@ def train_loop(
                 rows.append({"step": step, **eval_metrics})
                 logging.info("step %d eval %s", step, eval_metrics)
             if checkpointer is not None and checkpoint:
-                checkpointer.save(step, state, data_state(), force=step == num_steps)
+                checkpointer.save(step, state, {"data": data_state()}, force=step == num_steps)
         if pending is not None:
             flush(pending)
     finally:
