@@ -1,0 +1,260 @@
+"""Batched autoregressive sampling: one jit holds the prefill and the whole decode loop.
+
+    out = generate(cfg, params, state, prompts, key, SamplingParams(temperature=0.6, top_p=0.95),
+                   eos_id=tok.eos_id, pad_id=tok.pad_id)
+    out.tokens [B, N], out.logprobs [B, N], out.lengths [B]
+
+Prompts of different lengths are left-padded to a common length (padding has segment id 0, so
+no real token attends to it, and positions start at 0 in every row), then prefilled into the
+KV cache in one forward pass. Decoding is a `lax.while_loop` of one-token forward passes over
+the cache (MLA: absorbed attention over the compressed latent); it stops as soon as every row
+has produced EOS. Each row keeps its first EOS; what follows is PAD with log-prob 0.
+
+The prompt length and the batch are rounded up (`bucket`), and `max_new_tokens` is
+fixed by the sampling parameters, so a run compiles once per bucket, not once per batch.
+
+Log-probabilities are those of the sampled tokens under the temperature-scaled model
+distribution before top-k/top-p filtering: log softmax(logits / T). This is the policy's
+log-probability that GRPO's importance ratio uses (as in TRL and verl), and what
+`token_logprobs` computes from a full forward pass. Greedy decoding (T = 0) reports T = 1.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import functools
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from moe_rl.models import transformer
+from moe_rl.models.config import ModelConfig
+
+_TRACES: collections.Counter = collections.Counter()
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingParams:
+    """How to pick each token. temperature 0 is greedy; top_k 0 and top_p 1 disable filtering."""
+
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    max_new_tokens: int = 128
+
+    def __post_init__(self):
+        checks = {
+            "temperature": self.temperature >= 0,
+            "top_k": self.top_k >= 0,
+            "top_p": 0.0 < self.top_p <= 1.0,
+            "max_new_tokens": self.max_new_tokens >= 1,
+        }
+        allowed = {
+            "temperature": ">= 0 (0 = greedy)",
+            "top_k": ">= 0 (0 = off)",
+            "top_p": "in (0, 1]",
+            "max_new_tokens": ">= 1",
+        }
+        for key, ok in checks.items():
+            if not ok:
+                raise ValueError(
+                    f"sampling.{key}={getattr(self, key)!r} is invalid; allowed: {allowed[key]}"
+                )
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+    @classmethod
+    def from_config(cls, c: ml_collections.ConfigDict | dict) -> SamplingParams:
+        values = c.to_dict() if isinstance(c, ml_collections.ConfigDict) else dict(c)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown sampling field(s) {unknown}; known: {sorted(known)}")
+        return cls(**values)
+
+
+class Samples(NamedTuple):
+    """Generated continuations; row b holds `lengths[b]` tokens (its EOS included), then PAD."""
+
+    tokens: jax.Array  # [B, N] int32
+    logprobs: jax.Array  # [B, N] float32, 0 after the row's end
+    lengths: jax.Array  # [B] int32
+
+
+def bucket(n: int, minimum: int = 8, step: int = 128) -> int:
+    """n rounded up to a power of two (at least `minimum`) up to `step`, beyond it to a
+    multiple of `step`: few distinct shapes, little padding for long prompts."""
+    if n > step:
+        return -(-n // step) * step
+    return max(minimum, 1 << max(n - 1, 0).bit_length())
+
+
+def trace_count() -> int:
+    """How many times the generation function has been traced (= compiled) in this process."""
+    return sum(_TRACES.values())
+
+
+def token_logprobs(logits_BLV: jax.Array, tokens_BL: jax.Array, temperature: float = 1.0):
+    """log softmax(logits / T) at `tokens`, in float32 (T <= 0 counts as 1)."""
+    t = temperature if temperature > 0 else 1.0
+    logp_BLV = jax.nn.log_softmax(logits_BLV.astype(jnp.float32) / t, axis=-1)
+    return jnp.take_along_axis(logp_BLV, tokens_BL[..., None].astype(jnp.int32), axis=-1)[..., 0]
+
+
+def filter_logits(logits_BV: jax.Array, sp: SamplingParams) -> jax.Array:
+    """Temperature, then top-k, then top-p (nucleus, Holtzman et al. 2020); dropped = -inf."""
+    logits = logits_BV.astype(jnp.float32) / sp.temperature
+    if sp.top_k and sp.top_k < logits.shape[-1]:
+        kth_B1 = jax.lax.top_k(logits, sp.top_k)[0][:, -1:]
+        logits = jnp.where(logits < kth_B1, -jnp.inf, logits)
+    if sp.top_p < 1.0:
+        sorted_BV = jnp.sort(logits, axis=-1)[:, ::-1]
+        probs_BV = jax.nn.softmax(sorted_BV, axis=-1)
+        mass_before_BV = jnp.cumsum(probs_BV, axis=-1) - probs_BV
+        # Keep the smallest prefix whose mass reaches top_p: tokens whose preceding mass < p.
+        kept = jnp.where(mass_before_BV < sp.top_p, sorted_BV, jnp.inf)
+        threshold_B1 = jnp.min(kept, axis=-1, keepdims=True)
+        logits = jnp.where(logits < threshold_B1, -jnp.inf, logits)
+    return logits
+
+
+def _pick(logits_BV: jax.Array, key: jax.Array, sp: SamplingParams):
+    """(token [B], its log-prob [B]) for one step."""
+    if sp.greedy:
+        token_B = jnp.argmax(logits_BV, axis=-1).astype(jnp.int32)
+    else:
+        token_B = jax.random.categorical(key, filter_logits(logits_BV, sp)).astype(jnp.int32)
+    return token_B, token_logprobs(logits_BV, token_B, sp.temperature)
+
+
+def _generate(cfg, sp, eos_id, pad_id, params, state, prompt_BP, prompt_len_B, key):
+    """Prefill the left-padded prompts, then decode up to sp.max_new_tokens tokens."""
+    _TRACES[(cfg, sp, prompt_BP.shape)] += 1
+    B, P = prompt_BP.shape
+    N = sp.max_new_tokens
+    slots_P = jnp.arange(P, dtype=jnp.int32)
+    pad_B1 = (P - prompt_len_B)[:, None]
+    seg_BP = (slots_P[None] >= pad_B1).astype(jnp.int32)
+    positions_BP = jnp.maximum(slots_P[None] - pad_B1, 0)
+    cache = transformer.init_cache(cfg, B, P + N)
+    logits_BPV, cache, _ = transformer.forward(
+        cfg, params, state, prompt_BP, positions_BP, seg_BP, cache, mtp=False
+    )
+
+    def emit(t, logits_BV, tokens_BN, logprobs_BN, lengths_B, done_B):
+        token_B, logprob_B = _pick(logits_BV, jax.random.fold_in(key, t), sp)
+        lengths_B = lengths_B + (~done_B).astype(jnp.int32)
+        token_B = jnp.where(done_B, pad_id, token_B)
+        logprob_B = jnp.where(done_B, 0.0, logprob_B)
+        tokens_BN = jax.lax.dynamic_update_slice(tokens_BN, token_B[:, None], (0, t))
+        logprobs_BN = jax.lax.dynamic_update_slice(logprobs_BN, logprob_B[:, None], (0, t))
+        return token_B, tokens_BN, logprobs_BN, lengths_B, done_B | (token_B == eos_id)
+
+    tokens_BN = jnp.full((B, N), pad_id, jnp.int32)
+    logprobs_BN = jnp.zeros((B, N), jnp.float32)
+    lengths_B = jnp.zeros((B,), jnp.int32)
+    done_B = prompt_len_B == 0  # batch-padding rows
+    state_t = emit(0, logits_BPV[:, -1], tokens_BN, logprobs_BN, lengths_B, done_B)
+
+    def cond(carry):
+        t, _, (*_, done_B) = carry
+        return (t < N) & ~jnp.all(done_B)
+
+    def body(carry):
+        t, cache, (token_B, *rest) = carry
+        positions_B1 = (prompt_len_B + t - 1)[:, None]
+        logits_B1V, cache, _ = transformer.forward(
+            cfg,
+            params,
+            state,
+            token_B[:, None],
+            positions_B1,
+            jnp.ones_like(positions_B1),
+            cache,
+            mtp=False,
+        )
+        return t + 1, cache, emit(t, logits_B1V[:, 0], *rest)
+
+    carry = (jnp.int32(1), cache, state_t)
+    _, _, (_, tokens_BN, logprobs_BN, lengths_B, _) = jax.lax.while_loop(cond, body, carry)
+    return Samples(tokens_BN, logprobs_BN, lengths_B)
+
+
+_generate_jit = jax.jit(_generate, static_argnums=(0, 1, 2, 3))
+
+
+def left_pad(prompts: Sequence[Sequence[int]], pad_id: int, length: int, rows: int):
+    """[rows, length] int32 with each prompt right-aligned, and the prompt lengths [rows]."""
+    out = np.full((rows, length), pad_id, np.int32)
+    lengths = np.zeros(rows, np.int32)
+    for i, p in enumerate(prompts):
+        if len(p):
+            out[i, length - len(p) :] = p
+        lengths[i] = len(p)
+    return out, lengths
+
+
+def generate(
+    cfg: ModelConfig,
+    params,
+    state: dict,
+    prompts: Sequence[Sequence[int]],
+    key: jax.Array,
+    sp: SamplingParams,
+    *,
+    eos_id: int,
+    pad_id: int,
+) -> Samples:
+    """Samples a continuation of each prompt (token ids, each non-empty); deterministic in `key`.
+
+    Returns arrays with one row per prompt; `max_new_tokens` columns.
+    """
+    if not prompts:
+        raise ValueError("no prompts")
+    if any(len(p) == 0 for p in prompts):
+        raise ValueError("every prompt needs at least one token (e.g. BOS)")
+    if eos_id == pad_id:
+        raise ValueError(f"eos_id and pad_id must differ, both are {eos_id}")
+    P = bucket(max(len(p) for p in prompts))
+    if P + sp.max_new_tokens > cfg.max_position_embeddings:
+        raise ValueError(
+            f"prompt bucket {P} + sampling.max_new_tokens={sp.max_new_tokens} exceeds "
+            f"model.max_position_embeddings={cfg.max_position_embeddings}"
+        )
+    B = len(prompts)
+    prompt_BP, lengths_B = left_pad(prompts, pad_id, P, bucket(B, minimum=1, step=1 << 30))
+    out = _generate_jit(cfg, sp, eos_id, pad_id, params, state, prompt_BP, lengths_B, key)
+    return Samples(*(a[:B] for a in out))
+
+
+def sample_texts(
+    cfg: ModelConfig, params, state, tokenizer, prompts: Sequence[str], key, sp: SamplingParams
+) -> tuple[list[str], Samples]:
+    """Encodes text prompts (with BOS if the tokenizer has one), samples, decodes the answers."""
+    ids = [tokenizer.encode(p, add_bos=tokenizer.bos_id is not None) for p in prompts]
+    out = generate(
+        cfg, params, state, ids, key, sp, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id
+    )
+    tokens, lengths = np.asarray(out.tokens), np.asarray(out.lengths)
+    texts = [tokenizer.decode(row[:n]) for row, n in zip(tokens, lengths, strict=True)]
+    return texts, out
+
+
+@functools.partial(jax.jit, static_argnums=(0, 5))
+def full_forward_logprobs(cfg, params, state, tokens_BL, segment_ids_BL, temperature=1.0):
+    """Log-probs of tokens[:, 1:] given their prefixes, by one cache-free forward pass (the
+    training-side computation the sampler must agree with). Positions restart per row at its
+    first non-zero segment id (left padding)."""
+    pad_B1 = jnp.argmax(segment_ids_BL > 0, axis=1)[:, None]
+    positions_BL = jnp.maximum(jnp.arange(tokens_BL.shape[1])[None] - pad_B1, 0)
+    logits_BLV, _, _ = transformer.forward(
+        cfg, params, state, tokens_BL, positions_BL, segment_ids_BL, mtp=False
+    )
+    return token_logprobs(logits_BLV[:, :-1], tokens_BL[:, 1:], temperature)
