@@ -52,6 +52,26 @@ class Checkpointer:
                 )
         return None
 
+    def restore_latest_model(self, abstract_model: Any) -> tuple[Any, int] | None:
+        """The newest readable checkpoint's {'params', 'model_state'} as in `abstract_model`.
+
+        Reads only what a model needs from a saved train state (no optimizer config needed);
+        raises ValueError naming the differences if the checkpoint holds another model.
+        """
+        self.manager.reload()
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            try:
+                args = ocp.args.Composite(state=ocp.args.StandardRestore())
+                saved = self.manager.restore(step, args=args)["state"]
+                model = {k: saved[k] for k in abstract_model}
+            except Exception as e:  # noqa: BLE001 - any failure means this checkpoint is unusable
+                logging.warning(
+                    "Skipping unreadable checkpoint at step %d in %s: %s", step, self.directory, e
+                )
+                continue
+            return _conform(model, abstract_model, self.directory), step
+        return None
+
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
@@ -61,3 +81,21 @@ class Checkpointer:
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+def _conform(tree: Any, abstract: Any, where: str) -> Any:
+    """`tree` (nested dicts of arrays) as jax arrays in `abstract`'s structure, shapes, dtypes."""
+    paths = lambda t: {
+        jax.tree_util.keystr(p): x for p, x in jax.tree_util.tree_leaves_with_path(t)
+    }
+    got, want = paths(tree), paths(abstract)
+    missing, unexpected = sorted(set(want) - set(got)), sorted(set(got) - set(want))
+    wrong = [k for k in set(want) & set(got) if tuple(got[k].shape) != tuple(want[k].shape)]
+    if missing or unexpected or wrong:
+        raise ValueError(
+            f"the checkpoint in {where} holds another model than config.model: "
+            f"missing {missing[:5]}, unexpected {unexpected[:5]}, "
+            f"other shapes {sorted(wrong)[:5]}"
+        )
+    leaves = [jax.numpy.asarray(got[k], want[k].dtype) for k in want]
+    return jax.tree.unflatten(jax.tree.structure(abstract), leaves)

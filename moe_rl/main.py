@@ -19,6 +19,7 @@ RECIPES = {
     "pretrain": "moe_rl.train.lm",
     "sft": "moe_rl.train.lm",
     "moe_vs_dense": "moe_rl.train.compare",
+    "eval": "moe_rl.evaluate",
 }
 
 _CONFIG = config_flags.DEFINE_config_file(

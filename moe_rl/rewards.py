@@ -300,8 +300,11 @@ def accuracy_reward(
     also scores 1. A verifier that raises or returns a non-finite value scores 0.
     """
     answer = extract_answer(response)
-    if answer is None:
-        return 0.0
+    return 0.0 if answer is None else score_answer(answer, example, task, use_math_verify)
+
+
+def score_answer(answer: str, example: Example, task: Task, use_math_verify: bool = False) -> float:
+    """The task's verifier on an already extracted answer, clamped to [0, 1], never raising."""
     try:
         score = float(task.verify(answer, example))
     except Exception:

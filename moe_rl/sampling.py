@@ -222,12 +222,13 @@ def generate(
         raise ValueError("every prompt needs at least one token (e.g. BOS)")
     if eos_id == pad_id:
         raise ValueError(f"eos_id and pad_id must differ, both are {eos_id}")
-    P = bucket(max(len(p) for p in prompts))
-    if P + sp.max_new_tokens > cfg.max_position_embeddings:
+    longest = max(len(p) for p in prompts)
+    if longest + sp.max_new_tokens > cfg.max_position_embeddings:
         raise ValueError(
-            f"prompt bucket {P} + sampling.max_new_tokens={sp.max_new_tokens} exceeds "
-            f"model.max_position_embeddings={cfg.max_position_embeddings}"
+            f"longest prompt ({longest} tokens) + sampling.max_new_tokens={sp.max_new_tokens} "
+            f"exceeds model.max_position_embeddings={cfg.max_position_embeddings}"
         )
+    P = bucket(longest)
     B = len(prompts)
     prompt_BP, lengths_B = left_pad(prompts, pad_id, P, bucket(B, minimum=1, step=1 << 30))
     out = _generate_jit(cfg, sp, eos_id, pad_id, params, state, prompt_BP, lengths_B, key)

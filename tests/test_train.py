@@ -267,7 +267,7 @@ def experiment_config(path="experiments/pretrain_moe.py", **flat):
     "overrides, message",
     [
         ({"train.batch_size": 6, "train.grad_accum": 4}, "train.batch_size=6"),
-        ({"train.seq_len": 1024}, "train.seq_len=1024 exceeds model.max_position_embeddings=512"),
+        ({"train.seq_len": 2048}, "train.seq_len=2048 exceeds model.max_position_embeddings=1024"),
         ({"optim.learning_rate": 0.0}, "optim.learning_rate=0.0"),
         ({"train.num_steps": 0}, "train.num_steps=0"),
         ({"train.bias_update_rate": -1.0}, "train.bias_update_rate=-1.0"),

@@ -273,7 +273,7 @@ PRESETS = {
         routed_scaling_factor=2.5,
         first_k_dense_replace=1,
         num_nextn_predict_layers=1,
-        max_position_embeddings=512,
+        max_position_embeddings=1024,
     ),
     "small": dict(
         vocab_size=264,
@@ -310,7 +310,7 @@ PRESETS = {
         head_dim=16,
         rope_interleave=False,
         rope_theta=1e6,
-        max_position_embeddings=512,
+        max_position_embeddings=1024,
     ),
     "small_dense": dict(
         vocab_size=264,

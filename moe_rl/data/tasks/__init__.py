@@ -8,7 +8,8 @@ score = task.verify("3 * 5 + 7", test[0])      # in [0, 1]
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import ast
+from collections.abc import Callable, Mapping
 
 from moe_rl.data.tasks.arithmetic import ArithmeticTask
 from moe_rl.data.tasks.base import SPLITS, Example, GeneratedTask, Task, split_of
@@ -41,6 +42,30 @@ def get_task(name: str, **kwargs) -> Task:
     return TASKS[name](**kwargs)
 
 
+def parse_options(options: str | Mapping) -> dict:
+    """Task knobs from a config string `"num_digits=3,operators='+-'"` (values are Python
+    literals, else plain strings) or from a mapping, as keyword arguments of `get_task`."""
+    if isinstance(options, Mapping):
+        return dict(options)
+    out = {}
+    for item in filter(None, (part.strip() for part in options.split(","))):
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip().isidentifier():
+            raise ValueError(
+                f"config.task.options={options!r}: expected 'name=value,...', got {item!r}"
+            )
+        try:
+            out[name.strip()] = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            out[name.strip()] = value.strip()
+    return out
+
+
+def task_from_config(t) -> Task:
+    """The task of a `config.task` block (fields `name` and `options`)."""
+    return get_task(t.name, **parse_options(t.get("options", "")))
+
+
 __all__ = [
     "SPLITS",
     "TASKS",
@@ -53,5 +78,7 @@ __all__ = [
     "apply_chat_template",
     "format_prompt",
     "get_task",
+    "parse_options",
+    "task_from_config",
     "split_of",
 ]

@@ -1,0 +1,50 @@
+"""Evaluate a model on a task split as DeepSeek-R1 does: k samples per question at
+temperature 0.6, top-p 0.95; pass@1, pass@k, maj@k, format rate, response lengths.
+
+Command:  python -m moe_rl.main --config=experiments/eval.py --config.task.name=rg:chain_sum
+          (a trained model: --config.checkpoint=runs/pretrain_moe; any task: arithmetic,
+          countdown, rg:<reasoning-gym dataset>, tfds:math_dataset/<module>)
+Runtime:  about 1 minute on a 2-core CPU (64 questions x 4 samples x up to 128 tokens).
+Result:   a table printed and written to runs/eval/eval.json, answers in runs/eval/samples.txt.
+          A freshly initialised model scores 0 everywhere (it writes random bytes);
+          runs/pretrain_moe after its 300 steps answers the arithmetic task in the R1-Zero
+          format some of the time: a base model for RL.
+"""
+
+from ml_collections import ConfigDict
+
+from moe_rl.models.config import preset
+
+
+def get_config() -> ConfigDict:
+    return ConfigDict(
+        dict(
+            name="eval",
+            recipe="eval",
+            seed=0,  # sampling key (and init when checkpoint is '')
+            checkpoint="",  # a workdir whose newest checkpoint is evaluated; '' = fresh init
+            model=preset("tiny"),  # must match the checkpoint's model
+            tokenizer="byte",  # 'byte' or a Hugging Face tokenizer folder / tokenizer.json
+            task=dict(
+                name="arithmetic",  # a built-in task, rg:<name> or tfds:<name>
+                options="",  # the task's knobs: --config.task.options="num_digits=3,num_terms=3"
+                split="test",
+                num_questions=64,
+                seed=0,  # which questions
+                template="r1_zero",  # r1_zero | plain | chat
+                think_opened=False,  # prompt ends with '<think>' (TinyZero style)
+            ),
+            sampling=dict(
+                temperature=0.6,  # DeepSeek-R1's evaluation setting
+                top_p=0.95,
+                top_k=0,
+                max_new_tokens=128,
+            ),
+            eval=dict(
+                num_samples=4,  # k answers per question
+                batch_size=64,  # prompts per generate call (one compiled shape)
+                use_math_verify=True,  # accept symbolically equal answers of math tasks
+                num_printed=16,  # questions whose answers go to samples.txt
+            ),
+        )
+    )

@@ -1,0 +1,210 @@
+"""Recipe 'eval': sample k answers per test question and score them as DeepSeek-R1 reports.
+
+    python -m moe_rl.main --config=experiments/eval.py --config.task.name=rg:chain_sum
+
+Metrics (DeepSeek-R1 sec. 3: k samples per question at temperature 0.6, top-p 0.95):
+pass@1 averaged over the k samples, unbiased pass@k' for k' = 1, 2, 4, ... <= k (Chen et al.
+2021), maj@k (self-consistency), format rate, truncation rate (no EOS within the budget) and
+mean response length in tokens, overall and split by correct / incorrect. Printed as a table,
+written to <workdir>/eval.json, with a sample of answers in <workdir>/samples.txt.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import jax
+import ml_collections
+import numpy as np
+import tqdm
+from absl import logging
+
+from moe_rl import checkpoint, eval_metrics, rewards, sampling
+from moe_rl.data import tokenizers
+from moe_rl.data.tasks import TEMPLATES, Example, Task, format_prompt, task_from_config
+from moe_rl.models import transformer
+from moe_rl.models.config import ModelConfig
+
+
+def init_model(cfg: ModelConfig, seed: int) -> dict:
+    """{'params', 'model_state'} of a freshly initialised model."""
+    params, model_state = transformer.init(cfg, jax.random.key(seed))
+    return {"params": params, "model_state": model_state}
+
+
+def load_model(config: ml_collections.ConfigDict, cfg: ModelConfig):
+    """(params, model_state, description): the newest checkpoint of `config.checkpoint`, or a
+    freshly initialised model (seed `config.seed`) when it is ''."""
+    init = jax.jit(lambda: init_model(cfg, config.seed))
+    if not config.checkpoint:
+        logging.warning("config.checkpoint is empty: evaluating a freshly initialised model")
+        model = init()
+        return model["params"], model["model_state"], "fresh init"
+    if not os.path.isdir(os.path.join(config.checkpoint, "checkpoints")):
+        raise ValueError(
+            f"config.checkpoint={config.checkpoint!r} is not a workdir with checkpoints/ "
+            "(train one first, e.g. experiments/pretrain_moe.py writes runs/pretrain_moe)"
+        )
+    restored = checkpoint.Checkpointer(config.checkpoint, async_save=False).restore_latest_model(
+        jax.eval_shape(init)
+    )
+    if restored is None:
+        raise ValueError(f"config.checkpoint={config.checkpoint!r} has no readable checkpoint")
+    model, step = restored
+    return model["params"], model["model_state"], f"{config.checkpoint} step {step}"
+
+
+def validate_eval_config(config: ml_collections.ConfigDict) -> None:
+    """Checks values before anything compiles; errors name the key and what is allowed."""
+    e, t = config.eval, config.task
+    if t.template not in TEMPLATES:
+        raise ValueError(f"config.task.template={t.template!r}; allowed: {TEMPLATES}")
+    if t.split not in ("train", "test"):
+        raise ValueError(f"config.task.split={t.split!r}; allowed: 'train', 'test'")
+    for key, value in (
+        ("task.num_questions", t.num_questions),
+        ("eval.num_samples", e.num_samples),
+        ("eval.batch_size", e.batch_size),
+    ):
+        if value < 1:
+            raise ValueError(f"config.{key}={value} must be >= 1")
+    sampling.SamplingParams.from_config(config.sampling)
+
+
+def score_question(
+    task: Task, example: Example, texts: list[str], lengths, truncated, *, think_opened, math
+) -> dict:
+    """Per-question scores of its k responses."""
+    answers = [rewards.extract_answer(t) for t in texts]
+    accuracy = [0.0 if a is None else rewards.score_answer(a, example, task, math) for a in answers]
+    voted = eval_metrics.majority_vote(answers)
+    maj = 0.0 if voted is None else rewards.score_answer(voted, example, task, math)
+    return {
+        "accuracy": np.array(accuracy),
+        "format": np.array([rewards.format_reward(t, think_opened) for t in texts]),
+        "lengths": np.asarray(lengths),
+        "truncated": np.asarray(truncated),
+        "maj": maj,
+    }
+
+
+def summarize(scores: list[dict], k: int) -> dict:
+    """Aggregate metrics over questions (see the module docstring)."""
+    acc = np.stack([s["accuracy"] for s in scores])  # [Q, k]
+    lengths = np.stack([s["lengths"] for s in scores]).astype(np.float64)
+    correct = acc >= 1.0
+    out = {"questions": len(scores), "samples_per_question": k, "pass@1": float(acc.mean())}
+    kk = 2
+    while kk <= k:
+        out[f"pass@{kk}"] = float(eval_metrics.pass_at_k(k, correct.sum(1), kk).mean())
+        kk *= 2
+    mean_or_none = lambda a: float(a.mean()) if a.size else None
+    out.update(
+        {
+            f"maj@{k}": float(np.mean([s["maj"] for s in scores])),
+            "format_rate": float(np.stack([s["format"] for s in scores]).mean()),
+            "truncated_rate": float(np.stack([s["truncated"] for s in scores]).mean()),
+            "mean_length": float(lengths.mean()),
+            "mean_length_correct": mean_or_none(lengths[correct]),
+            "mean_length_incorrect": mean_or_none(lengths[~correct]),
+        }
+    )
+    return out
+
+
+def format_table(metrics: dict) -> str:
+    rows = ["| metric | value |", "| --- | ---: |"]
+    for key, value in metrics.items():
+        if isinstance(value, float):
+            value = (
+                f"{value:.3f}"
+                if key.startswith(("pass", "maj", "format", "trunc"))
+                else (f"{value:.1f}")
+            )
+        rows.append(f"| {key} | {'-' if value is None else value} |")
+    return "\n".join(rows)
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    validate_eval_config(config)
+    cfg = ModelConfig.from_config(config.model)
+    sp = sampling.SamplingParams.from_config(config.sampling)
+    e, t = config.eval, config.task
+    tokenizer = tokenizers.get_tokenizer(config.tokenizer)
+    if tokenizer.vocab_size > cfg.vocab_size:
+        raise ValueError(
+            f"config.tokenizer has {tokenizer.vocab_size} tokens > "
+            f"model.vocab_size={cfg.vocab_size}"
+        )
+    task = task_from_config(t)
+    examples = task.examples(t.split, t.num_questions, seed=t.seed)
+    params, model_state, source = load_model(config, cfg)
+    os.makedirs(workdir, exist_ok=True)
+
+    prompts = [
+        format_prompt(t.template, ex.question, tokenizer.chat_template, t.think_opened)
+        for ex in examples
+    ]
+    bos = tokenizer.bos_id is not None
+    ids = [tokenizer.encode(p, add_bos=bos) for p in prompts]
+    k = e.num_samples
+    jobs = [(q, j) for q in range(len(examples)) for j in range(k)]  # question-major
+    texts: list[str] = [""] * len(jobs)
+    lengths = np.zeros(len(jobs), np.int32)
+    truncated = np.zeros(len(jobs), bool)
+    key = jax.random.key(config.seed)
+    start, generated = time.perf_counter(), 0
+    for b in tqdm.trange(0, len(jobs), e.batch_size, desc="sampling", unit="batch"):
+        batch = jobs[b : b + e.batch_size]
+        batch_ids = [ids[q] for q, _ in batch]
+        batch_ids += [batch_ids[0]] * (e.batch_size - len(batch))  # keep one compiled shape
+        out = sampling.generate(
+            cfg,
+            params,
+            model_state,
+            batch_ids,
+            jax.random.fold_in(key, b),
+            sp,
+            eos_id=tokenizer.eos_id,
+            pad_id=tokenizer.pad_id,
+        )
+        tokens, n = jax.device_get((out.tokens, out.lengths))
+        for i in range(len(batch)):
+            texts[b + i] = tokenizer.decode(tokens[i, : n[i]])
+            lengths[b + i] = n[i]
+            truncated[b + i] = n[i] == sp.max_new_tokens and tokens[i, n[i] - 1] != tokenizer.eos_id
+            generated += int(n[i])
+    seconds = time.perf_counter() - start
+
+    scores = [
+        score_question(
+            task,
+            ex,
+            texts[q * k : (q + 1) * k],
+            lengths[q * k : (q + 1) * k],
+            truncated[q * k : (q + 1) * k],
+            think_opened=t.think_opened,
+            math=e.use_math_verify,
+        )
+        for q, ex in enumerate(examples)
+    ]
+    metrics = summarize(scores, k)
+    metrics.update(generated_tokens=generated, seconds=seconds, tokens_per_s=generated / seconds)
+    result = {"task": t.name, "split": t.split, "model": source, "metrics": metrics}
+    with open(os.path.join(workdir, "eval.json"), "w") as f:
+        json.dump(result, f, indent=2)
+    with open(os.path.join(workdir, "samples.txt"), "w") as f:
+        for q, ex in enumerate(examples[: e.num_printed]):
+            for j in range(k):
+                s = scores[q]
+                f.write(
+                    f"=== question {q} sample {j} | accuracy {s['accuracy'][j]:.2f} "
+                    f"format {s['format'][j]:.0f} tokens {s['lengths'][j]}\n"
+                    f"PROMPT: {prompts[q]}\nREFERENCE: {ex.answer}\n"
+                    f"RESPONSE: {texts[q * k + j]}\n\n"
+                )
+    print(f"\n{t.name} ({t.split}, {len(examples)} questions x {k} samples), model: {source}")
+    print(format_table(metrics))
+    return result
