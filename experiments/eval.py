@@ -43,6 +43,7 @@ def get_config() -> ConfigDict:
             eval=dict(
                 num_samples=4,  # k answers per question
                 batch_size=64,  # prompts per generate call (one compiled shape)
+                extract="tags",  # tags: <answer> or \boxed{} (R1); first_line: bare answers (plain)
                 use_math_verify=True,  # accept symbolically equal answers of math tasks
                 num_printed=16,  # questions whose answers go to samples.txt
             ),

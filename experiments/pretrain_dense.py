@@ -13,14 +13,15 @@ from moe_rl.models.config import preset
 from moe_rl.train import configs
 
 
-def get_config() -> ConfigDict:
+def get_config(model: str = "tiny_dense") -> ConfigDict:
+    """`model`: a model preset (--config=experiments/pretrain_dense.py:small_dense)."""
     return ConfigDict(
         dict(
-            name="pretrain_dense",
+            name="pretrain_dense" if model == "tiny_dense" else f"pretrain_{model}",
             recipe="pretrain",
             seed=0,  # init, data order
             init_checkpoint="",  # a workdir whose newest checkpoint gives the initial params
-            model=preset("tiny_dense"),
+            model=preset(model),
             data=configs.data(),
             train=configs.train(),
             optim=configs.optim(),

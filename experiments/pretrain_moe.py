@@ -6,6 +6,7 @@ Runtime:  about 3-4 minutes on a 2-core CPU (300 steps x 16 x 256 tokens; ~6k to
           plus ~20 s to prepare the corpus the first time.
 Result:   validation loss from 5.6 (ln 264) to about 0.64 nats/byte; runs/pretrain_moe holds
           metrics.jsonl, TensorBoard events, loss.png, expert_load.png, summary.json, checkpoints.
+The small MoE (6 layers, 16 experts top-4): --config=experiments/pretrain_moe.py:small
 Kill it at any time and re-run the same command: it resumes from the last checkpoint.
 """
 
@@ -15,14 +16,15 @@ from moe_rl.models.config import preset
 from moe_rl.train import configs
 
 
-def get_config() -> ConfigDict:
+def get_config(model: str = "tiny") -> ConfigDict:
+    """`model`: a preset of moe_rl.models.config.PRESETS (--config=...pretrain_moe.py:small)."""
     return ConfigDict(
         dict(
-            name="pretrain_moe",
+            name="pretrain_moe" if model == "tiny" else f"pretrain_moe_{model}",
             recipe="pretrain",
             seed=0,  # init, data order
             init_checkpoint="",  # a workdir whose newest checkpoint gives the initial params
-            model=preset("tiny"),
+            model=preset(model),
             data=configs.data(),
             train=configs.train(),
             optim=configs.optim(),

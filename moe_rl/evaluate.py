@@ -70,14 +70,37 @@ def validate_eval_config(config: ml_collections.ConfigDict) -> None:
     ):
         if value < 1:
             raise ValueError(f"config.{key}={value} must be >= 1")
+    if e.extract not in EXTRACTORS:
+        raise ValueError(f"config.eval.extract={e.extract!r}; allowed: {EXTRACTORS}")
     sampling.SamplingParams.from_config(config.sampling)
 
 
+EXTRACTORS = ("tags", "first_line")
+
+
+def extract(text: str, how: str = "tags") -> str | None:
+    """The answer of a response: 'tags' = the last <answer>...</answer> or \\boxed{} (R1);
+    'first_line' = the response's first line without a final period (bare answers of a base
+    model prompted with the plain template)."""
+    if how == "tags":
+        return rewards.extract_answer(text)
+    line = text.strip().split("\n", 1)[0].strip().removesuffix(".").strip()
+    return line or None
+
+
 def score_question(
-    task: Task, example: Example, texts: list[str], lengths, truncated, *, think_opened, math
+    task: Task,
+    example: Example,
+    texts: list[str],
+    lengths,
+    truncated,
+    *,
+    think_opened: bool,
+    math: bool,
+    extractor: str = "tags",
 ) -> dict:
     """Per-question scores of its k responses."""
-    answers = [rewards.extract_answer(t) for t in texts]
+    answers = [extract(t, extractor) for t in texts]
     accuracy = [0.0 if a is None else rewards.score_answer(a, example, task, math) for a in answers]
     voted = eval_metrics.majority_vote(answers)
     maj = 0.0 if voted is None else rewards.score_answer(voted, example, task, math)
@@ -187,6 +210,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
             truncated[q * k : (q + 1) * k],
             think_opened=t.think_opened,
             math=e.use_math_verify,
+            extractor=e.extract,
         )
         for q, ex in enumerate(examples)
     ]

@@ -56,6 +56,12 @@ def test_score_question_and_summary_by_hand():
     assert m["mean_length_incorrect"] == pytest.approx((3 + 20 + 16) / 6)
 
 
+def test_first_line_extraction_for_plain_prompts():
+    assert evaluate.extract(" 127.\nSo the answer is 3", "first_line") == "127"
+    assert evaluate.extract("  \n", "first_line") is None
+    assert evaluate.extract(" 127.\n<answer>3</answer>", "tags") == "3"
+
+
 def test_summary_without_correct_answers_has_no_correct_length():
     task = get_task("arithmetic")
     s = evaluate.score_question(
@@ -81,6 +87,7 @@ def test_parse_options():
         ("task", "template", "fancy"),
         ("task", "split", "validation"),
         ("eval", "num_samples", 0),
+        ("eval", "extract", "regex"),
         ("sampling", "top_p", 1.5),
     ],
 )
