@@ -152,15 +152,6 @@ def test_filtered_sampling_never_leaves_the_kept_set(tiny):
     np.testing.assert_array_equal(np.asarray(greedy.tokens), np.asarray(top1.tokens))
 
 
-def test_mla_cache_holds_only_latent_and_rope_key(tiny):
-    cfg = tiny[0]
-    cache = transformer.init_cache(cfg, batch=2, max_len=16)
-    per_token = sum(
-        a.size // (2 * 16) for a in jax.tree.leaves({k: cache[k] for k in ("dense", "moe")})
-    )
-    assert per_token == cfg.num_hidden_layers * (cfg.kv_lora_rank + cfg.qk_rope_head_dim)
-
-
 @pytest.mark.parametrize(
     "kw, key",
     [

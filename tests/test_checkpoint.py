@@ -1,0 +1,69 @@
+"""Orbax checkpoints: the newest readable one wins; corrupt or partial ones are skipped."""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from moe_rl.checkpoint import Checkpointer
+
+
+def state(step: int):
+    key = jax.random.key(step)
+    return {"w": jax.random.normal(key, (4, 3)), "b": jnp.full((3,), float(step))}
+
+
+def save_steps(workdir, steps):
+    ckpt = Checkpointer(workdir, keep=5, async_save=False)
+    for step in steps:
+        ckpt.save(step, state(step), {"data": {"position": step}})
+    ckpt.close()
+
+
+def abstract():
+    return jax.eval_shape(lambda: state(0))
+
+
+def files_under(path):
+    return [os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs]
+
+
+def test_round_trip_with_extra(tmp_path):
+    workdir = str(tmp_path)
+    save_steps(workdir, [1, 2])
+    got, extra, step = Checkpointer(workdir).restore_latest(abstract())
+    assert step == 2
+    assert extra == {"data": {"position": 2}}
+    jax.tree.map(np.testing.assert_array_equal, got, state(2))
+
+
+def test_corrupt_latest_is_skipped_with_a_warning(tmp_path, caplog):
+    workdir = str(tmp_path)
+    save_steps(workdir, [1, 2])
+    latest = os.path.join(workdir, "checkpoints", "2", "state")
+    for path in files_under(latest):  # garble every file of the newest state
+        with open(path, "wb") as f:
+            f.write(b"\x00garbage")
+    with caplog.at_level("WARNING"):
+        got, extra, step = Checkpointer(workdir).restore_latest(abstract())
+    assert step == 1 and extra["data"]["position"] == 1
+    jax.tree.map(np.testing.assert_array_equal, got, state(1))
+    assert "Skipping unreadable checkpoint at step 2" in caplog.text
+
+
+def test_partial_save_is_never_loaded(tmp_path):
+    """A save killed before it finished leaves files but no finished step directory."""
+    workdir = str(tmp_path)
+    save_steps(workdir, [1])
+    partial = os.path.join(workdir, "checkpoints", "3.orbax-checkpoint-tmp-123")
+    os.makedirs(os.path.join(partial, "state"))
+    with open(os.path.join(partial, "state", "bytes"), "wb") as f:
+        f.write(b"half")
+    got, _, step = Checkpointer(workdir).restore_latest(abstract())
+    assert step == 1
+    jax.tree.map(np.testing.assert_array_equal, got, state(1))
+
+
+def test_no_checkpoint_gives_none(tmp_path):
+    assert Checkpointer(str(tmp_path)).restore_latest(abstract()) is None
