@@ -150,39 +150,27 @@ def format_table(metrics: dict) -> str:
     return "\n".join(rows)
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    validate_eval_config(config)
-    cfg = ModelConfig.from_config(config.model)
-    sp = sampling.SamplingParams.from_config(config.sampling)
-    e, t = config.eval, config.task
-    tokenizer = tokenizers.get_tokenizer(config.tokenizer)
-    if tokenizer.vocab_size > cfg.vocab_size:
-        raise ValueError(
-            f"config.tokenizer has {tokenizer.vocab_size} tokens > "
-            f"model.vocab_size={cfg.vocab_size}"
-        )
-    task = task_from_config(t)
-    examples = task.examples(t.split, t.num_questions, seed=t.seed)
-    params, model_state, source = load_model(config, cfg)
-    os.makedirs(workdir, exist_ok=True)
-
+def prompts_for(tokenizer, examples: list[Example], template: str, think_opened: bool):
+    """(prompt texts, their token ids) of the examples under a template."""
     prompts = [
-        format_prompt(t.template, ex.question, tokenizer.chat_template, t.think_opened)
+        format_prompt(template, ex.question, tokenizer.chat_template, think_opened)
         for ex in examples
     ]
     bos = tokenizer.bos_id is not None
-    ids = [tokenizer.encode(p, add_bos=bos) for p in prompts]
-    k = e.num_samples
-    jobs = [(q, j) for q in range(len(examples)) for j in range(k)]  # question-major
+    return prompts, [tokenizer.encode(p, add_bos=bos) for p in prompts]
+
+
+def sample_answers(cfg, params, model_state, tokenizer, ids, k, sp, batch_size, key):
+    """k decoded answers per prompt, question-major: (texts, lengths, truncated, seconds)."""
+    jobs = [q for q in range(len(ids)) for _ in range(k)]
     texts: list[str] = [""] * len(jobs)
     lengths = np.zeros(len(jobs), np.int32)
     truncated = np.zeros(len(jobs), bool)
-    key = jax.random.key(config.seed)
-    start, generated = time.perf_counter(), 0
-    for b in tqdm.trange(0, len(jobs), e.batch_size, desc="sampling", unit="batch"):
-        batch = jobs[b : b + e.batch_size]
-        batch_ids = [ids[q] for q, _ in batch]
-        batch_ids += [batch_ids[0]] * (e.batch_size - len(batch))  # keep one compiled shape
+    start = time.perf_counter()
+    for b in tqdm.trange(0, len(jobs), batch_size, desc="sampling", unit="batch", leave=False):
+        batch_ids = [ids[q] for q in jobs[b : b + batch_size]]
+        size = len(batch_ids)
+        batch_ids += [batch_ids[0]] * (batch_size - size)  # keep one compiled shape
         out = sampling.generate(
             cfg,
             params,
@@ -194,13 +182,24 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
             pad_id=tokenizer.pad_id,
         )
         tokens, n = jax.device_get((out.tokens, out.lengths))
-        for i in range(len(batch)):
+        for i in range(size):
             texts[b + i] = tokenizer.decode(tokens[i, : n[i]])
             lengths[b + i] = n[i]
             truncated[b + i] = n[i] == sp.max_new_tokens and tokens[i, n[i] - 1] != tokenizer.eos_id
-            generated += int(n[i])
-    seconds = time.perf_counter() - start
+    return texts, lengths, truncated, time.perf_counter() - start
 
+
+def evaluate_policy(
+    cfg, params, model_state, tokenizer, task, examples, *, t, e, sp, key
+) -> tuple[dict, list[str], list[dict], list[str]]:
+    """Samples `e.num_samples` answers per example and scores them: (metrics, texts, per-question
+    scores, prompts). `t` is a config.task block (template, think_opened), `e` a config.eval
+    block (num_samples, batch_size, use_math_verify, extract)."""
+    prompts, ids = prompts_for(tokenizer, examples, t.template, t.think_opened)
+    k = e.num_samples
+    texts, lengths, truncated, seconds = sample_answers(
+        cfg, params, model_state, tokenizer, ids, k, sp, e.batch_size, key
+    )
     scores = [
         score_question(
             task,
@@ -215,20 +214,68 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         for q, ex in enumerate(examples)
     ]
     metrics = summarize(scores, k)
+    generated = int(lengths.sum())
     metrics.update(generated_tokens=generated, seconds=seconds, tokens_per_s=generated / seconds)
-    result = {"task": t.name, "split": t.split, "model": source, "metrics": metrics}
-    with open(os.path.join(workdir, "eval.json"), "w") as f:
-        json.dump(result, f, indent=2)
-    with open(os.path.join(workdir, "samples.txt"), "w") as f:
-        for q, ex in enumerate(examples[: e.num_printed]):
+    return metrics, texts, scores, prompts
+
+
+def write_samples(path, examples, prompts, texts, scores, k: int, num_printed: int) -> None:
+    with open(path, "w") as f:
+        for q, ex in enumerate(examples[:num_printed]):
+            s = scores[q]
             for j in range(k):
-                s = scores[q]
                 f.write(
                     f"=== question {q} sample {j} | accuracy {s['accuracy'][j]:.2f} "
                     f"format {s['format'][j]:.0f} tokens {s['lengths'][j]}\n"
                     f"PROMPT: {prompts[q]}\nREFERENCE: {ex.answer}\n"
                     f"RESPONSE: {texts[q * k + j]}\n\n"
                 )
+
+
+def check_tokenizer(tokenizer, cfg: ModelConfig) -> None:
+    if tokenizer.vocab_size > cfg.vocab_size:
+        raise ValueError(
+            f"config.tokenizer has {tokenizer.vocab_size} tokens > "
+            f"model.vocab_size={cfg.vocab_size}"
+        )
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    validate_eval_config(config)
+    cfg = ModelConfig.from_config(config.model)
+    sp = sampling.SamplingParams.from_config(config.sampling)
+    e, t = config.eval, config.task
+    tokenizer = tokenizers.get_tokenizer(config.tokenizer)
+    check_tokenizer(tokenizer, cfg)
+    task = task_from_config(t)
+    examples = task.examples(t.split, t.num_questions, seed=t.seed)
+    params, model_state, source = load_model(config, cfg)
+    os.makedirs(workdir, exist_ok=True)
+    metrics, texts, scores, prompts = evaluate_policy(
+        cfg,
+        params,
+        model_state,
+        tokenizer,
+        task,
+        examples,
+        t=t,
+        e=e,
+        sp=sp,
+        key=jax.random.key(config.seed),
+    )
+    result = {"task": t.name, "split": t.split, "model": source, "metrics": metrics}
+    with open(os.path.join(workdir, "eval.json"), "w") as f:
+        json.dump(result, f, indent=2)
+    write_samples(
+        os.path.join(workdir, "samples.txt"),
+        examples,
+        prompts,
+        texts,
+        scores,
+        e.num_samples,
+        e.num_printed,
+    )
+    k = e.num_samples
     print(f"\n{t.name} ({t.split}, {len(examples)} questions x {k} samples), model: {source}")
     print(format_table(metrics))
     return result

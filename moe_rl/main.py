@@ -20,6 +20,7 @@ RECIPES = {
     "sft": "moe_rl.train.lm",
     "moe_vs_dense": "moe_rl.train.compare",
     "eval": "moe_rl.evaluate",
+    "r1_zero": "moe_rl.train.grpo",
 }
 
 _CONFIG = config_flags.DEFINE_config_file(

@@ -260,7 +260,11 @@ def counts_like_bias(cfg: ModelConfig, state: dict, aux: dict) -> dict:
                 out[name] = {"scan": {"layer": {"mlp": {"bias": counts}}}}
             else:
                 out[name] = {str(i): {"mlp": {"bias": counts[i]}} for i in range(len(sub))}
-        else:  # mtp_{k}_layer
+        else:  # mtp_{k}_layer; without MTP in the forward its counts are 0 (bias unchanged)
             k = int(name.split("_")[1])
-            out[name] = {"mlp": {"bias": aux["mtp_expert_counts"][k - 1]}}
+            counts = aux.get("mtp_expert_counts")
+            bias_E = sub["mlp"]["bias"]
+            out[name] = {
+                "mlp": {"bias": jnp.zeros_like(bias_E) if counts is None else counts[k - 1]}
+            }
     return {BIAS_COLLECTION: out}

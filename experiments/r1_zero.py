@@ -1,0 +1,84 @@
+"""R1-Zero on a CPU: pretrain a tiny MoE base model on the embedded corpus, then GRPO with
+rule-based rewards only (answer correct + strict <think>/<answer> format), and compare the
+base and the trained policy on held-out questions.
+
+Command:  python -m moe_rl.main --config=experiments/r1_zero.py
+          any task: --config.task.name=rg:chain_sum (or countdown, rg:<dataset>, ...)
+          a base of your own: --config.init_checkpoint=runs/pretrain_moe
+Runtime:  see the README's R1-Zero section (pretraining + GRPO + two evaluations).
+Result:   a before/after table (pass@1, maj@k, format rate, mean response length) printed and in
+          runs/r1_zero/summary.json; r1_zero.png (accuracy, format, length over steps);
+          samples.txt (completions during training), eval_samples.txt; metrics.jsonl and
+          TensorBoard events. Re-running resumes (the base model and GRPO checkpoints).
+"""
+
+from ml_collections import ConfigDict
+
+from moe_rl.models.config import preset
+from moe_rl.train import configs
+
+
+def get_config(model: str = "tiny") -> ConfigDict:
+    return ConfigDict(
+        dict(
+            name="r1_zero" if model == "tiny" else f"r1_zero_{model}",
+            recipe="r1_zero",
+            seed=0,
+            init_checkpoint="",  # a workdir with a pretrained checkpoint; '' = pretrain one now
+            model=preset(model),
+            tokenizer="byte",
+            # The base model's pretraining (used only when init_checkpoint is ''); the same
+            # blocks as experiments/pretrain_moe.py.
+            pretrain=dict(
+                recipe="pretrain",
+                data=configs.data(),
+                train=configs.train(seq_len=512, batch_size=16, num_steps=400),
+                optim=configs.optim(),
+            ),
+            task=dict(
+                name="arithmetic",  # a built-in task, rg:<name> or tfds:<name>
+                options="num_digits=1,num_terms=2",  # the task's knobs, "name=value,..."
+                template="r1_zero",  # r1_zero | plain | chat
+                think_opened=False,  # prompt ends with '<think>' (TinyZero style)
+                seed=0,  # question order (train) and the held-out questions (test)
+            ),
+            sampling=dict(temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=64),
+            grpo=dict(
+                num_steps=60,
+                num_questions=8,  # questions per step (B)
+                num_generations=8,  # completions per question (G)
+                num_iterations=1,  # mu: passes over each batch of rollouts
+                minibatch_size=32,  # sequences per optimizer update
+                advantage="grpo",  # grpo | dr_grpo (Liu et al. 2025) | rloo (Ahmadian 2024)
+                adv_eps=1e-4,
+                eps_low=0.2,  # PPO clip range; eps_high > eps_low is DAPO's clip-higher
+                eps_high=0.2,
+                ratio="token",  # token (GRPO) | sequence (GSPO, Zheng et al. 2025)
+                beta=0.04,  # KL weight (DeepSeekMath); 0 skips the reference model
+                kl="k3_loss",  # k3_loss (DeepSeekMath) | k1_reward (PPO-style reward penalty)
+                aggregation="seq_mean",  # seq_mean (GRPO) | token_mean (DAPO) | constant (Dr.)
+                dynamic_sampling=False,  # DAPO: replace zero-variance groups
+                max_refills=2,  # extra sampling rounds per step with dynamic sampling
+                overlong_filter=False,  # DAPO: truncated completions carry no gradient
+                overlong_buffer=0,  # DAPO soft overlong penalty over the last N tokens; 0 off
+                accuracy_weight=1.0,
+                format_weight=0.1,  # TinyZero's format score
+                use_math_verify=False,
+                bias_update_rate=0.0,  # aux-loss-free MoE balancing during RL; 0 freezes it
+                checkpoint_every=10,
+                keep_checkpoints=2,
+                samples_every=5,  # append completions to samples.txt every N steps
+                samples_per_write=2,
+            ),
+            optim=configs.optim(learning_rate=1e-4, warmup_steps=5, weight_decay=0.0),
+            eval=dict(
+                num_questions=64,  # held-out (test split) questions
+                num_samples=4,  # k samples per question
+                batch_size=64,
+                use_math_verify=False,
+                extract="tags",
+                num_printed=8,
+                sampling=dict(temperature=0.6, top_p=0.95, top_k=0, max_new_tokens=64),
+            ),
+        )
+    )

@@ -1,0 +1,525 @@
+"""Recipe 'r1_zero': GRPO with verifiable rewards (DeepSeekMath sec. 4; DeepSeek-R1-Zero).
+
+One GRPO step:
+  1. rollout: Q questions x G completions from the current policy (`moe_rl.sampling`), scored
+     by rules (`moe_rl.rewards`: the task's verifier + the strict think/answer format);
+     with DAPO dynamic sampling, groups whose correctness has zero variance are dropped and
+     fresh questions drawn, at most `max_refills` times;
+  2. advantages per group (`grpo_loss.advantages`); the sampler's log-probs are the old
+     policy's; the frozen reference's log-probs are computed only when beta > 0;
+  3. mu passes over the rollouts in minibatches, each an AdamW update of the clipped
+     surrogate (+ beta * KL), optionally with the MoE balancing-bias update.
+
+The run: pretrain a base model first unless `init_checkpoint` is given (the pretraining
+recipe, resumed if it already ran in <workdir>/base), evaluate it on held-out questions,
+run GRPO with checkpoints, metrics and sample completions, evaluate the policy, print a
+before/after table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from tqdm.auto import tqdm
+
+from moe_rl import checkpoint, evaluate, plots, rewards, sampling
+from moe_rl.data import tokenizers
+from moe_rl.data.tasks import TEMPLATES, Example, Task, task_from_config
+from moe_rl.models import moe, transformer
+from moe_rl.models.config import ModelConfig
+from moe_rl.train import grpo_loss, lm, loop
+
+# ----------------------------------------------------------------------------------------------
+# Sequences and log-probs.
+
+
+@dataclasses.dataclass
+class Rollout:
+    """One GRPO batch on the host: S = questions x G sequences, prompt P + completion N."""
+
+    tokens_SL: np.ndarray  # [S, P + N] left-padded prompt, then the completion
+    segment_ids_SL: np.ndarray  # 0 on prompt padding, 1 elsewhere
+    mask_SN: np.ndarray  # completion tokens up to and including the first EOS
+    old_logp_SN: np.ndarray  # sampler log-probs (the old policy)
+    lengths_S: np.ndarray
+    texts: list[str]
+    examples: list[Example]  # one per sequence
+    rewards: dict[str, np.ndarray]  # accuracy, format, overlong, total: [S]
+    advantages_S: np.ndarray
+    prompt_len: int
+    stats: dict[str, float]
+
+
+def positions_of(segment_ids_SL):
+    """Positions restart at 0 at each row's first non-padding token."""
+    pad_S1 = jnp.argmax(segment_ids_SL > 0, axis=1)[:, None]
+    return jnp.maximum(jnp.arange(segment_ids_SL.shape[1])[None] - pad_S1, 0)
+
+
+def completion_logits(cfg, params, model_state, tokens_SL, segment_ids_SL, prompt_len: int):
+    """Logits predicting each completion token [S, N, V] and the forward's aux dict."""
+    logits, _, aux = transformer.forward(
+        cfg,
+        params,
+        model_state,
+        tokens_SL,
+        positions_of(segment_ids_SL),
+        segment_ids_SL,
+        mtp=False,
+    )
+    return logits[:, prompt_len - 1 : -1], aux
+
+
+def completion_logprobs(cfg, params, model_state, tokens_SL, segment_ids_SL, prompt_len, temp):
+    logits, _ = completion_logits(cfg, params, model_state, tokens_SL, segment_ids_SL, prompt_len)
+    return sampling.token_logprobs(logits, tokens_SL[:, prompt_len:], temp)
+
+
+# ----------------------------------------------------------------------------------------------
+# The jitted update.
+
+
+def make_update(cfg: ModelConfig, lc: grpo_loss.LossConfig, tx, temperature: float, bias_rate):
+    """(state, minibatch, prompt_len) -> (state, metrics): one AdamW step on the GRPO loss."""
+
+    def loss_fn(params, model_state, mb, prompt_len):
+        logits, aux = completion_logits(
+            cfg, params, model_state, mb["tokens"], mb["segment_ids"], prompt_len
+        )
+        logits = logits.astype(jnp.float32) / (temperature if temperature > 0 else 1.0)
+        logp_all = jax.nn.log_softmax(logits, axis=-1)
+        completion = mb["tokens"][:, prompt_len:]
+        logp = jnp.take_along_axis(logp_all, completion[..., None], axis=-1)[..., 0]
+        loss, metrics = grpo_loss.policy_loss(
+            logp, mb["old_logp"], mb.get("ref_logp"), mb["advantages"], mb["mask"], lc
+        )
+        mask = mb["mask"]
+        entropy = -jnp.sum(jnp.exp(logp_all) * logp_all, axis=-1)
+        metrics["entropy"] = (entropy * mask).sum() / jnp.maximum(mask.sum(), 1.0)
+        counts = transformer.counts_like_bias(cfg, model_state, aux) if cfg.is_moe else None
+        return loss, (metrics, counts)
+
+    def update(state: lm.TrainState, mb, prompt_len: int):
+        (loss, (metrics, counts)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params, state.model_state, mb, prompt_len
+        )
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        model_state = state.model_state
+        if cfg.is_moe and bias_rate:
+            model_state = jax.tree.map(
+                lambda b, c: moe.update_bias(b, c, bias_rate), model_state, counts
+            )
+        metrics.update(loss=loss, grad_norm=optax.global_norm(grads))
+        new_state = state.replace(
+            step=state.step + 1, params=params, opt_state=opt_state, model_state=model_state
+        )
+        return new_state, metrics
+
+    return jax.jit(update, static_argnums=2, donate_argnums=0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Rollouts.
+
+
+class QuestionStream:
+    """The task's training questions in a fixed order; its position is checkpointed."""
+
+    def __init__(self, task: Task, seed: int):
+        self.task, self.seed, self.position = task, seed, 0
+        self._it = task.stream("train", seed)
+
+    def take(self, n: int) -> list[Example]:
+        self.position += n
+        return [next(self._it) for _ in range(n)]
+
+    def set_position(self, position: int) -> None:
+        self._it = self.task.stream("train", self.seed)
+        self.position = 0
+        self.take(position)
+
+
+class Roller:
+    """Samples and scores groups of completions (host side of a GRPO step)."""
+
+    def __init__(self, config, cfg, tokenizer, task, sp: sampling.SamplingParams):
+        self.config, self.cfg, self.tokenizer, self.task, self.sp = config, cfg, tokenizer, task, sp
+        self.g, self.t = config.grpo, config.task
+
+    def sample_groups(self, params, model_state, examples, key):
+        """Completions for each example x G: (texts, tokens, logprobs, lengths, prompt, seg)."""
+        G, tok = self.g.num_generations, self.tokenizer
+        _, ids = evaluate.prompts_for(tok, examples, self.t.template, self.t.think_opened)
+        ids = [p for p in ids for _ in range(G)]
+        P = sampling.bucket(max(map(len, ids)))
+        prompt_SP, prompt_len_S = sampling.left_pad(ids, tok.pad_id, P, len(ids))
+        out = sampling.generate(
+            self.cfg, params, model_state, ids, key, self.sp, eos_id=tok.eos_id, pad_id=tok.pad_id
+        )
+        tokens, logp, lengths = (np.asarray(a) for a in jax.device_get(out))
+        texts = [tok.decode(row[:n]) for row, n in zip(tokens, lengths, strict=True)]
+        return texts, tokens, logp, lengths, (prompt_SP, prompt_len_S)
+
+    def score(self, texts, examples_S, lengths):
+        g = self.g
+        overlong = g.overlong_buffer > 0
+        return rewards.compute_rewards(
+            texts,
+            examples_S,
+            self.task,
+            think_opened=self.t.think_opened,
+            use_math_verify=g.use_math_verify,
+            num_tokens=lengths if overlong else None,
+            max_len=self.sp.max_new_tokens if overlong else None,
+            cache_len=g.overlong_buffer if overlong else None,
+            accuracy_weight=g.accuracy_weight,
+            format_weight=g.format_weight,
+        )
+
+    def rollout(self, params, model_state, questions: QuestionStream, key) -> Rollout:
+        """Q groups of G; with dynamic sampling, zero-variance groups are replaced by fresh
+        questions' groups (at most max_refills extra rounds; then the rest are kept)."""
+        g, G, Q = self.g, self.g.num_generations, self.g.num_questions
+        kept: list[tuple] = []  # (per-group arrays), informative groups first
+        spare: list[tuple] = []
+        start, rounds, sampled, generated = time.perf_counter(), 0, 0, 0
+        while len(kept) < Q and rounds <= (g.max_refills if g.dynamic_sampling else 0):
+            examples = questions.take(Q)
+            texts, tokens, logp, lengths, prompt = self.sample_groups(
+                params, model_state, examples, jax.random.fold_in(key, rounds)
+            )
+            examples_S = [ex for ex in examples for _ in range(G)]
+            r = self.score(texts, examples_S, lengths)
+            generated += int(lengths.sum())
+            for q in range(Q):
+                rows = slice(q * G, (q + 1) * G)
+                group = (
+                    (prompt[0][rows], prompt[1][rows]),
+                    tokens[rows],
+                    logp[rows],
+                    lengths[rows],
+                    texts[rows],
+                    examples_S[rows],
+                    {k: v[rows] for k, v in r.items()},
+                )
+                informative = np.ptp(r["accuracy"][rows]) > 0
+                (kept if informative or not g.dynamic_sampling else spare).append(group)
+            rounds += 1
+            sampled += Q
+        groups = (kept + spare)[:Q]
+        zero_var = np.mean([np.ptp(gr[6]["accuracy"]) == 0 for gr in groups])
+        P = max(gr[0][0].shape[1] for gr in groups)
+        pad_id = self.tokenizer.pad_id
+        pad = lambda a: np.pad(a, ((0, 0), (P - a.shape[1], 0)), constant_values=pad_id)
+        prompt_SP = np.concatenate([pad(gr[0][0]) for gr in groups])
+        prompt_len_S = np.concatenate([gr[0][1] for gr in groups])
+        tokens_SN = np.concatenate([gr[1] for gr in groups])
+        lengths_S = np.concatenate([gr[3] for gr in groups])
+        rew = {k: np.concatenate([gr[6][k] for gr in groups]) for k in groups[0][6]}
+        seg_SL = np.concatenate(
+            [np.arange(P)[None] >= P - prompt_len_S[:, None], np.ones_like(tokens_SN, bool)],
+            axis=1,
+        ).astype(np.int32)
+        N = tokens_SN.shape[1]
+        mask_SN = np.asarray(grpo_loss.completion_mask(jnp.asarray(lengths_S), N))
+        truncated = lengths_S == N
+        truncated &= tokens_SN[np.arange(len(lengths_S)), lengths_S - 1] != self.tokenizer.eos_id
+        if g.overlong_filter:  # DAPO: truncated completions carry no gradient
+            mask_SN = mask_SN * (~truncated)[:, None]
+        adv_QG = grpo_loss.advantages(
+            jnp.asarray(rew["total"]).reshape(Q, G), g.advantage, g.adv_eps
+        )
+        return Rollout(
+            tokens_SL=np.concatenate([prompt_SP, tokens_SN], axis=1),
+            segment_ids_SL=seg_SL,
+            mask_SN=mask_SN.astype(np.float32),
+            old_logp_SN=np.concatenate([gr[2] for gr in groups]),
+            lengths_S=lengths_S,
+            texts=[t for gr in groups for t in gr[4]],
+            examples=[e for gr in groups for e in gr[5]],
+            rewards=rew,
+            advantages_S=np.asarray(adv_QG).reshape(-1),
+            prompt_len=P,
+            stats={
+                "rollout_seconds": time.perf_counter() - start,
+                "generated_tokens": generated,
+                "refills": rounds - 1,
+                "questions_sampled": sampled,
+                "zero_variance_groups": float(zero_var),
+                "truncated_rate": float(truncated.mean()),
+            },
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# Config.
+
+
+def validate_grpo_config(config: ml_collections.ConfigDict) -> None:
+    """Every check that needs no compilation; errors name the key and the allowed values."""
+    g, t = config.grpo, config.task
+    grpo_loss.LossConfig.from_config(g)
+    sampling.SamplingParams.from_config(config.sampling)
+    if t.template not in TEMPLATES:
+        raise ValueError(f"config.task.template={t.template!r}; allowed: {TEMPLATES}")
+    checks = [
+        ("grpo.num_generations", g.num_generations >= 2, ">= 2 (advantages compare a group)"),
+        ("grpo.num_questions", g.num_questions >= 1, ">= 1"),
+        ("grpo.num_iterations", g.num_iterations >= 1, ">= 1 (mu)"),
+        ("grpo.num_steps", g.num_steps >= 1, ">= 1"),
+        ("grpo.max_refills", g.max_refills >= 0, ">= 0"),
+        (
+            "grpo.minibatch_size",
+            g.minibatch_size >= 1 and (g.num_questions * g.num_generations) % g.minibatch_size == 0,
+            f"a divisor of num_questions x num_generations = {g.num_questions * g.num_generations}",
+        ),
+        ("grpo.overlong_buffer", 0 <= g.overlong_buffer <= config.sampling.max_new_tokens,
+         "in [0, sampling.max_new_tokens]"),
+        ("grpo.bias_update_rate", g.bias_update_rate >= 0, ">= 0"),
+    ]  # fmt: skip
+    for key, ok, allowed in checks:
+        if not ok:
+            raise ValueError(f"config.{key}={config[key.split('.')[0]][key.split('.')[1]]!r}; "
+                             f"allowed: {allowed}")  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------------------
+# The recipe.
+
+
+def base_model(config, cfg: ModelConfig, workdir: str):
+    """(params, model_state, description) of the base policy: config.init_checkpoint's newest
+    checkpoint, else a model pretrained now with config.pretrain into <workdir>/base."""
+    source = config.init_checkpoint
+    if not source:
+        source = os.path.join(workdir, "base")
+        pre = ml_collections.ConfigDict(config.pretrain.to_dict())
+        pre.model = config.model
+        pre.seed = config.seed
+        pre.init_checkpoint = ""
+        done = checkpoint.Checkpointer(source, async_save=False).latest_step()
+        if done is None or done < pre.train.num_steps:
+            print(f"Pretraining the base model into {source} ({pre.train.num_steps} steps)")
+            lm.run(pre, source)
+    abstract = jax.eval_shape(lambda: evaluate.init_model(cfg, config.seed))
+    restored = checkpoint.Checkpointer(source, async_save=False).restore_latest_model(abstract)
+    if restored is None:
+        raise ValueError(f"config.init_checkpoint={source!r} has no readable checkpoint")
+    model, step = restored
+    return model["params"], model["model_state"], f"{source} step {step}"
+
+
+def _minibatches(ro: Rollout, ref_logp, size: int, key) -> list[dict]:
+    order = np.asarray(jax.random.permutation(key, len(ro.lengths_S)))
+    batches = []
+    for i in range(0, len(order), size):
+        idx = order[i : i + size]
+        mb = {
+            "tokens": ro.tokens_SL[idx],
+            "segment_ids": ro.segment_ids_SL[idx],
+            "mask": ro.mask_SN[idx],
+            "old_logp": ro.old_logp_SN[idx],
+            "advantages": ro.advantages_S[idx],
+        }
+        if ref_logp is not None:
+            mb["ref_logp"] = ref_logp[idx]
+        batches.append(mb)
+    return batches
+
+
+def step_metrics(ro: Rollout, train: list[dict]) -> dict[str, float]:
+    acc, lengths = ro.rewards["accuracy"], ro.lengths_S.astype(np.float64)
+    correct = acc >= 1.0
+    m = {
+        "reward": float(ro.rewards["total"].mean()),
+        "reward_std": float(ro.rewards["total"].std()),
+        "accuracy": float(acc.mean()),
+        "format": float(ro.rewards["format"].mean()),
+        "response_length": float(lengths.mean()),
+        **{k: float(v) for k, v in ro.stats.items()},
+    }
+    if correct.any():  # lengths of correct / incorrect answers, when there are any
+        m["length_correct"] = float(lengths[correct].mean())
+    if (~correct).any():
+        m["length_incorrect"] = float(lengths[~correct].mean())
+    for key in train[0]:
+        m[key] = float(np.mean([t[key] for t in train]))
+    return m
+
+
+def append_samples(path: str, step: int, ro: Rollout, n: int) -> None:
+    with open(path, "a") as f:
+        for i in range(min(n, len(ro.texts))):
+            f.write(
+                f"=== step {step} | question: {ro.examples[i].question} | reference: "
+                f"{ro.examples[i].answer} | reward {ro.rewards['total'][i]:.2f} (accuracy "
+                f"{ro.rewards['accuracy'][i]:.0f}, format {ro.rewards['format'][i]:.0f})\n"
+                f"{ro.texts[i]}\n\n"
+            )
+
+
+def before_after_table(before: dict, after: dict, k: int) -> str:
+    rows = ["| metric | base | after GRPO |", "| --- | ---: | ---: |"]
+    for key in ("pass@1", f"maj@{k}", "format_rate", "mean_length"):
+        fmt = "{:.1f}" if key == "mean_length" else "{:.3f}"
+        rows.append(f"| {key} | {fmt.format(before[key])} | {fmt.format(after[key])} |")
+    return "\n".join(rows)
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    validate_grpo_config(config)
+    cfg = ModelConfig.from_config(config.model)
+    g, t = config.grpo, config.task
+    lc = grpo_loss.LossConfig.from_config(g)
+    sp = sampling.SamplingParams.from_config(config.sampling)
+    eval_sp = sampling.SamplingParams.from_config(config.eval.sampling)
+    tokenizer = tokenizers.get_tokenizer(config.tokenizer)
+    evaluate.check_tokenizer(tokenizer, cfg)
+    task = task_from_config(t)
+    test_examples = task.examples("test", config.eval.num_questions, seed=t.seed)
+    os.makedirs(workdir, exist_ok=True)
+
+    params, model_state, source = base_model(config, cfg, workdir)
+    rl_dir = os.path.join(workdir, "grpo")
+    evaluate_on_test = lambda p, s, tag: evaluate.evaluate_policy(
+        cfg, p, s, tokenizer, task, test_examples, t=t, e=config.eval, sp=eval_sp,
+        key=jax.random.key(config.seed + 1),
+    )  # fmt: skip
+    before_path = os.path.join(workdir, "eval_base.json")
+    if os.path.exists(before_path):
+        with open(before_path) as f:
+            before = json.load(f)
+    else:
+        before = evaluate_on_test(params, model_state, "base")[0]
+        with open(before_path, "w") as f:
+            json.dump(before, f, indent=2)
+
+    per_step = g.num_iterations * (g.num_questions * g.num_generations // g.minibatch_size)
+    tx = lm.make_optimizer(config.optim, g.num_steps * per_step)
+    abstract = jax.eval_shape(
+        lambda: lm.TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            opt_state=tx.init(params),
+            model_state=model_state,
+            rng=jax.random.key(0),
+        )
+    )
+    ckpt = checkpoint.Checkpointer(rl_dir, keep=g.keep_checkpoints)
+    questions = QuestionStream(task, t.seed)
+    restored = ckpt.restore_latest(abstract)
+    # Copies: the train state's buffers are donated to each update.
+    ref = jax.tree.map(jnp.copy, (params, model_state)) if lc.beta > 0 else None
+    if restored is not None:
+        state, extra, _ = restored
+        questions.set_position(extra["questions"])
+        grpo_step = extra["grpo_step"]
+        logging.info("Resuming GRPO from step %d", grpo_step)
+    else:
+        state = lm.TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            opt_state=tx.init(params),
+            model_state=model_state,
+            rng=jax.random.key(config.seed),
+        )
+        grpo_step = 0
+    update = make_update(cfg, lc, tx, sp.temperature, g.bias_update_rate)
+    ref_fn = jax.jit(completion_logprobs, static_argnums=(0, 5, 6))
+    roller = Roller(config, cfg, tokenizer, task, sp)
+    writer = loop.MetricWriter(workdir)
+    samples_path = os.path.join(workdir, "samples.txt")
+    rows = []
+    bar = tqdm(total=g.num_steps, initial=grpo_step, desc=config.get("name", "grpo"))
+    try:
+        while grpo_step < g.num_steps:
+            key = jax.random.fold_in(jax.random.key(config.seed), grpo_step)
+            ro = roller.rollout(state.params, state.model_state, questions, key)
+            start = time.perf_counter()
+            ref_logp = None
+            if lc.beta > 0:
+                ref_logp = np.asarray(
+                    ref_fn(cfg, *ref, ro.tokens_SL, ro.segment_ids_SL,
+                           ro.prompt_len, sp.temperature)
+                )  # fmt: skip
+                if lc.kl == "k1_reward":  # r - beta * sum_t (log pi_old - log pi_ref)
+                    kl_seq = ((ro.old_logp_SN - ref_logp) * ro.mask_SN).sum(-1)
+                    ro.rewards["total"] = ro.rewards["total"] - lc.beta * kl_seq
+                    ro.advantages_S = np.asarray(
+                        grpo_loss.advantages(
+                            jnp.asarray(ro.rewards["total"]).reshape(g.num_questions, -1),
+                            lc.advantage,
+                            lc.adv_eps,
+                        )
+                    ).reshape(-1)
+            ref_seconds = time.perf_counter() - start
+            start = time.perf_counter()
+            train = []
+            for it in range(g.num_iterations):
+                for mb in _minibatches(
+                    ro, ref_logp, g.minibatch_size, jax.random.fold_in(key, 1000 + it)
+                ):
+                    state, m = update(state, mb, ro.prompt_len)
+                    train.append(m)
+            train = jax.device_get(train)
+            grpo_step += 1
+            metrics = step_metrics(ro, train)
+            metrics.update(ref_seconds=ref_seconds, train_seconds=time.perf_counter() - start)
+            metrics["tokens_per_s"] = metrics["generated_tokens"] / metrics["rollout_seconds"]
+            loop.check_finite(grpo_step, metrics)
+            writer.write(grpo_step, metrics)
+            rows.append({"step": grpo_step, **metrics})
+            if g.samples_every and grpo_step % g.samples_every == 0:
+                append_samples(samples_path, grpo_step, ro, g.samples_per_write)
+            bar.update(1)
+            bar.set_postfix(
+                loop.format_metrics(metrics, ("reward", "accuracy", "format", "response_length"))
+            )
+            if grpo_step % g.checkpoint_every == 0 or grpo_step == g.num_steps:
+                extra = {"grpo_step": grpo_step, "questions": questions.position}
+                ckpt.save(grpo_step, state, extra, force=grpo_step == g.num_steps)
+    finally:
+        bar.close()
+        writer.close()
+        ckpt.close()
+
+    after, texts, scores, prompts = evaluate_on_test(state.params, state.model_state, "policy")
+    k = config.eval.num_samples
+    evaluate.write_samples(
+        os.path.join(workdir, "eval_samples.txt"), test_examples, prompts, texts, scores, k,
+        config.eval.num_printed,
+    )  # fmt: skip
+    all_rows = loop.read_metrics(workdir)
+    plot = plots.plot_curves(
+        all_rows,
+        ["accuracy", "format", "response_length", "reward", "kl", "entropy"],
+        os.path.join(workdir, "r1_zero.png"),
+        title=f"GRPO on {t.name}",
+    )
+    result: dict[str, Any] = {
+        "task": t.name,
+        "base": source,
+        "before": before,
+        "after": after,
+        "plot": plot,
+        "steps": grpo_step,
+    }
+    with open(os.path.join(workdir, "summary.json"), "w") as f:
+        json.dump(result, f, indent=2)
+    print(
+        f"\n{t.name}: {len(test_examples)} held-out questions x {k} samples "
+        f"(T={eval_sp.temperature}, top-p {eval_sp.top_p})"
+    )
+    print(before_after_table(before, after, k))
+    return result

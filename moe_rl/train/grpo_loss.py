@@ -1,0 +1,120 @@
+"""GRPO's advantages and loss, as pure array functions (every variant a config value).
+
+Shapes: B sequences (= questions x G generations, question-major), N completion tokens.
+`mask_BN` is 1 on a completion's tokens up to and including its first EOS, 0 on padding.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+ADVANTAGES = ("grpo", "dr_grpo", "rloo")
+RATIOS = ("token", "sequence")
+KL_MODES = ("k3_loss", "k1_reward")
+AGGREGATIONS = ("seq_mean", "token_mean", "constant")
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+    # (r - mean) / (std + eps), DeepSeekMath eq. 4 | r - mean, Dr. GRPO (Liu et al. 2025) |
+    # r - mean of the other G-1, RLOO (Ahmadian et al. 2024).
+    advantage: str = "grpo"
+    adv_eps: float = 1e-4
+    # Clipping range [1 - eps_low, 1 + eps_high]; eps_high > eps_low is DAPO's clip-higher.
+    eps_low: float = 0.2
+    eps_high: float = 0.2
+    # Importance ratio per token (PPO/GRPO) or one per sequence, exp(mean log-ratio) (GSPO).
+    ratio: str = "token"
+    # KL to the reference: k3 estimator in the loss (DeepSeekMath eq. 4) or k1 in the reward.
+    beta: float = 0.04
+    kl: str = "k3_loss"
+    # Loss aggregation: mean per sequence then over the batch (GRPO) | mean over all tokens
+    # (DAPO) | sum over tokens / (sequences x max_new_tokens) (Dr. GRPO).
+    aggregation: str = "seq_mean"
+
+    def __post_init__(self):
+        for key, allowed in (
+            ("advantage", ADVANTAGES),
+            ("ratio", RATIOS),
+            ("kl", KL_MODES),
+            ("aggregation", AGGREGATIONS),
+        ):
+            if getattr(self, key) not in allowed:
+                raise ValueError(f"grpo.{key}={getattr(self, key)!r}; allowed: {allowed}")
+        for key in ("eps_low", "eps_high", "beta", "adv_eps"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"grpo.{key}={getattr(self, key)} must be >= 0")
+
+    @classmethod
+    def from_config(cls, g: ml_collections.ConfigDict) -> LossConfig:
+        return cls(**{f.name: g[f.name] for f in dataclasses.fields(cls)})
+
+    @property
+    def kl_in_loss(self) -> bool:
+        return self.beta > 0 and self.kl == "k3_loss"
+
+
+def advantages(rewards_QG: jax.Array, kind: str = "grpo", eps: float = 1e-4) -> jax.Array:
+    """Per-completion advantages from rewards grouped by question, [Q, G] -> [Q, G].
+
+    GRPO's std is the unbiased one (ddof=1), as TRL and verl compute it.
+    """
+    r = rewards_QG.astype(jnp.float32)
+    G = r.shape[-1]
+    centred = r - r.mean(axis=-1, keepdims=True)
+    if kind == "grpo":
+        return centred / (r.std(axis=-1, ddof=1, keepdims=True) + eps)
+    if kind == "dr_grpo":
+        return centred
+    if kind == "rloo":
+        return centred * G / (G - 1)  # r_i - mean_{j != i} r_j
+    raise ValueError(f"grpo.advantage={kind!r}; allowed: {ADVANTAGES}")
+
+
+def k3(logp_BN: jax.Array, ref_logp_BN: jax.Array) -> jax.Array:
+    """Per-token k3 estimate of KL(pi || ref): exp(ref - logp) - (ref - logp) - 1 >= 0
+    (Schulman 2020; DeepSeekMath eq. 4)."""
+    d = ref_logp_BN - logp_BN
+    return jnp.exp(d) - d - 1.0
+
+
+def completion_mask(lengths_B: jax.Array, N: int) -> jax.Array:
+    """1 on each completion's first `length` tokens (its EOS included), 0 after."""
+    return (jnp.arange(N)[None, :] < lengths_B[:, None]).astype(jnp.float32)
+
+
+def policy_loss(logp_BN, old_logp_BN, ref_logp_BN, adv_B, mask_BN, c: LossConfig):
+    """The clipped surrogate (+ beta * k3 KL) aggregated over tokens: (loss, metrics).
+
+    `old_logp` (the sampling policy) and `ref_logp` are constants (stop_gradient); ref may be
+    None when the KL term is off.
+    """
+    old = jax.lax.stop_gradient(old_logp_BN)
+    mask = mask_BN.astype(jnp.float32)
+    n_B = jnp.maximum(mask.sum(-1), 1.0)
+    log_ratio = logp_BN - old
+    if c.ratio == "sequence":  # GSPO: one length-normalised ratio per sequence
+        log_ratio = jnp.broadcast_to(((log_ratio * mask).sum(-1) / n_B)[:, None], log_ratio.shape)
+    ratio = jnp.exp(log_ratio)
+    adv = jax.lax.stop_gradient(adv_B)[:, None].astype(jnp.float32)
+    clipped = jnp.clip(ratio, 1.0 - c.eps_low, 1.0 + c.eps_high)
+    per_token = -jnp.minimum(ratio * adv, clipped * adv)
+    metrics = {}
+    if c.kl_in_loss:
+        kl = k3(logp_BN, jax.lax.stop_gradient(ref_logp_BN))
+        per_token = per_token + c.beta * kl
+        metrics["kl"] = (kl * mask).sum() / jnp.maximum(mask.sum(), 1.0)
+    if c.aggregation == "seq_mean":
+        loss = jnp.mean((per_token * mask).sum(-1) / n_B)
+    elif c.aggregation == "token_mean":
+        loss = (per_token * mask).sum() / jnp.maximum(mask.sum(), 1.0)
+    else:  # constant normaliser
+        loss = (per_token * mask).sum() / (mask.shape[0] * mask.shape[1])
+    is_clipped = ((ratio < 1.0 - c.eps_low) & (adv < 0)) | ((ratio > 1.0 + c.eps_high) & (adv > 0))
+    metrics["clip_fraction"] = (is_clipped * mask).sum() / jnp.maximum(mask.sum(), 1.0)
+    metrics["ratio_mean"] = (ratio * mask).sum() / jnp.maximum(mask.sum(), 1.0)
+    return loss, metrics
