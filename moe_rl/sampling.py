@@ -134,19 +134,24 @@ def _pick(logits_BV: jax.Array, key: jax.Array, sp: SamplingParams):
     return token_B, token_logprobs(logits_BV, token_B, sp.temperature)
 
 
-def _generate(cfg, sp, eos_id, pad_id, params, state, prompt_BP, prompt_len_B, key):
-    """Prefill the left-padded prompts, then decode up to sp.max_new_tokens tokens."""
-    _TRACES[(cfg, sp, prompt_BP.shape)] += 1
-    B, P = prompt_BP.shape
-    N = sp.max_new_tokens
+def _generate(cfg, sp, eos_id, pad_id, n, params, state, prompt_QP, prompt_len_Q, key):
+    """Prefill the left-padded prompts once, then decode n samples of each, up to
+    sp.max_new_tokens tokens (rows question-major)."""
+    _TRACES[(cfg, sp, n, prompt_QP.shape)] += 1
+    Q, P = prompt_QP.shape
+    B, N = Q * n, sp.max_new_tokens
     slots_P = jnp.arange(P, dtype=jnp.int32)
-    pad_B1 = (P - prompt_len_B)[:, None]
-    seg_BP = (slots_P[None] >= pad_B1).astype(jnp.int32)
-    positions_BP = jnp.maximum(slots_P[None] - pad_B1, 0)
-    cache = transformer.init_cache(cfg, B, P + N)
-    logits_BPV, cache, _ = transformer.forward(
-        cfg, params, state, prompt_BP, positions_BP, seg_BP, cache, mtp=False
+    pad_Q1 = (P - prompt_len_Q)[:, None]
+    seg_QP = (slots_P[None] >= pad_Q1).astype(jnp.int32)
+    positions_QP = jnp.maximum(slots_P[None] - pad_Q1, 0)
+    cache = transformer.init_cache(cfg, Q, P + N)
+    logits_QPV, cache, _ = transformer.forward(
+        cfg, params, state, prompt_QP, positions_QP, seg_QP, cache, mtp=False
     )
+    if n > 1:
+        cache = transformer.repeat_cache(cfg, cache, n)
+    logits_BV = jnp.repeat(logits_QPV[:, -1], n, axis=0)
+    prompt_len_B = jnp.repeat(prompt_len_Q, n)
 
     def emit(t, logits_BV, tokens_BN, logprobs_BN, lengths_B, done_B):
         token_B, logprob_B = _pick(logits_BV, jax.random.fold_in(key, t), sp)
@@ -161,7 +166,7 @@ def _generate(cfg, sp, eos_id, pad_id, params, state, prompt_BP, prompt_len_B, k
     logprobs_BN = jnp.zeros((B, N), jnp.float32)
     lengths_B = jnp.zeros((B,), jnp.int32)
     done_B = prompt_len_B == 0  # batch-padding rows
-    state_t = emit(0, logits_BPV[:, -1], tokens_BN, logprobs_BN, lengths_B, done_B)
+    state_t = emit(0, logits_BV, tokens_BN, logprobs_BN, lengths_B, done_B)
 
     def cond(carry):
         t, _, (*_, done_B) = carry
@@ -187,7 +192,7 @@ def _generate(cfg, sp, eos_id, pad_id, params, state, prompt_BP, prompt_len_B, k
     return Samples(tokens_BN, logprobs_BN, lengths_B)
 
 
-_generate_jit = jax.jit(_generate, static_argnums=(0, 1, 2, 3))
+_generate_jit = jax.jit(_generate, static_argnums=(0, 1, 2, 3, 4))
 
 
 def left_pad(prompts: Sequence[Sequence[int]], pad_id: int, length: int, rows: int):
@@ -211,10 +216,12 @@ def generate(
     *,
     eos_id: int,
     pad_id: int,
+    num_samples: int = 1,
 ) -> Samples:
-    """Samples a continuation of each prompt (token ids, each non-empty); deterministic in `key`.
+    """Samples `num_samples` continuations of each prompt (token ids, each non-empty);
+    deterministic in `key`. Each prompt is prefilled once and its cache shared by its samples.
 
-    Returns arrays with one row per prompt; `max_new_tokens` columns.
+    Returns arrays with num_samples rows per prompt (prompt-major), `max_new_tokens` columns.
     """
     if not prompts:
         raise ValueError("no prompts")
@@ -229,10 +236,14 @@ def generate(
             f"exceeds model.max_position_embeddings={cfg.max_position_embeddings}"
         )
     P = bucket(longest)
-    B = len(prompts)
-    prompt_BP, lengths_B = left_pad(prompts, pad_id, P, bucket(B, minimum=1, step=1 << 30))
-    out = _generate_jit(cfg, sp, eos_id, pad_id, params, state, prompt_BP, lengths_B, key)
-    return Samples(*(a[:B] for a in out))
+    if num_samples < 1:
+        raise ValueError(f"num_samples={num_samples} must be >= 1")
+    Q = len(prompts)
+    prompt_QP, lengths_Q = left_pad(prompts, pad_id, P, bucket(Q, minimum=1, step=1 << 30))
+    out = _generate_jit(
+        cfg, sp, eos_id, pad_id, num_samples, params, state, prompt_QP, lengths_Q, key
+    )
+    return Samples(*(a[: Q * num_samples] for a in out))
 
 
 def sample_texts(

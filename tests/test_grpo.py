@@ -80,24 +80,44 @@ def test_rollout_masks_hold_the_first_eos_and_no_padding(base_dir):
     # EOS = the token row 0 samples third, so that (same key, same tokens) it stops there.
     free = rollout(263)
     tok = tokenizers.ByteTokenizer()
-    tok.eos_id = int(free.tokens_SL[0, free.prompt_len + 2])
+    tok.eos_id = int(free.tokens_QL[0, free.prompt_len + 2])
     ro = rollout(tok.eos_id)
-    P, N = ro.prompt_len, 8
-    assert ro.tokens_SL.shape == (8, P + N) and ro.mask_SN.shape == (8, N)
-    np.testing.assert_array_equal(ro.mask_SN.sum(1), ro.lengths_S)
-    stopped = ro.lengths_S < N
+    P, N, G = ro.prompt_len, 8, 4
+    assert ro.tokens_QL.shape == (2, P + G * N) and ro.mask_QGN.shape == (2, G, N)
+    np.testing.assert_array_equal(ro.mask_QGN.sum(-1), ro.lengths_QG)
+    stopped = ro.lengths_QG < N
     assert stopped.any(), "the test needs rows that stop early"
-    for row, n in zip(ro.tokens_SL[stopped], ro.lengths_S[stopped], strict=True):
-        assert row[P + n - 1] == tok.eos_id and tok.eos_id not in row[P : P + n - 1]
-        assert np.all(row[P + n :] == tok.pad_id)
-    # Prompt padding is segment 0, every prompt and completion token segment 1.
-    np.testing.assert_array_equal(ro.segment_ids_SL[:, P:], 1)
-    assert set(np.unique(ro.segment_ids_SL[:, :P])) <= {0, 1}
+    completions = ro.tokens_QL[:, P:].reshape(2, G, N)
+    for row, n in zip(completions[stopped], ro.lengths_QG[stopped], strict=True):
+        assert row[n - 1] == tok.eos_id and tok.eos_id not in row[: n - 1]
+        assert np.all(row[n:] == tok.pad_id)
+    # Prompt padding is segment 0, the prompt 1, completion j segment j + 2.
+    want = np.broadcast_to(np.repeat(np.arange(2, G + 2), N), (2, G * N))
+    np.testing.assert_array_equal(ro.segment_ids_QL[:, P:], want)
     # The sampler's log-probs are the policy's: ratios start at 1.
     fresh = grpo.completion_logprobs(
-        cfg, params, model_state, ro.tokens_SL, ro.segment_ids_SL, P, 1.0
+        cfg, params, model_state, ro.tokens_QL, ro.segment_ids_QL, ro.positions_QL, P, G, 1.0
     )
-    np.testing.assert_allclose(np.asarray(fresh) * ro.mask_SN, ro.old_logp_SN, atol=2e-5)
+    np.testing.assert_allclose(np.asarray(fresh) * ro.mask_QGN, ro.old_logp_QGN, atol=2e-5)
+
+
+def test_shared_prefix_packing_equals_separate_rows(tiny):
+    """Log-probs of G completions packed after one prompt equal those of G separate rows."""
+    cfg, params, state = tiny
+    rng = np.random.default_rng(0)
+    Q, G, N, P = 2, 3, 5, 8
+    prompt_len = np.array([8, 5])
+    prompts = rng.integers(3, 259, (Q, P)).astype(np.int32)
+    prompts[1, :3] = 0
+    completions = rng.integers(3, 259, (Q, G, N)).astype(np.int32)
+    tokens, seg, pos = grpo.pack_groups(prompts, prompt_len, completions)
+    packed = grpo.completion_logprobs(cfg, params, state, tokens, seg, pos, P, G, 1.0)
+    rows = np.concatenate([np.repeat(prompts, G, 0), completions.reshape(Q * G, N)], axis=1)
+    rows_seg = np.concatenate(
+        [np.repeat((prompts != 0).astype(np.int32), G, 0), np.ones((Q * G, N), np.int32)], axis=1
+    )
+    separate = sampling.full_forward_logprobs(cfg, params, state, rows, rows_seg)[:, P - 1 :]
+    np.testing.assert_allclose(np.asarray(packed).reshape(Q * G, N), separate, atol=2e-5)
 
 
 def test_grpo_learns_a_trivial_reward(base_dir, tmp_path, monkeypatch):

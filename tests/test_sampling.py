@@ -104,6 +104,19 @@ def test_eos_stops_each_row_and_pads_the_rest(tiny):
     assert out.lengths[0] <= 4
 
 
+def test_samples_of_one_prompt_share_its_prefill(tiny):
+    """num_samples=3: greedy rows repeat the single-sample row; sampled rows' log-probs are
+    those of a full forward, as for separate prompts."""
+    cfg, params, state = tiny
+    sp = sampling.SamplingParams(temperature=0.0, max_new_tokens=N)
+    one = run(tiny, sp, eos=263)
+    three = sampling.generate(
+        cfg, params, state, PROMPTS, jax.random.key(0), sp, eos_id=263, pad_id=PAD, num_samples=3
+    )
+    np.testing.assert_array_equal(np.asarray(three.tokens), np.repeat(np.asarray(one.tokens), 3, 0))
+    chex.assert_trees_all_close(three.logprobs, jnp.repeat(one.logprobs, 3, 0), atol=1e-5)
+
+
 def test_deterministic_by_key(tiny):
     sp = sampling.SamplingParams(temperature=1.0, max_new_tokens=N)
     a, b, c = run(tiny, sp, key=1), run(tiny, sp, key=1), run(tiny, sp, key=2)

@@ -100,7 +100,15 @@ class Transformer(nn.Module):
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, tokens_BL, positions_BL, segment_ids_BL=None, cache=None, mtp=True):
+    def __call__(
+        self,
+        tokens_BL,
+        positions_BL,
+        segment_ids_BL=None,
+        cache=None,
+        mtp=True,
+        shared_prefix=False,
+    ):
         cfg = self.cfg
         B, L = tokens_BL.shape
         seg_BL = jnp.ones((B, L), jnp.int32) if segment_ids_BL is None else segment_ids_BL
@@ -113,9 +121,10 @@ class Transformer(nn.Module):
             kv_seg_BS = write_cache(cache["segment_ids"], seg_BL, index)
             q_slot_L, kv_slot_S = index + jnp.arange(L), jnp.arange(kv_seg_BS.shape[1])
         # Causal over cache slots, and only within a document (segment ids; 0 = padding/empty).
-        mask_BLS = (kv_slot_S[None, None, :] <= q_slot_L[None, :, None]) & (
-            seg_BL[:, :, None] == kv_seg_BS[:, None, :]
-        )
+        same_BLS = seg_BL[:, :, None] == kv_seg_BS[:, None, :]
+        if shared_prefix:  # segment 1 is a prompt that every later segment continues
+            same_BLS |= (kv_seg_BS[:, None, :] == 1) & (seg_BL[:, :, None] > 1)
+        mask_BLS = (kv_slot_S[None, None, :] <= q_slot_L[None, :, None]) & same_BLS
         ctx = (positions_BL, mask_BLS, seg_BL > 0, index)
 
         embed = Embed(cfg, name="embed")
@@ -220,16 +229,23 @@ def forward(
     cache: dict | None = None,
     *,
     mtp: bool = True,
+    shared_prefix: bool = False,
 ):
     """Pure forward pass -> (logits [B,L,V] float32, new cache or None, aux dict).
+
+    `shared_prefix`: segment 1 of a row is a prompt shared by the segments after it (2, 3, ...:
+    its continuations, positions continuing the prompt's); each continuation attends to the
+    prompt and to itself, exactly as if it were its own row [prompt, continuation]. GRPO packs
+    a question's G completions this way: the prompt is computed once, not G times.
 
     aux: 'expert_counts' [n_moe_layers, E] (valid tokens per expert), 'balance_loss'
     [n_moe_layers], and with MTP (no cache) 'mtp_logits' [D, B, L, V], 'mtp_expert_counts'.
     """
     variables = {"params": params, **state}
     return Transformer(cfg).apply(
-        variables, tokens_BL, positions_BL, segment_ids_BL, cache, mtp=mtp
-    )
+        variables, tokens_BL, positions_BL, segment_ids_BL, cache, mtp=mtp,
+        shared_prefix=shared_prefix,
+    )  # fmt: skip
 
 
 def init_cache(cfg: ModelConfig, batch: int, max_len: int) -> dict:
@@ -247,6 +263,17 @@ def init_cache(cfg: ModelConfig, batch: int, max_len: int) -> dict:
         else:
             cache[kind] = tuple(layer for _ in range(n))
     return cache
+
+
+def repeat_cache(cfg: ModelConfig, cache: dict, n: int) -> dict:
+    """Each row of a cache repeated n times (row-major: r0, r0, ..., r1, ...), e.g. to decode n
+    samples of each prefilled prompt."""
+    out = {"index": cache["index"], "segment_ids": jnp.repeat(cache["segment_ids"], n, axis=0)}
+    axis = 1 if cfg.scan_layers else 0  # scanned layers stack on a leading layer axis
+    for kind in ("dense", "moe"):
+        if kind in cache:
+            out[kind] = jax.tree.map(lambda a: jnp.repeat(a, n, axis=axis), cache[kind])
+    return out
 
 
 def counts_like_bias(cfg: ModelConfig, state: dict, aux: dict) -> dict:

@@ -45,44 +45,58 @@ from moe_rl.train import grpo_loss, lm, loop
 
 @dataclasses.dataclass
 class Rollout:
-    """One GRPO batch on the host: S = questions x G sequences, prompt P + completion N."""
+    """One GRPO batch on the host, packed by question: row q is its prompt (left-padded to P)
+    followed by its G completions of N tokens, segment ids 1 (prompt), 2, ..., G+1."""
 
-    tokens_SL: np.ndarray  # [S, P + N] left-padded prompt, then the completion
-    segment_ids_SL: np.ndarray  # 0 on prompt padding, 1 elsewhere
-    mask_SN: np.ndarray  # completion tokens up to and including the first EOS
-    old_logp_SN: np.ndarray  # sampler log-probs (the old policy)
-    lengths_S: np.ndarray
-    texts: list[str]
-    examples: list[Example]  # one per sequence
-    rewards: dict[str, np.ndarray]  # accuracy, format, overlong, total: [S]
-    advantages_S: np.ndarray
+    tokens_QL: np.ndarray  # [Q, P + G*N]
+    segment_ids_QL: np.ndarray  # 0 on prompt padding
+    positions_QL: np.ndarray  # each completion continues its prompt's positions
+    mask_QGN: np.ndarray  # completion tokens up to and including the first EOS
+    old_logp_QGN: np.ndarray  # sampler log-probs (the old policy)
+    lengths_QG: np.ndarray
+    texts: list[str]  # question-major, Q*G
+    examples: list[Example]  # one per completion
+    rewards: dict[str, np.ndarray]  # accuracy, format, overlong, total: [Q*G]
+    advantages_QG: np.ndarray
     prompt_len: int
     stats: dict[str, float]
 
 
-def positions_of(segment_ids_SL):
-    """Positions restart at 0 at each row's first non-padding token."""
-    pad_S1 = jnp.argmax(segment_ids_SL > 0, axis=1)[:, None]
-    return jnp.maximum(jnp.arange(segment_ids_SL.shape[1])[None] - pad_S1, 0)
+def pack_groups(prompt_QP, prompt_len_Q, tokens_QGN):
+    """(tokens, segment ids, positions) [Q, P + G*N] of the shared-prefix layout."""
+    Q, P = prompt_QP.shape
+    _, G, N = tokens_QGN.shape
+    pad_Q1 = (P - prompt_len_Q)[:, None]
+    seg_prompt = (np.arange(P)[None] >= pad_Q1).astype(np.int32)
+    pos_prompt = np.maximum(np.arange(P)[None] - pad_Q1, 0)
+    seg_comp = np.broadcast_to(np.repeat(np.arange(2, G + 2), N)[None], (Q, G * N))
+    pos_comp = prompt_len_Q[:, None] + np.tile(np.arange(N), G)[None]
+    tokens = np.concatenate([prompt_QP, tokens_QGN.reshape(Q, G * N)], axis=1)
+    segments = np.concatenate([seg_prompt, seg_comp], axis=1).astype(np.int32)
+    positions = np.concatenate([pos_prompt, pos_comp], axis=1).astype(np.int32)
+    return tokens, segments, positions
 
 
-def completion_logits(cfg, params, model_state, tokens_SL, segment_ids_SL, prompt_len: int):
-    """Logits predicting each completion token [S, N, V] and the forward's aux dict."""
-    logits, _, aux = transformer.forward(
-        cfg,
-        params,
-        model_state,
-        tokens_SL,
-        positions_of(segment_ids_SL),
-        segment_ids_SL,
-        mtp=False,
+def completion_logits(cfg, params, model_state, tokens_QL, seg_QL, pos_QL, P: int, G: int):
+    """Logits predicting each completion token [Q, G, N, V], their targets [Q, G, N], and the
+    forward's aux dict. Token t of completion j is predicted at the prompt's last slot (t = 0)
+    or at the slot before it in its own segment."""
+    logits_QLV, _, aux = transformer.forward(
+        cfg, params, model_state, tokens_QL, pos_QL, seg_QL, mtp=False, shared_prefix=True
     )
-    return logits[:, prompt_len - 1 : -1], aux
+    Q, L = tokens_QL.shape
+    N = (L - P) // G
+    target = P + np.arange(G)[:, None] * N + np.arange(N)[None]  # [G, N] slots of the tokens
+    source = np.where(np.arange(N)[None] == 0, P - 1, target - 1)
+    return logits_QLV[:, source], tokens_QL[:, target], aux
 
 
-def completion_logprobs(cfg, params, model_state, tokens_SL, segment_ids_SL, prompt_len, temp):
-    logits, _ = completion_logits(cfg, params, model_state, tokens_SL, segment_ids_SL, prompt_len)
-    return sampling.token_logprobs(logits, tokens_SL[:, prompt_len:], temp)
+def completion_logprobs(cfg, params, model_state, tokens_QL, seg_QL, pos_QL, P, G, temp):
+    """log softmax(logits / T) of every completion token, [Q, G, N]."""
+    logits, targets, _ = completion_logits(
+        cfg, params, model_state, tokens_QL, seg_QL, pos_QL, P, G
+    )
+    return sampling.token_logprobs(logits, targets, temp)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -90,28 +104,36 @@ def completion_logprobs(cfg, params, model_state, tokens_SL, segment_ids_SL, pro
 
 
 def make_update(cfg: ModelConfig, lc: grpo_loss.LossConfig, tx, temperature: float, bias_rate):
-    """(state, minibatch, prompt_len) -> (state, metrics): one AdamW step on the GRPO loss."""
+    """(state, minibatch, prompt_len, G) -> (state, metrics): one AdamW step on the GRPO loss
+    over a minibatch of packed question rows."""
 
-    def loss_fn(params, model_state, mb, prompt_len):
-        logits, aux = completion_logits(
-            cfg, params, model_state, mb["tokens"], mb["segment_ids"], prompt_len
-        )
+    def loss_fn(params, model_state, mb, prompt_len, G):
+        logits, targets, aux = completion_logits(
+            cfg, params, model_state, mb["tokens"], mb["segment_ids"], mb["positions"],
+            prompt_len, G,
+        )  # fmt: skip
         logits = logits.astype(jnp.float32) / (temperature if temperature > 0 else 1.0)
-        logp_all = jax.nn.log_softmax(logits, axis=-1)
-        completion = mb["tokens"][:, prompt_len:]
-        logp = jnp.take_along_axis(logp_all, completion[..., None], axis=-1)[..., 0]
+        logp_all = jax.nn.log_softmax(logits, axis=-1)  # [Q, G, N, V]
+        logp = jnp.take_along_axis(logp_all, targets[..., None], axis=-1)[..., 0]
+        flat = lambda a: a.reshape(-1, a.shape[-1])  # [Q, G, N] -> [Q*G, N]
+        mask = flat(mb["mask"])
+        ref = mb.get("ref_logp")
         loss, metrics = grpo_loss.policy_loss(
-            logp, mb["old_logp"], mb.get("ref_logp"), mb["advantages"], mb["mask"], lc
+            flat(logp),
+            flat(mb["old_logp"]),
+            None if ref is None else flat(ref),
+            mb["advantages"].reshape(-1),
+            mask,
+            lc,
         )
-        mask = mb["mask"]
-        entropy = -jnp.sum(jnp.exp(logp_all) * logp_all, axis=-1)
+        entropy = flat(-jnp.sum(jnp.exp(logp_all) * logp_all, axis=-1))
         metrics["entropy"] = (entropy * mask).sum() / jnp.maximum(mask.sum(), 1.0)
         counts = transformer.counts_like_bias(cfg, model_state, aux) if cfg.is_moe else None
         return loss, (metrics, counts)
 
-    def update(state: lm.TrainState, mb, prompt_len: int):
+    def update(state: lm.TrainState, mb, prompt_len: int, G: int):
         (loss, (metrics, counts)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state.params, state.model_state, mb, prompt_len
+            state.params, state.model_state, mb, prompt_len, G
         )
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
@@ -126,7 +148,7 @@ def make_update(cfg: ModelConfig, lc: grpo_loss.LossConfig, tx, temperature: flo
         )
         return new_state, metrics
 
-    return jax.jit(update, static_argnums=2, donate_argnums=0)
+    return jax.jit(update, static_argnums=(2, 3), donate_argnums=0)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -158,18 +180,22 @@ class Roller:
         self.g, self.t = config.grpo, config.task
 
     def sample_groups(self, params, model_state, examples, key):
-        """Completions for each example x G: (texts, tokens, logprobs, lengths, prompt, seg)."""
+        """G completions of each example, each prompt prefilled once:
+        (texts, tokens [Q,G,N], logprobs [Q,G,N], lengths [Q,G], prompts [Q,P], lengths [Q])."""
         G, tok = self.g.num_generations, self.tokenizer
         _, ids = evaluate.prompts_for(tok, examples, self.t.template, self.t.think_opened)
-        ids = [p for p in ids for _ in range(G)]
         P = sampling.bucket(max(map(len, ids)))
-        prompt_SP, prompt_len_S = sampling.left_pad(ids, tok.pad_id, P, len(ids))
+        prompt_QP, prompt_len_Q = sampling.left_pad(ids, tok.pad_id, P, len(ids))
         out = sampling.generate(
-            self.cfg, params, model_state, ids, key, self.sp, eos_id=tok.eos_id, pad_id=tok.pad_id
-        )
+            self.cfg, params, model_state, ids, key, self.sp,
+            eos_id=tok.eos_id, pad_id=tok.pad_id, num_samples=G,
+        )  # fmt: skip
         tokens, logp, lengths = (np.asarray(a) for a in jax.device_get(out))
         texts = [tok.decode(row[:n]) for row, n in zip(tokens, lengths, strict=True)]
-        return texts, tokens, logp, lengths, (prompt_SP, prompt_len_S)
+        Q, N = len(ids), tokens.shape[1]
+        shape = (Q, G, N)
+        return (texts, tokens.reshape(shape), logp.reshape(shape), lengths.reshape(Q, G),
+                prompt_QP, prompt_len_Q)  # fmt: skip
 
     def score(self, texts, examples_S, lengths):
         g = self.g
@@ -191,65 +217,60 @@ class Roller:
         """Q groups of G; with dynamic sampling, zero-variance groups are replaced by fresh
         questions' groups (at most max_refills extra rounds; then the rest are kept)."""
         g, G, Q = self.g, self.g.num_generations, self.g.num_questions
-        kept: list[tuple] = []  # (per-group arrays), informative groups first
-        spare: list[tuple] = []
+        tok = self.tokenizer
+        kept: list[dict] = []  # informative groups
+        spare: list[dict] = []  # zero-variance groups, used only to fill the batch
         start, rounds, sampled, generated = time.perf_counter(), 0, 0, 0
         while len(kept) < Q and rounds <= (g.max_refills if g.dynamic_sampling else 0):
             examples = questions.take(Q)
-            texts, tokens, logp, lengths, prompt = self.sample_groups(
+            texts, tokens, logp, lengths, prompt, prompt_len = self.sample_groups(
                 params, model_state, examples, jax.random.fold_in(key, rounds)
             )
             examples_S = [ex for ex in examples for _ in range(G)]
-            r = self.score(texts, examples_S, lengths)
+            r = self.score(texts, examples_S, lengths.reshape(-1))
             generated += int(lengths.sum())
             for q in range(Q):
                 rows = slice(q * G, (q + 1) * G)
-                group = (
-                    (prompt[0][rows], prompt[1][rows]),
-                    tokens[rows],
-                    logp[rows],
-                    lengths[rows],
-                    texts[rows],
-                    examples_S[rows],
-                    {k: v[rows] for k, v in r.items()},
-                )
+                group = dict(
+                    prompt=prompt[q], prompt_len=prompt_len[q], tokens=tokens[q], logp=logp[q],
+                    lengths=lengths[q], texts=texts[rows], examples=examples_S[rows],
+                    rewards={k: v[rows] for k, v in r.items()},
+                )  # fmt: skip
                 informative = np.ptp(r["accuracy"][rows]) > 0
                 (kept if informative or not g.dynamic_sampling else spare).append(group)
             rounds += 1
             sampled += Q
         groups = (kept + spare)[:Q]
-        zero_var = np.mean([np.ptp(gr[6]["accuracy"]) == 0 for gr in groups])
-        P = max(gr[0][0].shape[1] for gr in groups)
-        pad_id = self.tokenizer.pad_id
-        pad = lambda a: np.pad(a, ((0, 0), (P - a.shape[1], 0)), constant_values=pad_id)
-        prompt_SP = np.concatenate([pad(gr[0][0]) for gr in groups])
-        prompt_len_S = np.concatenate([gr[0][1] for gr in groups])
-        tokens_SN = np.concatenate([gr[1] for gr in groups])
-        lengths_S = np.concatenate([gr[3] for gr in groups])
-        rew = {k: np.concatenate([gr[6][k] for gr in groups]) for k in groups[0][6]}
-        seg_SL = np.concatenate(
-            [np.arange(P)[None] >= P - prompt_len_S[:, None], np.ones_like(tokens_SN, bool)],
-            axis=1,
-        ).astype(np.int32)
-        N = tokens_SN.shape[1]
-        mask_SN = np.asarray(grpo_loss.completion_mask(jnp.asarray(lengths_S), N))
-        truncated = lengths_S == N
-        truncated &= tokens_SN[np.arange(len(lengths_S)), lengths_S - 1] != self.tokenizer.eos_id
+        zero_var = np.mean([np.ptp(gr["rewards"]["accuracy"]) == 0 for gr in groups])
+        P = max(len(gr["prompt"]) for gr in groups)
+        prompt_QP = np.stack(
+            [np.pad(gr["prompt"], (P - len(gr["prompt"]), 0), constant_values=tok.pad_id)
+             for gr in groups]
+        )  # fmt: skip
+        stack = lambda key: np.stack([gr[key] for gr in groups])
+        tokens_QGN, lengths_QG = stack("tokens"), stack("lengths")
+        tokens_QL, seg_QL, pos_QL = pack_groups(prompt_QP, stack("prompt_len"), tokens_QGN)
+        rew = {k: np.concatenate([gr["rewards"][k] for gr in groups]) for k in r}
+        N = tokens_QGN.shape[-1]
+        mask_QGN = (np.arange(N) < lengths_QG[..., None]).astype(np.float32)
+        last_QG = np.take_along_axis(tokens_QGN, (lengths_QG - 1)[..., None], axis=-1)[..., 0]
+        truncated_QG = (lengths_QG == N) & (last_QG != tok.eos_id)
         if g.overlong_filter:  # DAPO: truncated completions carry no gradient
-            mask_SN = mask_SN * (~truncated)[:, None]
+            mask_QGN = mask_QGN * (~truncated_QG)[..., None]
         adv_QG = grpo_loss.advantages(
             jnp.asarray(rew["total"]).reshape(Q, G), g.advantage, g.adv_eps
         )
         return Rollout(
-            tokens_SL=np.concatenate([prompt_SP, tokens_SN], axis=1),
-            segment_ids_SL=seg_SL,
-            mask_SN=mask_SN.astype(np.float32),
-            old_logp_SN=np.concatenate([gr[2] for gr in groups]),
-            lengths_S=lengths_S,
-            texts=[t for gr in groups for t in gr[4]],
-            examples=[e for gr in groups for e in gr[5]],
+            tokens_QL=tokens_QL,
+            segment_ids_QL=seg_QL,
+            positions_QL=pos_QL,
+            mask_QGN=mask_QGN,
+            old_logp_QGN=stack("logp"),
+            lengths_QG=lengths_QG,
+            texts=[t for gr in groups for t in gr["texts"]],
+            examples=[e for gr in groups for e in gr["examples"]],
             rewards=rew,
-            advantages_S=np.asarray(adv_QG).reshape(-1),
+            advantages_QG=np.asarray(adv_QG),
             prompt_len=P,
             stats={
                 "rollout_seconds": time.perf_counter() - start,
@@ -257,7 +278,7 @@ class Roller:
                 "refills": rounds - 1,
                 "questions_sampled": sampled,
                 "zero_variance_groups": float(zero_var),
-                "truncated_rate": float(truncated.mean()),
+                "truncated_rate": float(truncated_QG.mean()),
             },
         )
 
@@ -281,8 +302,11 @@ def validate_grpo_config(config: ml_collections.ConfigDict) -> None:
         ("grpo.max_refills", g.max_refills >= 0, ">= 0"),
         (
             "grpo.minibatch_size",
-            g.minibatch_size >= 1 and (g.num_questions * g.num_generations) % g.minibatch_size == 0,
-            f"a divisor of num_questions x num_generations = {g.num_questions * g.num_generations}",
+            g.minibatch_size >= 1
+            and g.minibatch_size % g.num_generations == 0
+            and (g.num_questions * g.num_generations) % g.minibatch_size == 0,
+            "a multiple of num_generations (whole groups) dividing num_questions x "
+            f"num_generations = {g.num_questions * g.num_generations}",
         ),
         ("grpo.overlong_buffer", 0 <= g.overlong_buffer <= config.sampling.max_new_tokens,
          "in [0, sampling.max_new_tokens]"),
@@ -320,17 +344,19 @@ def base_model(config, cfg: ModelConfig, workdir: str):
     return model["params"], model["model_state"], f"{source} step {step}"
 
 
-def _minibatches(ro: Rollout, ref_logp, size: int, key) -> list[dict]:
-    order = np.asarray(jax.random.permutation(key, len(ro.lengths_S)))
+def _minibatches(ro: Rollout, ref_logp, rows: int, key) -> list[dict]:
+    """Shuffled minibatches of `rows` whole question groups."""
+    order = np.asarray(jax.random.permutation(key, len(ro.tokens_QL)))
     batches = []
-    for i in range(0, len(order), size):
-        idx = order[i : i + size]
+    for i in range(0, len(order), rows):
+        idx = order[i : i + rows]
         mb = {
-            "tokens": ro.tokens_SL[idx],
-            "segment_ids": ro.segment_ids_SL[idx],
-            "mask": ro.mask_SN[idx],
-            "old_logp": ro.old_logp_SN[idx],
-            "advantages": ro.advantages_S[idx],
+            "tokens": ro.tokens_QL[idx],
+            "segment_ids": ro.segment_ids_QL[idx],
+            "positions": ro.positions_QL[idx],
+            "mask": ro.mask_QGN[idx],
+            "old_logp": ro.old_logp_QGN[idx],
+            "advantages": ro.advantages_QG[idx],
         }
         if ref_logp is not None:
             mb["ref_logp"] = ref_logp[idx]
@@ -339,7 +365,7 @@ def _minibatches(ro: Rollout, ref_logp, size: int, key) -> list[dict]:
 
 
 def step_metrics(ro: Rollout, train: list[dict]) -> dict[str, float]:
-    acc, lengths = ro.rewards["accuracy"], ro.lengths_S.astype(np.float64)
+    acc, lengths = ro.rewards["accuracy"], ro.lengths_QG.reshape(-1).astype(np.float64)
     correct = acc >= 1.0
     m = {
         "reward": float(ro.rewards["total"].mean()),
@@ -436,7 +462,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         )
         grpo_step = 0
     update = make_update(cfg, lc, tx, sp.temperature, g.bias_update_rate)
-    ref_fn = jax.jit(completion_logprobs, static_argnums=(0, 5, 6))
+    ref_fn = jax.jit(completion_logprobs, static_argnums=(0, 6, 7, 8))
     roller = Roller(config, cfg, tokenizer, task, sp)
     writer = loop.MetricWriter(workdir)
     samples_path = os.path.join(workdir, "samples.txt")
@@ -447,30 +473,30 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
             key = jax.random.fold_in(jax.random.key(config.seed), grpo_step)
             ro = roller.rollout(state.params, state.model_state, questions, key)
             start = time.perf_counter()
+            G = g.num_generations
             ref_logp = None
             if lc.beta > 0:
                 ref_logp = np.asarray(
-                    ref_fn(cfg, *ref, ro.tokens_SL, ro.segment_ids_SL,
-                           ro.prompt_len, sp.temperature)
+                    ref_fn(cfg, *ref, ro.tokens_QL, ro.segment_ids_QL, ro.positions_QL,
+                           ro.prompt_len, G, sp.temperature)
                 )  # fmt: skip
                 if lc.kl == "k1_reward":  # r - beta * sum_t (log pi_old - log pi_ref)
-                    kl_seq = ((ro.old_logp_SN - ref_logp) * ro.mask_SN).sum(-1)
-                    ro.rewards["total"] = ro.rewards["total"] - lc.beta * kl_seq
-                    ro.advantages_S = np.asarray(
+                    kl_QG = ((ro.old_logp_QGN - ref_logp) * ro.mask_QGN).sum(-1)
+                    ro.rewards["total"] = ro.rewards["total"] - lc.beta * kl_QG.reshape(-1)
+                    ro.advantages_QG = np.asarray(
                         grpo_loss.advantages(
-                            jnp.asarray(ro.rewards["total"]).reshape(g.num_questions, -1),
-                            lc.advantage,
+                            jnp.asarray(ro.rewards["total"]).reshape(-1, G), lc.advantage,
                             lc.adv_eps,
                         )
-                    ).reshape(-1)
+                    )  # fmt: skip
             ref_seconds = time.perf_counter() - start
             start = time.perf_counter()
             train = []
             for it in range(g.num_iterations):
                 for mb in _minibatches(
-                    ro, ref_logp, g.minibatch_size, jax.random.fold_in(key, 1000 + it)
+                    ro, ref_logp, g.minibatch_size // G, jax.random.fold_in(key, 1000 + it)
                 ):
-                    state, m = update(state, mb, ro.prompt_len)
+                    state, m = update(state, mb, ro.prompt_len, G)
                     train.append(m)
             train = jax.device_get(train)
             grpo_step += 1
