@@ -2,11 +2,12 @@
 
     python benchmarks/grpo_step.py [--models tiny,tiny_dense,small --steps 5]
 
-8 prompts x 4 completions x exactly 32 new tokens (the EOS id is one the models never pick
-greedily... and it is not in the byte vocabulary's used range, so rows run to the end), one
-update per step over all 32 completions, KL weight 0.04 (so the reference forward runs),
-float32, random prompts of 64 tokens, random rewards. Medians after a warm-up step (which
-includes compilation, reported separately). Peers' numbers on this machine: ../shared/PEERS.md.
+8 prompts x 4 completions x 32 new tokens (EOS is id 263, which the byte tokenizer never
+uses; a random model picks it rarely, so rows almost always run to the end: the mean is
+printed), one update per step over all 32 completions, KL weight 0.04 (so the reference
+forward runs), float32, random prompts of 64 tokens, random rewards. Medians after a
+warm-up step (which includes compilation, reported separately). Peers' numbers on this
+machine: ../shared/PEERS.md.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def bench(name: str, args) -> dict:
         rng=jax.random.key(0),
     )
     update = grpo.make_update(cfg, lc, tx, 1.0, 0.0)
-    ref_fn = jax.jit(grpo.completion_logprobs, static_argnums=(0, 5, 6))
+    ref_fn = jax.jit(grpo.completion_logprobs, static_argnums=(0, 6, 7, 8))
     sp = sampling.SamplingParams(temperature=1.0, max_new_tokens=args.new)
     rng = np.random.default_rng(0)
     Q, G = args.prompts, args.generations
@@ -48,32 +49,30 @@ def bench(name: str, args) -> dict:
     lengths = []
     for step in range(args.steps + 1):
         prompts = rng.integers(3, 259, (Q, args.prompt_len)).tolist()
-        ids = [p for p in prompts for _ in range(G)]
         t0 = time.perf_counter()
         out = sampling.generate(
-            cfg, state.params, state.model_state, ids, jax.random.key(step), sp,
-            eos_id=EOS, pad_id=PAD,
+            cfg, state.params, state.model_state, prompts, jax.random.key(step), sp,
+            eos_id=EOS, pad_id=PAD, num_samples=G,
         )  # fmt: skip
         tokens, logp, n = (np.asarray(a) for a in jax.device_get(out))
         t1 = time.perf_counter()
         P = sampling.bucket(args.prompt_len)
-        prompt_SP, plen = sampling.left_pad(ids, PAD, P, len(ids))
-        seq = np.concatenate([prompt_SP, tokens], axis=1)
-        seg = np.concatenate(
-            [np.arange(P)[None] >= P - plen[:, None], np.ones_like(tokens, bool)], axis=1
-        ).astype(np.int32)
-        ref_logp = np.asarray(ref_fn(cfg, *ref, seq, seg, P, 1.0))
+        prompt_QP, plen = sampling.left_pad(prompts, PAD, P, Q)
+        N = args.new
+        seq, seg, pos = grpo.pack_groups(prompt_QP, plen, tokens.reshape(Q, G, N))
+        ref_logp = np.asarray(ref_fn(cfg, *ref, seq, seg, pos, P, G, 1.0))
         t2 = time.perf_counter()
         rewards_QG = rng.random((Q, G)).astype(np.float32)
         mb = {
             "tokens": seq,
             "segment_ids": seg,
-            "mask": np.asarray(grpo_loss.completion_mask(n, args.new)),
-            "old_logp": logp,
+            "positions": pos,
+            "mask": np.asarray(grpo_loss.completion_mask(n, N)).reshape(Q, G, N),
+            "old_logp": logp.reshape(Q, G, N),
             "ref_logp": ref_logp,
-            "advantages": np.asarray(grpo_loss.advantages(rewards_QG)).reshape(-1),
+            "advantages": np.asarray(grpo_loss.advantages(rewards_QG)),
         }
-        state, metrics = update(state, mb, P)
+        state, metrics = update(state, mb, P, G)
         jax.block_until_ready(metrics)
         t3 = time.perf_counter()
         lengths.append(n.mean())

@@ -31,7 +31,7 @@ def get_config(model: str = "tiny") -> ConfigDict:
             # blocks as experiments/pretrain_moe.py.
             pretrain=dict(
                 recipe="pretrain",
-                data=configs.data(),
+                data=configs.data(mix="r1"),  # short arithmetic, half in the R1 format
                 train=configs.train(seq_len=512, batch_size=16, num_steps=400),
                 optim=configs.optim(),
             ),

@@ -400,10 +400,23 @@ _MAKERS = {
 _LABELS = (("Question:", "Answer:"), ("Q:", "A:"), ("Problem:", "Answer:"), ("User:", "Assistant:"))
 
 
-def document(rng: Random) -> str:
+# Named document mixes (kind weights, style weights). 'r1' leans to short arithmetic in the
+# R1-Zero think/answer format: a base model for experiments/r1_zero.py.
+MIXES = {
+    "default": (KINDS, STYLES),
+    "r1": (
+        {"addition": 0.35, "subtraction": 0.2, "chain": 0.15, "multiplication": 0.1,
+         "expression": 0.1, "missing": 0.05, "countdown": 0.05},
+        {"answer": 0.2, "worked": 0.2, "think": 0.5, "prose": 0.05, "worksheet": 0.05},
+    ),
+}  # fmt: skip
+
+
+def document(rng: Random, mix: str = "default") -> str:
     """One random document: a kind of problem rendered in a style, wrong WRONG_RATE of the time."""
-    make = _MAKERS[_weighted(rng, KINDS)]
-    style = _weighted(rng, STYLES)
+    kinds, styles = MIXES[mix]
+    make = _MAKERS[_weighted(rng, kinds)]
+    style = _weighted(rng, styles)
     if style == "worksheet":
         lines = [make(rng, rng.random() < WRONG_RATE).fact for _ in range(rng.integers(3, 7))]
         title = _choice(rng, ("Practice:", "Worksheet", "Exercises", "Check these:"))
@@ -426,8 +439,8 @@ def document(rng: Random) -> str:
     return f"{ask} {p.question}\n{tell} {sep.join(p.steps)}{sep}{end}"
 
 
-def documents(num: int, seed: int | Sequence[int]) -> Iterator[str]:
+def documents(num: int, seed: int | Sequence[int], mix: str = "default") -> Iterator[str]:
     """`num` documents, the same for the same seed (numpy's PCG64 stream)."""
     rng = Random(seed)
     for _ in range(num):
-        yield document(rng)
+        yield document(rng, mix)

@@ -30,21 +30,25 @@ class ArithmeticConfig(tfds.core.BuilderConfig):
     num_train: int = 100_000
     num_validation: int = 2_000
     seed: int = 0
+    mix: str = "default"  # arithmetic.MIXES
 
 
 _CONFIGS: dict[str, ArithmeticConfig] = {}
 
 
 def arithmetic_config(
-    num_train: int = 100_000, num_validation: int = 2_000, seed: int = 0
+    num_train: int = 100_000, num_validation: int = 2_000, seed: int = 0, mix: str = "default"
 ) -> ArithmeticConfig:
     """A config named after its values, so each size and seed gets its own prepared copy.
 
     Memoized: TFDS accepts a config named like a registered one only if it is that object.
     """
+    if mix not in arithmetic.MIXES:
+        raise ValueError(f"config.data.mix={mix!r}; allowed: {sorted(arithmetic.MIXES)}")
     name = f"train{num_train}_validation{num_validation}_seed{seed}"
+    name += "" if mix == "default" else f"_mix{mix}"
     config = ArithmeticConfig(
-        name=name, num_train=num_train, num_validation=num_validation, seed=seed
+        name=name, num_train=num_train, num_validation=num_validation, seed=seed, mix=mix
     )
     return _CONFIGS.setdefault(name, config)
 
@@ -71,12 +75,12 @@ class MoeRlArithmetic(tfds.core.GeneratorBasedBuilder):
         del dl_manager  # nothing to download
         c = self.builder_config
         return {
-            "train": self._generate_examples(c.num_train, [c.seed, 0]),
-            "validation": self._generate_examples(c.num_validation, [c.seed, 1]),
+            "train": self._generate_examples(c.num_train, [c.seed, 0], c.mix),
+            "validation": self._generate_examples(c.num_validation, [c.seed, 1], c.mix),
         }
 
-    def _generate_examples(self, num: int, seed: list[int]):
-        for i, text in enumerate(arithmetic.documents(num, seed)):
+    def _generate_examples(self, num: int, seed: list[int], mix: str):
+        for i, text in enumerate(arithmetic.documents(num, seed, mix)):
             yield i, {"text": text}
 
 

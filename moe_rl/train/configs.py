@@ -54,6 +54,7 @@ def data(**overrides) -> ConfigDict:
             num_documents=100_000,  # embedded corpus: training documents
             num_validation=2_000,  # embedded corpus: validation documents
             corpus_seed=0,  # embedded corpus: generator seed
+            mix="default",  # embedded corpus: document mix (data/arithmetic.py MIXES)
             tokenizer="byte",  # 'byte' or a Hugging Face tokenizer folder / tokenizer.json
             sft_train="",  # recipe 'sft': JSONL of {"prompt", "completion"} lines
             sft_validation="",

@@ -260,7 +260,7 @@ def load_sources(config: ml_collections.ConfigDict):
     kwargs = dict(data_dir=d.data_dir or None, text_key=d.text_key or None)
     if d.name == corpus.ARITHMETIC:
         kwargs["config"] = corpus.arithmetic_config(
-            d.num_documents, d.num_validation, d.corpus_seed
+            d.num_documents, d.num_validation, d.corpus_seed, d.get("mix", "default")
         )
     return tuple(
         corpus.load_text_dataset(d.name, split, **kwargs) for split in ("train", d.validation_split)
