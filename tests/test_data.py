@@ -165,6 +165,16 @@ def test_document_mix():
     assert len(sums) > 10 and 0.5 < right < 0.95
 
 
+def test_r1_mix_leans_to_the_think_format_and_is_named_in_the_config():
+    docs = list(arithmetic.documents(2000, seed=0, mix="r1"))
+    think = np.mean(["<think>" in d and "</answer>" in d for d in docs])
+    assert 0.4 < think < 0.6
+    assert np.mean(["Target" in d or "numbers" in d for d in docs]) < 0.15
+    assert corpus.arithmetic_config(mix="r1").name.endswith("_mixr1")
+    with pytest.raises(ValueError, match="config.data.mix='x'"):
+        corpus.arithmetic_config(mix="x")
+
+
 @pytest.fixture
 def no_downloads(monkeypatch):
     """Any attempt to download or prepare a non-embedded dataset fails the test."""

@@ -422,14 +422,18 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         cfg, p, s, tokenizer, task, test_examples, t=t, e=config.eval, sp=eval_sp,
         key=jax.random.key(config.seed + 1),
     )  # fmt: skip
+    # The base's evaluation is reused on resume when it was made for the same question.
     before_path = os.path.join(workdir, "eval_base.json")
+    what = {"model": source, "task": t.to_dict(), "eval": config.eval.to_dict()}
+    before = None
     if os.path.exists(before_path):
         with open(before_path) as f:
-            before = json.load(f)
-    else:
+            saved = json.load(f)
+        before = saved["metrics"] if saved.get("of") == what else None
+    if before is None:
         before = evaluate_on_test(params, model_state, "base")[0]
         with open(before_path, "w") as f:
-            json.dump(before, f, indent=2)
+            json.dump({"of": what, "metrics": before}, f, indent=2)
 
     per_step = g.num_iterations * (g.num_questions * g.num_generations // g.minibatch_size)
     tx = lm.make_optimizer(config.optim, g.num_steps * per_step)
