@@ -93,8 +93,14 @@ def policy_loss(logp_BN, old_logp_BN, ref_logp_BN, adv_B, mask_BN, c: LossConfig
     `old_logp` (the sampling policy) and `ref_logp` are constants (stop_gradient); ref may be
     None when the KL term is off.
     """
-    old = jax.lax.stop_gradient(old_logp_BN)
     mask = mask_BN.astype(jnp.float32)
+    # Padding holds arbitrary log-probs: zero them first, so that no exp() of them can turn
+    # into inf * 0 = nan in the value or the gradient.
+    valid = mask > 0
+    logp_BN = jnp.where(valid, logp_BN, 0.0)
+    old = jnp.where(valid, jax.lax.stop_gradient(old_logp_BN), 0.0)
+    if ref_logp_BN is not None:
+        ref_logp_BN = jnp.where(valid, ref_logp_BN, 0.0)
     n_B = jnp.maximum(mask.sum(-1), 1.0)
     log_ratio = logp_BN - old
     if c.ratio == "sequence":  # GSPO: one length-normalised ratio per sequence
