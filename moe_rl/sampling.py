@@ -33,7 +33,7 @@ import ml_collections
 import numpy as np
 
 from moe_rl.models import transformer
-from moe_rl.models.config import ModelConfig
+from moe_rl.models.config import ModelConfig, known_fields
 
 _TRACES: collections.Counter = collections.Counter()
 
@@ -72,12 +72,7 @@ class SamplingParams:
 
     @classmethod
     def from_config(cls, c: ml_collections.ConfigDict | dict) -> SamplingParams:
-        values = c.to_dict() if isinstance(c, ml_collections.ConfigDict) else dict(c)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown sampling field(s) {unknown}; known: {sorted(known)}")
-        return cls(**values)
+        return cls(**known_fields(cls, c, "sampling"))
 
 
 class Samples(NamedTuple):

@@ -109,19 +109,25 @@ class ModelConfig:
     @classmethod
     def from_config(cls, cfg: ml_collections.ConfigDict | dict) -> ModelConfig:
         """Builds and validates; raises ValueError naming the offending `model.<field>`."""
-        values = cfg.to_dict() if isinstance(cfg, ml_collections.ConfigDict) else dict(cfg)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(
-                f"Unknown model config field(s) {unknown}; known fields: {sorted(known)}"
-            )
+        values = known_fields(cls, cfg, "model")
         rope_scaling = values.get("rope_scaling")
         if isinstance(rope_scaling, dict):
             values["rope_scaling"] = _yarn_from_dict(rope_scaling)
         model = cls(**values)
         validate(model)
         return model
+
+
+def known_fields(cls, cfg: ml_collections.ConfigDict | dict, section: str) -> dict:
+    """A config block as a dict for dataclass `cls`; unknown keys are an error naming them."""
+    values = cfg.to_dict() if isinstance(cfg, ml_collections.ConfigDict) else dict(cfg)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(
+            f"Unknown {section} config field(s) {unknown}; known fields: {sorted(known)}"
+        )
+    return values
 
 
 def _yarn_from_dict(d: dict) -> YarnConfig | None:
