@@ -5,8 +5,12 @@ base and the trained policy on held-out questions.
 Command:  python -m moe_rl.main --config=experiments/r1_zero.py
           any task: --config.task.name=rg:chain_sum (or countdown, rg:<dataset>, ...)
           a base of your own: --config.init_checkpoint=runs/pretrain_moe
-Runtime:  see the README's R1-Zero section (pretraining + GRPO + two evaluations).
-Result:   a before/after table (pass@1, maj@k, format rate, mean response length) printed and in
+Runtime:  about 9 min to pretrain the base (once; reused on re-runs), then ~5.5 s per GRPO step
+          (60 steps ~6 min) and two evaluations of ~20 s, on a 2-core CPU.
+Result:   measured so far: the format rate rises from ~0.4 to ~0.95 within 20 steps, but
+          held-out accuracy stays near 0 (the tiny byte-level base ignores the question's
+          numbers; see the README's R1-Zero section). It writes a before/after table
+          (pass@1, maj@k, format rate, mean response length), printed and in
           runs/r1_zero/summary.json; r1_zero.png (accuracy, format, length over steps);
           samples.txt (completions during training), eval_samples.txt; metrics.jsonl and
           TensorBoard events. Re-running resumes (the base model and GRPO checkpoints).

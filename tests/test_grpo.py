@@ -174,3 +174,42 @@ def test_bad_config_fails_before_compiling(key, value, message):
     config.update_from_flattened_dict({key: value})
     with pytest.raises(ValueError, match=message):
         grpo.validate_grpo_config(config)
+
+
+def test_every_variant_runs_together(base_dir, tmp_path, monkeypatch):
+    """DAPO dynamic sampling + overlong filter/penalty, GSPO ratio, k1-in-reward KL, RLOO,
+    token-mean loss, clip-higher and MoE bias updates, in one short run."""
+    monkeypatch.setattr(grpo.Roller, "score", digits)
+    config = small_config(
+        base_dir,
+        **{
+            "grpo.num_steps": 2,
+            "grpo.dynamic_sampling": True,
+            "grpo.max_refills": 1,
+            "grpo.overlong_filter": True,
+            "grpo.overlong_buffer": 4,
+            "grpo.ratio": "sequence",
+            "grpo.kl": "k1_reward",
+            "grpo.advantage": "rloo",
+            "grpo.aggregation": "token_mean",
+            "grpo.eps_high": 0.28,
+            "grpo.bias_update_rate": 1e-3,
+        },
+    )
+    grpo.run(config, str(tmp_path))
+    rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    assert [r["step"] for r in rows] == [1, 2]
+    for r in rows:
+        assert 0 <= r["refills"] <= 1 and r["questions_sampled"] in (2, 4)
+        assert all(np.isfinite(v) for v in r.values())
+        assert "kl" not in r  # k1 goes into the reward, not the loss
+    assert (tmp_path / "samples.txt").read_text().count("=== step 2") == 2
+    cfg = ModelConfig.from_config(config.model)
+    base = evaluate.init_model(cfg, 0)
+    after = checkpoint.Checkpointer(str(tmp_path / "grpo")).restore_latest_model(
+        jax.eval_shape(lambda: base)
+    )[0]
+    moved = jax.tree.map(
+        lambda a, b: np.abs(a - b).max(), after["model_state"], base["model_state"]
+    )
+    assert max(jax.tree.leaves(moved)) > 0  # the balancing bias was updated during RL
