@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from moe_rl.data import arithmetic, corpus, packing
-from moe_rl.data.tokenizers import ByteTokenizer, HFTokenizer, get_tokenizer
+from moe_rl.data.tokenizers import ByteTokenizer, HFTokenizer, get_tokenizer, train_bpe
 
 BYTE = ByteTokenizer()
 
@@ -28,6 +28,36 @@ def test_byte_round_trip(text):
     assert ids[0] == BYTE.bos_id and ids[-1] == BYTE.eos_id
     assert all(0 <= i < BYTE.vocab_size for i in ids)
     assert BYTE.decode(ids) == text
+
+
+@pytest.fixture(scope="module")
+def learned_bpe(tmp_path_factory):
+    docs = list(arithmetic.documents(500, seed=0, mix="r1"))
+    return train_bpe(docs, 300, str(tmp_path_factory.mktemp("bpe"))), docs
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.text())
+def test_learned_bpe_round_trips_any_text(learned_bpe, text):
+    tok, _ = learned_bpe
+    ids = tok.encode(text, add_bos=True, add_eos=True)
+    assert ids[0] == tok.bos_id and ids[-1] == tok.eos_id
+    assert tok.decode(ids) == text
+
+
+def test_learned_bpe_specials_digits_and_compression(learned_bpe):
+    tok, docs = learned_bpe
+    assert (tok.pad_id, tok.bos_id, tok.eos_id) == (0, 1, 2) and tok.vocab_size <= 300
+    digits = tok.encode("12345")
+    assert [tok.decode([i]) for i in digits] == list("12345")  # one token per digit
+    assert sum(len(tok.encode(d)) for d in docs) < 0.7 * sum(len(d.encode()) for d in docs)
+
+
+def test_learned_bpe_is_deterministic(learned_bpe, tmp_path):
+    tok, docs = learned_bpe
+    again = train_bpe(docs, 300, str(tmp_path))
+    with open(tok.path) as a, open(again.path) as b:
+        assert a.read() == b.read()
 
 
 def test_byte_special_ids_and_invalid_utf8():

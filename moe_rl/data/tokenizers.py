@@ -128,6 +128,38 @@ def _chat_template(config: dict, folder: str) -> str | None:
     return template
 
 
+def train_bpe(texts: Iterable[str], vocab_size: int, folder: str) -> HFTokenizer:
+    """Trains a byte-level BPE tokenizer on `texts` and saves it as a Hugging Face folder.
+
+    Digits are split one by one (as Llama does: numbers stay readable digit by digit), PAD,
+    BOS and EOS are ids 0, 1, 2 ("<pad>", "<s>", "</s>"); any UTF-8 text round-trips.
+    Deterministic for the same texts in the same order.
+    """
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+
+    tok = tokenizers.Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False),
+        ]
+    )
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<pad>", "<s>", "</s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer)
+    os.makedirs(folder, exist_ok=True)
+    tok.save(os.path.join(folder, "tokenizer.json"))
+    config = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>"}
+    with open(os.path.join(folder, "tokenizer_config.json"), "w") as f:
+        json.dump(config, f)
+    return HFTokenizer(folder)
+
+
 def get_tokenizer(name_or_path: str) -> Tokenizer:
     """'byte' -> ByteTokenizer; a folder holding tokenizer.json, or the file -> HFTokenizer."""
     if name_or_path == "byte":

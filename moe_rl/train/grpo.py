@@ -344,6 +344,15 @@ def base_model(config, cfg: ModelConfig, workdir: str):
     return model["params"], model["model_state"], f"{source} step {step}"
 
 
+def base_tokenizer(config, workdir: str) -> str:
+    """config.tokenizer, where 'base' means the base model's own: the tokenizer/ folder its
+    pretraining wrote (a learned BPE), else the byte tokenizer."""
+    if config.tokenizer != "base":
+        return config.tokenizer
+    folder = os.path.join(config.init_checkpoint or os.path.join(workdir, "base"), "tokenizer")
+    return folder if os.path.exists(os.path.join(folder, "tokenizer.json")) else "byte"
+
+
 def _minibatches(ro: Rollout, ref_logp, rows: int, key) -> list[dict]:
     """Shuffled minibatches of `rows` whole question groups."""
     order = np.asarray(jax.random.permutation(key, len(ro.tokens_QL)))
@@ -410,13 +419,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     lc = grpo_loss.LossConfig.from_config(g)
     sp = sampling.SamplingParams.from_config(config.sampling)
     eval_sp = sampling.SamplingParams.from_config(config.eval.sampling)
-    tokenizer = tokenizers.get_tokenizer(config.tokenizer)
-    evaluate.check_tokenizer(tokenizer, cfg)
     task = task_from_config(t)
     test_examples = task.examples("test", config.eval.num_questions, seed=t.seed)
     os.makedirs(workdir, exist_ok=True)
 
     params, model_state, source = base_model(config, cfg, workdir)
+    tokenizer = tokenizers.get_tokenizer(base_tokenizer(config, workdir))
+    evaluate.check_tokenizer(tokenizer, cfg)
     rl_dir = os.path.join(workdir, "grpo")
     evaluate_on_test = lambda p, s, tag: evaluate.evaluate_policy(
         cfg, p, s, tokenizer, task, test_examples, t=t, e=config.eval, sp=eval_sp,

@@ -315,18 +315,38 @@ def restore_or_init(config, cfg: ModelConfig, tx, workdir: str):
     return state, checkpointer, None
 
 
+BPE_DOCUMENTS = 20_000  # training documents a 'bpe:<vocab>' tokenizer is learned from
+
+
+def run_tokenizer(name: str, train_src, workdir: str):
+    """config.data.tokenizer: 'byte', a Hugging Face folder/file, or 'bpe:<vocab size>' = a BPE
+    learned from the first training documents, saved in <workdir>/tokenizer and reused."""
+    if not name.startswith("bpe:"):
+        return tokenizers.get_tokenizer(name)
+    folder = os.path.join(workdir, "tokenizer")
+    if os.path.exists(os.path.join(folder, "tokenizer.json")):
+        return tokenizers.get_tokenizer(folder)
+    size = name.removeprefix("bpe:")
+    if not size.isdigit() or int(size) < 260:
+        raise ValueError(f"config.data.tokenizer={name!r}: expected 'bpe:<vocab size >= 260>'")
+    if isinstance(train_src[0], tuple):
+        raise ValueError("config.data.tokenizer='bpe:...' is for pretraining corpora")
+    texts = (train_src[i] for i in range(min(len(train_src), BPE_DOCUMENTS)))
+    return tokenizers.train_bpe(texts, int(size), folder)
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Recipes 'pretrain' and 'sft': train, evaluate, checkpoint, plot; returns the summary."""
     cfg = ModelConfig.from_config(config.model)
     validate_train_config(config, cfg)
     t = config.train
-    tokenizer = tokenizers.get_tokenizer(config.data.tokenizer)
+    train_src, val_src = load_sources(config)
+    tokenizer = run_tokenizer(config.data.tokenizer, train_src, workdir)
     if tokenizer.vocab_size > cfg.vocab_size:
         raise ValueError(
             f"config.data.tokenizer has {tokenizer.vocab_size} tokens > "
             f"model.vocab_size={cfg.vocab_size}"
         )
-    train_src, val_src = load_sources(config)
     batches = packing.PackedBatches(train_src, tokenizer, t.batch_size, t.seq_len, seed=config.seed)
     val_batches = packing.PackedBatches(val_src, tokenizer, t.batch_size, t.seq_len, shuffle=False)
     val_batches = [next(val_batches) for _ in range(t.eval_batches)]
