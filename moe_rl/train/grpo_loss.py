@@ -61,11 +61,14 @@ class LossConfig:
 def advantages(rewards_QG: jax.Array, kind: str = "grpo", eps: float = 1e-4) -> jax.Array:
     """Per-completion advantages from rewards grouped by question, [Q, G] -> [Q, G].
 
-    GRPO's std is the unbiased one (ddof=1), as TRL and verl compute it.
+    GRPO's std is the unbiased one (ddof=1), as TRL and verl compute it. A group whose
+    rewards are all equal gets exactly 0: in float32 the mean of eight 0.1s is not 0.1, and
+    dividing that rounding residue by (std + eps) would give it a spurious push.
     """
     r = rewards_QG.astype(jnp.float32)
     G = r.shape[-1]
-    centred = r - r.mean(axis=-1, keepdims=True)
+    varied = r.max(axis=-1, keepdims=True) > r.min(axis=-1, keepdims=True)
+    centred = jnp.where(varied, r - r.mean(axis=-1, keepdims=True), 0.0)
     if kind == "grpo":
         return centred / (r.std(axis=-1, ddof=1, keepdims=True) + eps)
     if kind == "dr_grpo":
