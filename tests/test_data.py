@@ -197,9 +197,20 @@ def test_document_mix():
 
 def test_r1_mix_leans_to_the_think_format_and_is_named_in_the_config():
     docs = list(arithmetic.documents(2000, seed=0, mix="r1"))
-    think = np.mean(["<think>" in d and "</answer>" in d for d in docs])
-    assert 0.4 < think < 0.6
+    thinks = [d for d in docs if "<think>" in d and "</answer>" in d]
+    assert 0.45 < len(thinks) / len(docs) < 0.65
     assert np.mean(["Target" in d or "numbers" in d for d in docs]) < 0.15
+    # Half the thinks only state a result; the rest work it out (columns restate the operands).
+    short = [re.search(r"<think> [^.]*\. </think>", d) is not None for d in thinks]
+    assert 0.4 < np.mean(short) < 0.65
+    columns = [d for d in thinks if "by columns." in d]
+    assert len(columns) > 50
+    for d in columns:
+        a, b = re.search(r"<think> (\d+) \+ (\d+) by columns\.", d).groups()
+        assert re.search(rf"\b{a}\b.*\b{b}\b", d.rsplit("<think>", 1)[0])  # the question's operands
+    # Only a few of them carry the 120-token R1-Zero prompt.
+    r1_prefix = arithmetic.R1_ZERO_TEMPLATE.split("{prompt}")[0]
+    assert 0.08 < np.mean([d.startswith(r1_prefix) for d in thinks]) < 0.25
     assert corpus.arithmetic_config(mix="r1").name.endswith("_mixr1")
     with pytest.raises(ValueError, match="config.data.mix='x'"):
         corpus.arithmetic_config(mix="x")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import functools
 import itertools
 from collections.abc import Iterator, Sequence
 
@@ -140,10 +141,12 @@ def _column_addition(rng: Random, a: int, b: int, wrong: bool) -> tuple[list[str
     return steps, total
 
 
-def addition(rng: Random, wrong: bool) -> Solved:
+def addition(rng: Random, wrong: bool, restate: bool = False) -> Solved:
     a, b = _number(rng, rng.integers(1, 5)), _number(rng, rng.integers(1, 4))
     if rng.random() < 0.5:
         steps, result = _column_addition(rng, a, b, wrong)
+        if restate:  # copy the operands next to the work: easier for a small model to attend
+            steps.insert(0, f"{a} + {b} by columns.")
     else:
         steps, result = _running(rng, a, [("+", p) for p in _place_parts(b)], wrong)
     question = _choice(
@@ -400,23 +403,51 @@ _MAKERS = {
 _LABELS = (("Question:", "Answer:"), ("Q:", "A:"), ("Problem:", "Answer:"), ("User:", "Assistant:"))
 
 
-# Named document mixes (kind weights, style weights). 'r1' leans to short arithmetic in the
-# R1-Zero think/answer format: a base model for experiments/r1_zero.py.
+@dataclasses.dataclass(frozen=True)
+class Mix:
+    """A document mix: kind and style weights, and two options of the think-style documents.
+
+    short_think: the fraction of think-style documents whose think skips the work and only
+      states the result ("<think> 47 + 38 = 85. </think>"), as people do for problems they
+      find easy. A model that cannot add in its head gets these wrong more often than the
+      worked ones: the choice between a short guess and worked steps is there for RL to learn.
+    restate: column additions begin by restating the operands ("47 + 38 by columns.").
+    template: the fraction of think-style documents inside the R1-Zero prompt; the rest use
+      "Question: ... Answer:" labels. The prompt is ~120 tokens that a model learns to predict
+      within a hundred steps, so beyond that it only costs compute.
+    """
+
+    kinds: dict[str, float]
+    styles: dict[str, float]
+    short_think: float = 0.0
+    restate: bool = False
+    template: float = 0.5
+
+
+# Named document mixes. 'r1' is the base model's corpus for experiments/r1_zero.py: mostly
+# additions (the RL task), more than half in the think/answer format, with short and worked
+# thinks.
 MIXES = {
-    "default": (KINDS, STYLES),
-    "r1": (
-        {"addition": 0.35, "subtraction": 0.2, "chain": 0.15, "multiplication": 0.1,
-         "expression": 0.1, "missing": 0.05, "countdown": 0.05},
-        {"answer": 0.2, "worked": 0.2, "think": 0.5, "prose": 0.05, "worksheet": 0.05},
+    "default": Mix(KINDS, STYLES),
+    "r1": Mix(
+        {"addition": 0.7, "subtraction": 0.1, "chain": 0.05, "multiplication": 0.05,
+         "expression": 0.04, "missing": 0.03, "countdown": 0.03},
+        {"answer": 0.15, "worked": 0.2, "think": 0.55, "prose": 0.05, "worksheet": 0.05},
+        short_think=0.5,
+        restate=True,
+        template=0.15,
     ),
 }  # fmt: skip
 
 
 def document(rng: Random, mix: str = "default") -> str:
     """One random document: a kind of problem rendered in a style, wrong WRONG_RATE of the time."""
-    kinds, styles = MIXES[mix]
-    make = _MAKERS[_weighted(rng, kinds)]
-    style = _weighted(rng, styles)
+    m = MIXES[mix]
+    kind = _weighted(rng, m.kinds)
+    make = _MAKERS[kind]
+    if kind == "addition" and m.restate:
+        make = functools.partial(addition, restate=True)
+    style = _weighted(rng, m.styles)
     if style == "worksheet":
         lines = [make(rng, rng.random() < WRONG_RATE).fact for _ in range(rng.integers(3, 7))]
         title = _choice(rng, ("Practice:", "Worksheet", "Exercises", "Check these:"))
@@ -425,12 +456,16 @@ def document(rng: Random, mix: str = "default") -> str:
     if style == "prose":
         return p.fact
     if style == "think":
-        reply = f"<think> {' '.join(p.steps)} </think> <answer> {p.answer} </answer>"
+        steps = p.steps
+        if m.short_think and rng.random() < m.short_think:
+            steps = [p.fact if p.fact.endswith(".") else p.fact + "."]
+        reply = f"<think> {' '.join(steps)} </think> <answer> {p.answer} </answer>"
         r = rng.random()
-        if r < 0.5:
+        if r < m.template:
             prompt = R1_ZERO_TEMPLATE.format(prompt=p.question.rstrip("."))  # it adds the "."
             return f"{prompt} {reply}"
-        return f"Question: {p.question}\nAnswer: {reply}" if r < 0.75 else f"{p.question}\n{reply}"
+        plain = r < m.template + (1 - m.template) / 2
+        return f"Question: {p.question}\nAnswer: {reply}" if plain else f"{p.question}\n{reply}"
     ask, tell = _choice(rng, _LABELS) if rng.random() < 0.5 else _LABELS[0]
     if style == "answer":
         return f"{ask} {p.question}\n{tell} {p.answer}"

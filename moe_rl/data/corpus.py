@@ -59,8 +59,11 @@ class MoeRlArithmetic(tfds.core.GeneratorBasedBuilder):
     Bump VERSION whenever the generator's output changes: prepared copies are reused by version.
     """
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Initial release."}
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {
+        "1.0.0": "Initial release.",
+        "1.1.0": "Mix 'r1': mostly additions, short and worked thinks, restated operands.",
+    }
     BUILDER_CONFIGS = [arithmetic_config()]
 
     def _info(self) -> tfds.core.DatasetInfo:
