@@ -6,7 +6,7 @@ but imperfectly. So the documents mix worked reasoning (with failed Countdown at
 search), bare answers, prose and worksheets; only a minority use the think/answer tags, and
 about a quarter are confidently wrong (a slip in one step, carried to the end), like web text.
 
-Kinds (share): addition .12, subtraction .10, multiplication .11, mixed expressions with
+Kinds (share, default mix): addition .12, subtraction .10, multiplication .11, mixed expressions with
 precedence .10, chains of sums .12, missing number .05, Countdown .40 (half with numbers up to
 10 and targets up to 100, half up to 99 and 999). Styles: bare answer .30, worked steps .35,
 think/answer tags .15 (half inside the R1-Zero template), prose .10, worksheet .10.
@@ -162,6 +162,22 @@ def addition(rng: Random, wrong: bool, restate: bool = False) -> Solved:
     )
     fact = _choice(rng, (f"{a} + {b} = {result}", f"{a} plus {b} is {result}."))
     return Solved(question, steps, str(result), fact)
+
+
+def facts(rng: Random, wrong: bool) -> Solved:
+    """A drill of one-digit addition facts, with and without a carried 1 ("7 + 8 + 1 = 16"):
+    the steps of every column addition. If wrong, one of them is off by one."""
+    n = rng.integers(4, 9)
+    bad = rng.below(n) if wrong else -1
+    lines = []
+    for i in range(n):
+        x, y, c = rng.below(10), rng.below(10), rng.below(2)
+        s = x + y + c
+        s = _slip(rng, s) if i == bad else s
+        lines.append(f"{x} + {y}" + (" + 1" if c else "") + f" = {s}")
+    title = _choice(rng, ("Addition facts:", "Quick sums:", "Drill:", "Mental math:"))
+    text = title + "\n" + "\n".join(lines)
+    return Solved(text, [], lines[-1].rsplit(" ", 1)[-1], text)
 
 
 def subtraction(rng: Random, wrong: bool) -> Solved:
@@ -392,6 +408,7 @@ def countdown(rng: Random, wrong: bool) -> Solved:
 
 
 _MAKERS = {
+    "facts": facts,
     "addition": addition,
     "subtraction": subtraction,
     "multiplication": multiplication,
@@ -430,8 +447,8 @@ class Mix:
 MIXES = {
     "default": Mix(KINDS, STYLES),
     "r1": Mix(
-        {"addition": 0.7, "subtraction": 0.1, "chain": 0.05, "multiplication": 0.05,
-         "expression": 0.04, "missing": 0.03, "countdown": 0.03},
+        {"addition": 0.6, "facts": 0.1, "subtraction": 0.1, "chain": 0.05,
+         "multiplication": 0.05, "expression": 0.04, "missing": 0.03, "countdown": 0.03},
         {"answer": 0.15, "worked": 0.2, "think": 0.55, "prose": 0.05, "worksheet": 0.05},
         short_think=0.5,
         restate=True,
@@ -447,6 +464,8 @@ def document(rng: Random, mix: str = "default") -> str:
     make = _MAKERS[kind]
     if kind == "addition" and m.restate:
         make = functools.partial(addition, restate=True)
+    if kind == "facts":  # a drill is its own document, in no style
+        return make(rng, rng.random() < WRONG_RATE).fact
     style = _weighted(rng, m.styles)
     if style == "worksheet":
         lines = [make(rng, rng.random() < WRONG_RATE).fact for _ in range(rng.integers(3, 7))]

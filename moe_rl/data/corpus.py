@@ -62,7 +62,7 @@ class MoeRlArithmetic(tfds.core.GeneratorBasedBuilder):
     VERSION = tfds.core.Version("1.1.0")
     RELEASE_NOTES = {
         "1.0.0": "Initial release.",
-        "1.1.0": "Mix 'r1': mostly additions, short and worked thinks, restated operands.",
+        "1.1.0": "Mix 'r1': additions, fact drills, short and worked thinks, restated operands.",
     }
     BUILDER_CONFIGS = [arithmetic_config()]
 
