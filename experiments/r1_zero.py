@@ -35,22 +35,27 @@ def get_config(model: str = "tiny") -> ConfigDict:
             # blocks as experiments/pretrain_moe.py.
             pretrain=dict(
                 recipe="pretrain",
-                # Short arithmetic, half in the R1 format; a BPE learned on it (digits split)
-                # encodes the 450-byte R1-Zero prompt in ~120 tokens.
+                # Mostly additions, half the thinks worked and half a bare guess (data/arithmetic.py
+                # MIXES['r1']); a BPE learned on it (digits split) encodes the 450-byte R1-Zero
+                # prompt in ~120 tokens. Small batches, many steps: the model learns to copy the
+                # question's digits (a loss drop near step 1000) and to add them column by column.
                 data=configs.data(mix="r1", tokenizer="bpe:384"),
-                train=configs.train(seq_len=256, batch_size=16, num_steps=600),
+                train=configs.train(seq_len=256, batch_size=8, num_steps=1800),
                 optim=configs.optim(),
             ),
             task=dict(
                 name="arithmetic",  # a built-in task, rg:<name> or tfds:<name>
-                options="num_digits=1,num_terms=2",  # the task's knobs, "name=value,..."
+                # The task's knobs, "name=value,...", e.g. "num_digits=3,operators='+-'";
+                # '' = its defaults (arithmetic: a + b with numbers of up to 2 digits).
+                options="",
                 template="r1_zero",  # r1_zero | plain | chat
                 think_opened=False,  # prompt ends with '<think>' (TinyZero style)
                 seed=0,  # question order (train) and the held-out questions (test)
             ),
-            sampling=dict(temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=64),
+            # A column addition of two 2-digit numbers takes ~62 tokens.
+            sampling=dict(temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=80),
             grpo=dict(
-                num_steps=60,
+                num_steps=120,
                 num_questions=8,  # questions per step (B)
                 num_generations=8,  # completions per question (G)
                 num_iterations=1,  # mu: passes over each batch of rollouts
@@ -76,15 +81,15 @@ def get_config(model: str = "tiny") -> ConfigDict:
                 samples_every=5,  # append completions to samples.txt every N steps
                 samples_per_write=2,
             ),
-            optim=configs.optim(learning_rate=1e-4, warmup_steps=5, weight_decay=0.0),
+            optim=configs.optim(learning_rate=3e-4, warmup_steps=5, weight_decay=0.0),
             eval=dict(
-                num_questions=64,  # held-out (test split) questions
+                num_questions=128,  # held-out (test split) questions
                 num_samples=4,  # k samples per question
                 batch_size=64,
                 use_math_verify=False,
                 extract="tags",
                 num_printed=8,
-                sampling=dict(temperature=0.6, top_p=0.95, top_k=0, max_new_tokens=64),
+                sampling=dict(temperature=0.6, top_p=0.95, top_k=0, max_new_tokens=80),
             ),
         )
     )

@@ -6,11 +6,12 @@ import os
 import runpy
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 
 from moe_rl import checkpoint, evaluate
-from moe_rl.data.tasks import Example, get_task, parse_options
+from moe_rl.data.tasks import Example, get_task, parse_options, task_from_config
 from moe_rl.models import transformer
 from tests.utils import make_config
 
@@ -79,6 +80,14 @@ def test_parse_options():
     assert parse_options("") == {} and parse_options({"a": 1}) == {"a": 1}
     with pytest.raises(ValueError, match="config.task.options"):
         parse_options("num_digits")
+
+
+def test_options_of_another_task_name_the_key():
+    block = ml_collections.ConfigDict(dict(name="countdown", options="num_digits=2"))
+    with pytest.raises(ValueError, match="config.task.options='num_digits=2' does not fit"):
+        task_from_config(block)
+    block.options = ""
+    assert task_from_config(block).name == "countdown"
 
 
 @pytest.mark.parametrize(

@@ -6,10 +6,12 @@ but imperfectly. So the documents mix worked reasoning (with failed Countdown at
 search), bare answers, prose and worksheets; only a minority use the think/answer tags, and
 about a quarter are confidently wrong (a slip in one step, carried to the end), like web text.
 
-Kinds (share, default mix): addition .12, subtraction .10, multiplication .11, mixed expressions with
-precedence .10, chains of sums .12, missing number .05, Countdown .40 (half with numbers up to
-10 and targets up to 100, half up to 99 and 999). Styles: bare answer .30, worked steps .35,
-think/answer tags .15 (half inside the R1-Zero template), prose .10, worksheet .10.
+Kinds (share, default mix): addition .12, subtraction .10, multiplication .11, mixed
+expressions with precedence .10, chains of sums .12, missing number .05, Countdown .40 (half
+with numbers up to 10 and targets up to 100, half up to 99 and 999). Styles: bare answer .30,
+worked steps .35, think/answer tags .15 (half inside the R1-Zero template), prose .10,
+worksheet .10. The 'r1' mix (MIXES) is the R1-Zero base model's: mostly additions and drills of
+one-digit facts, more than half in the think/answer format, half of those a bare guess.
 The phrasings include those of the RL tasks (`moe_rl.data.tasks`): "Compute 12 + 34 * 5",
 "Using the numbers [3, 5, 7], create an equation that equals 22. ...", the R1-Zero and
 "Question: ...\nAnswer:" prompts. Documents are tens to a few hundred bytes.

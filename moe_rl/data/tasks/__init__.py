@@ -62,8 +62,16 @@ def parse_options(options: str | Mapping) -> dict:
 
 
 def task_from_config(t) -> Task:
-    """The task of a `config.task` block (fields `name` and `options`)."""
-    return get_task(t.name, **parse_options(t.get("options", "")))
+    """The task of a `config.task` block (fields `name` and `options`); knobs the task does not
+    take are an error naming config.task.options."""
+    options = parse_options(t.get("options", ""))
+    try:
+        return get_task(t.name, **options)
+    except TypeError as e:  # an unexpected keyword argument: a knob of another task
+        raise ValueError(
+            f"config.task.options={t.get('options')!r} does not fit task {t.name!r} ({e}); "
+            "pass --config.task.options='' for its defaults, or its own knobs"
+        ) from e
 
 
 __all__ = [
