@@ -21,6 +21,7 @@ RECIPES = {
     "moe_vs_dense": "moe_rl.train.compare",
     "eval": "moe_rl.evaluate",
     "r1_zero": "moe_rl.train.grpo",
+    "distill": "moe_rl.train.distill",
 }
 
 _CONFIG = config_flags.DEFINE_config_file(

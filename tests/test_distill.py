@@ -1,14 +1,20 @@
 """Teacher rejection sampling (train/distill.py): what is kept, what is written, what is reused."""
 
+import os
+import runpy
+
 import jax
 import numpy as np
 import pytest
 
-from moe_rl import evaluate, sampling
+from moe_rl import checkpoint, evaluate, sampling
 from moe_rl.data import tokenizers
 from moe_rl.data.tasks import get_task
+from moe_rl.models.config import ModelConfig
 from moe_rl.train import distill, distill_data, lm
 from tests.utils import make_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 TASK = get_task("arithmetic", num_digits=1)
 EXAMPLES = TASK.examples("train", 2, seed=0)
@@ -99,3 +105,48 @@ def test_verify_checks_answer_and_format(think_opened):
     ]
     correct, formatted = distill.verify(TASK, [ex], texts, 2, think_opened)
     assert correct == [[True, False]] and formatted == [[True, True]]
+
+
+def test_distill_recipe_end_to_end(tmp_path, monkeypatch):
+    """A teacher checkpoint -> its (here: all accepted) answers -> student pretraining + SFT ->
+    the table. Seconds-long: every stage is a few steps of the tiny models."""
+    config = runpy.run_path(os.path.join(ROOT, "experiments/distill.py"))["get_config"]()
+    teacher_dir = tmp_path / "teacher"
+    cfg = ModelConfig.from_config(config.teacher.model)
+    ckpt = checkpoint.Checkpointer(str(teacher_dir / "grpo"), async_save=False)
+    ckpt.save(1, {"step": np.int32(1), **evaluate.init_model(cfg, 0)})
+    ckpt.close()
+    config.update_from_flattened_dict(
+        {
+            "teacher_workdir": str(teacher_dir),
+            "distill.num_questions": 6,
+            "distill.samples_per_question": 2,
+            "distill.sampling.max_new_tokens": 6,
+            "student.pretrain.train.num_steps": 2,
+            "student.pretrain.train.batch_size": 2,
+            "student.pretrain.train.seq_len": 64,
+            "student.pretrain.data.num_documents": 200,
+            "student.pretrain.data.num_validation": 20,
+            "student.sft.train.num_steps": 2,
+            "student.sft.train.batch_size": 2,
+            "student.sft.train.seq_len": 64,
+            "eval.num_questions": 2,
+            "eval.num_samples": 2,
+            "eval.batch_size": 4,
+            "eval.sampling.max_new_tokens": 6,
+        }
+    )
+    # A random teacher writes no verified answer: accept everything to exercise the pipeline.
+    monkeypatch.setattr(
+        distill, "verify", lambda task, ex, texts, k, opened: ([[True] * k] * len(ex),) * 2
+    )
+    work = str(tmp_path / "work")
+    summary = distill.run(config, work)
+    assert summary["data"]["kept"] >= 6 and summary["data"]["sampled"] == 12
+    for name in ("teacher", "student base", "student"):
+        assert 0.0 <= summary["results"][name]["pass@1"] <= 1.0
+        assert f"| {name} |" in summary["table"]
+    assert os.path.exists(os.path.join(work, "student", "summary.json"))
+    with pytest.raises(ValueError, match="config.distill.mode='gkd'; allowed here"):
+        config.distill.mode = "gkd"
+        distill.run(config, work)

@@ -14,10 +14,14 @@ import json
 import os
 
 import jax
+import ml_collections
 
-from moe_rl import evaluate, rewards
-from moe_rl.data.tasks import Example, Task
-from moe_rl.train import distill_data
+from moe_rl import checkpoint, evaluate, rewards, sampling
+from moe_rl.data import tokenizers
+from moe_rl.data.tasks import Example, Task, task_from_config
+from moe_rl.models import counting
+from moe_rl.models.config import ModelConfig
+from moe_rl.train import distill_data, distill_loss, grpo, lm
 
 
 def verify(task: Task, examples: list[Example], texts: list[str], k: int, think_opened: bool):
@@ -92,3 +96,151 @@ def teacher_dataset(
     stats.update(of=what, sampling_seconds=seconds, generated_tokens=int(lengths.sum()))
     distill_data.write_jsonl(path, rows, stats)
     return rows, stats
+
+
+# ----------------------------------------------------------------------------------------------
+# Recipe 'distill' (mode 'sft', DeepSeek-R1's): teacher answers -> SFT of a smaller student.
+
+
+def _model_row(name, cfg, metrics) -> str:
+    counts = counting.param_counts(cfg)
+    return (
+        f"| {name} | {counts['total']:,} | {counts['activated']:,} | "
+        f"{metrics['tokens_per_s']:,.0f} | {metrics['pass@1']:.3f} | "
+        f"{metrics[[k for k in metrics if k.startswith('maj@')][0]]:.3f} | "
+        f"{metrics['format_rate']:.3f} |"
+    )
+
+
+def split_rows(rows: list[dict], validation_fraction: float) -> tuple[list[dict], list[dict]]:
+    """(train, validation) rows, split by question so that no question is in both."""
+    questions = sorted({r["question"] for r in rows})
+    n_val = max(1, round(len(questions) * validation_fraction)) if len(questions) > 1 else 0
+    held = set(questions[:: max(1, len(questions) // max(n_val, 1))][:n_val])
+    return [r for r in rows if r["question"] not in held], [
+        r for r in rows if r["question"] in held
+    ]
+
+
+def teacher_workdir(config, workdir: str) -> str:
+    """config.teacher_workdir, or <workdir>/teacher where experiments/r1_zero.py's recipe runs
+    first (reused when it is complete)."""
+    if config.teacher_workdir:
+        if not os.path.isdir(os.path.join(config.teacher_workdir, "grpo", "checkpoints")):
+            raise ValueError(
+                f"config.teacher_workdir={config.teacher_workdir!r} holds no GRPO checkpoint "
+                "(grpo/checkpoints); run experiments/r1_zero.py into it first, or leave it '' "
+                "to run it here"
+            )
+        return config.teacher_workdir
+    folder = os.path.join(workdir, "teacher")
+    done = checkpoint.Checkpointer(os.path.join(folder, "grpo"), async_save=False).latest_step()
+    if done is None or done < config.teacher.grpo.num_steps:
+        print(f"Training the teacher with the R1-Zero recipe into {folder}")
+        grpo.run(config.teacher, folder)
+    return folder
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Teacher (an R1-Zero policy) -> rejection-sampled answers -> SFT of a pretrained student;
+    prints the teacher-vs-student table."""
+    d, t = config.distill, config.teacher.task
+    if d.mode != "sft":
+        raise ValueError(f"config.distill.mode={d.mode!r}; allowed here: ('sft',)")
+    distill_loss.DistillLossConfig.from_config(d)
+    teacher_cfg = ModelConfig.from_config(config.teacher.model)
+    student_cfg = ModelConfig.from_config(config.student.model)
+    os.makedirs(workdir, exist_ok=True)
+    teacher_dir = teacher_workdir(config, workdir)
+    tokenizer_dir = grpo.base_tokenizer(config.teacher, teacher_dir)
+    tokenizer = tokenizers.get_tokenizer(tokenizer_dir)
+    evaluate.check_tokenizer(tokenizer, student_cfg)
+    task = task_from_config(t)
+    load = ml_collections.ConfigDict(
+        dict(checkpoint=os.path.join(teacher_dir, "grpo"), seed=config.seed)
+    )
+    teacher_params, teacher_state, teacher_source = evaluate.load_model(load, teacher_cfg)
+
+    # 1. The teacher's verified answers to training questions.
+    sp = sampling.SamplingParams.from_config(d.sampling)
+    questions = task.examples("train", d.num_questions, seed=d.question_seed)
+    rows, stats = teacher_dataset(
+        os.path.join(workdir, "data", "teacher.jsonl"), teacher_cfg, teacher_params,
+        teacher_state, tokenizer, task, questions, k=d.samples_per_question, sp=sp,
+        template=t.template, think_opened=t.think_opened, batch_size=config.eval.batch_size,
+        key=jax.random.key(config.seed), shortest_only=d.shortest_only,
+    )  # fmt: skip
+    if not rows:
+        raise ValueError(
+            "the teacher answered no training question correctly and in format: nothing to "
+            f"distil (stats: {distill_data.stats_path(os.path.join(workdir, 'data'))})"
+        )
+    train_rows, val_rows = split_rows(rows, d.validation_fraction)
+    paths = {}
+    for split, part in (("train", train_rows), ("validation", val_rows or train_rows[:1])):
+        paths[split] = os.path.join(workdir, "data", f"sft_{split}.jsonl")
+        distill_data.write_jsonl(paths[split], part, {"rows": len(part)})
+
+    # 2. The student: pretrained on the same corpus with the teacher's tokenizer, then SFT.
+    student_base = os.path.join(workdir, "student_base")
+    pre = ml_collections.ConfigDict(config.student.pretrain.to_dict())
+    pre.update(model=config.student.model, seed=config.seed, init_checkpoint="")
+    pre.data.tokenizer = tokenizer_dir
+    done = checkpoint.Checkpointer(student_base, async_save=False).latest_step()
+    if done is None or done < pre.train.num_steps:
+        print(f"Pretraining the student into {student_base} ({pre.train.num_steps} steps)")
+        lm.run(pre, student_base)
+    sft = ml_collections.ConfigDict(config.student.sft.to_dict())
+    sft.update(recipe="sft", model=config.student.model, seed=config.seed)
+    sft.init_checkpoint = student_base
+    sft.data.update(tokenizer=tokenizer_dir, sft_train=paths["train"])
+    sft.data.sft_validation = paths["validation"]
+    student_dir = os.path.join(workdir, "student")
+    print(f"SFT of the student on {len(train_rows)} teacher answers into {student_dir}")
+    lm.run(sft, student_dir)
+
+    # 3. Both on the same held-out questions.
+    test = task.examples("test", config.eval.num_questions, seed=t.seed)
+    eval_sp = sampling.SamplingParams.from_config(config.eval.sampling)
+    results = {}
+    for name, cfg, folder in (
+        ("teacher", teacher_cfg, os.path.join(teacher_dir, "grpo")),
+        ("student base", student_cfg, student_base),
+        ("student", student_cfg, student_dir),
+    ):
+        load.checkpoint = folder
+        params, state, _ = evaluate.load_model(load, cfg)
+        results[name] = evaluate.evaluate_policy(
+            cfg, params, state, tokenizer, task, test, t=t, e=config.eval, sp=eval_sp,
+            key=jax.random.key(config.seed + 1),
+        )[0]  # fmt: skip
+    header = (
+        f"| model | params | activated | sampling tokens/s | pass@1 | "
+        f"maj@{config.eval.num_samples} | format |\n"
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+    )
+    table = "\n".join(
+        [header]
+        + [
+            _model_row(n, teacher_cfg if n == "teacher" else student_cfg, m)
+            for n, m in results.items()
+        ]
+    )
+    share = results["student"]["pass@1"] / max(results["teacher"]["pass@1"], 1e-9)
+    summary = {
+        "teacher": teacher_source,
+        "data": {k: v for k, v in stats.items() if k != "of"},
+        "results": results,
+        "student_share_of_teacher_pass@1": share,
+        "table": table,
+    }
+    with open(os.path.join(workdir, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    print(
+        f"\nTeacher data: {stats['kept']} answers kept of {stats['sampled']} sampled "
+        f"(acceptance {stats['acceptance_rate']:.2f}) for {stats['questions']} questions"
+    )
+    print(f"{t.name}: {len(test)} held-out questions x {config.eval.num_samples} samples")
+    print(table)
+    print(f"student pass@1 = {share:.0%} of the teacher's")
+    return summary

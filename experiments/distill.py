@@ -1,0 +1,87 @@
+"""Distillation as DeepSeek-R1 did it: an R1-Zero MoE teacher answers many training questions,
+its verified answers are kept (rejection sampling) and a smaller dense student, pretrained on the
+same corpus with the teacher's tokenizer, is fine-tuned on them (SFT only).
+
+Command:  python -m moe_rl.main --config=experiments/distill.py
+          own teacher: --config.teacher_workdir=runs/r1_zero (a finished experiments/r1_zero.py run)
+Runtime:  the teacher's R1-Zero run first when teacher_workdir is '' (~16 min, reused), then
+          sampling the teacher (1024 questions x 4), pretraining the student and its SFT.
+Result:   a table of teacher vs student base vs distilled student: parameters, activated
+          parameters, sampling tokens/s, held-out pass@1, maj@k, format rate, and the share of
+          the teacher's pass@1 the student recovers; runs/distill/summary.json, data/teacher.jsonl
+          (the kept answers) with data/teacher.stats.json (acceptance rate).
+Status:   mode 'sft' only; logit KD and on-policy GKD losses are in train/distill_loss.py and
+          not yet wired into this recipe.
+"""
+
+import os
+import runpy
+
+from ml_collections import ConfigDict
+
+from moe_rl.models.config import preset
+from moe_rl.train import configs
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def get_config() -> ConfigDict:
+    # The teacher's whole R1-Zero config: used to run it when teacher_workdir is '', and for its
+    # model, task and tokenizer in any case.
+    teacher = runpy.run_path(os.path.join(HERE, "r1_zero.py"))["get_config"]()
+    teacher.name = "distill_teacher"
+    # ~3x fewer activated parameters than the teacher's 160k (6x fewer in total), tied
+    # embeddings: the same vocabulary (the teacher's BPE) on a 32-wide, 3-layer dense model.
+    student = preset(
+        "tiny_dense",
+        vocab_size=teacher.model.vocab_size,
+        hidden_size=32,
+        intermediate_size=96,
+        head_dim=8,
+        tie_word_embeddings=True,
+    )
+    return ConfigDict(
+        dict(
+            name="distill",
+            recipe="distill",
+            seed=0,
+            teacher_workdir="",  # a finished experiments/r1_zero.py workdir; '' = run it here
+            teacher=teacher,
+            student=dict(
+                model=student,
+                # Pretraining like the teacher's base (same corpus mix, the teacher's tokenizer).
+                pretrain=dict(
+                    recipe="pretrain",
+                    data=configs.data(mix="r1"),
+                    train=configs.train(seq_len=256, batch_size=8, num_steps=1800),
+                    optim=configs.optim(),
+                ),
+                sft=dict(
+                    data=configs.data(),
+                    train=configs.train(seq_len=256, batch_size=8, num_steps=300),
+                    optim=configs.optim(learning_rate=1e-3, warmup_steps=20),
+                ),
+            ),
+            distill=dict(
+                mode="sft",  # sft (R1) | logit_kd | gkd (losses in train/distill_loss.py)
+                temperature=1.0,
+                ce_weight=0.0,
+                beta=0.5,
+                num_questions=1024,  # training questions the teacher answers
+                question_seed=1,
+                samples_per_question=4,
+                shortest_only=False,  # keep only the shortest verified answer per question
+                validation_fraction=0.05,  # questions held out of SFT for its validation loss
+                sampling=dict(temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=80),
+            ),
+            eval=dict(
+                num_questions=128,
+                num_samples=4,
+                batch_size=64,
+                use_math_verify=False,
+                extract="tags",
+                num_printed=8,
+                sampling=dict(temperature=0.6, top_p=0.95, top_k=0, max_new_tokens=80),
+            ),
+        )
+    )
