@@ -19,7 +19,7 @@ import ml_collections
 from moe_rl import checkpoint, evaluate, rewards, sampling
 from moe_rl.data import tokenizers
 from moe_rl.data.tasks import Example, Task, task_from_config
-from moe_rl.models import counting
+from moe_rl.models import counting, transformer
 from moe_rl.models.config import ModelConfig
 from moe_rl.train import distill_data, distill_loss, grpo, lm
 
@@ -122,6 +122,31 @@ def split_rows(rows: list[dict], validation_fraction: float) -> tuple[list[dict]
     ]
 
 
+def kd_loss_fn(teacher_cfg, teacher_params, teacher_state, c: distill_loss.DistillLossConfig):
+    """A `lm.make_train_step` loss: the student's logits against the frozen teacher's on the
+    same packed SFT batch (logit KD, Hinton et al. 2015), completion tokens only. The teacher's
+    weights are constants of the compiled step, its logits under stop_gradient."""
+
+    def loss_fn(params, model_state, mb, cfg, lc):
+        del lc
+        tokens, seg, pos = mb["tokens"], mb["segment_ids"], mb["positions"]
+        logits, _, _ = transformer.forward(cfg, params, model_state, tokens, pos, seg, mtp=False)
+        teacher_logits, _, _ = transformer.forward(
+            teacher_cfg, teacher_params, teacher_state, tokens, pos, seg, mtp=False
+        )
+        mask = lm.target_mask(seg, mb.get("loss_mask"), 1)
+        loss, metrics = distill_loss.distill_loss(
+            logits[:, :-1],
+            jax.lax.stop_gradient(teacher_logits[:, :-1]),
+            tokens[:, 1:],
+            mask,
+            c,
+        )
+        return loss, ({**metrics, "loss": loss}, None)
+
+    return loss_fn
+
+
 def teacher_workdir(config, workdir: str) -> str:
     """config.teacher_workdir, or <workdir>/teacher where experiments/r1_zero.py's recipe runs
     first (reused when it is complete)."""
@@ -145,11 +170,17 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Teacher (an R1-Zero policy) -> rejection-sampled answers -> SFT of a pretrained student;
     prints the teacher-vs-student table."""
     d, t = config.distill, config.teacher.task
-    if d.mode != "sft":
-        raise ValueError(f"config.distill.mode={d.mode!r}; allowed here: ('sft',)")
-    distill_loss.DistillLossConfig.from_config(d)
+    if d.mode not in ("sft", "logit_kd"):
+        raise ValueError(f"config.distill.mode={d.mode!r}; allowed here: ('sft', 'logit_kd')")
+    dc = distill_loss.DistillLossConfig.from_config(d)
     teacher_cfg = ModelConfig.from_config(config.teacher.model)
     student_cfg = ModelConfig.from_config(config.student.model)
+    if d.mode == "logit_kd" and student_cfg.vocab_size != teacher_cfg.vocab_size:
+        raise ValueError(
+            "config.distill.mode='logit_kd' compares token distributions: it needs one tokenizer "
+            f"and config.student.model.vocab_size ({student_cfg.vocab_size}) == "
+            f"config.teacher.model.vocab_size ({teacher_cfg.vocab_size})"
+        )
     os.makedirs(workdir, exist_ok=True)
     teacher_dir = teacher_workdir(config, workdir)
     tokenizer_dir = grpo.base_tokenizer(config.teacher, teacher_dir)
@@ -196,8 +227,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     sft.data.update(tokenizer=tokenizer_dir, sft_train=paths["train"])
     sft.data.sft_validation = paths["validation"]
     student_dir = os.path.join(workdir, "student")
-    print(f"SFT of the student on {len(train_rows)} teacher answers into {student_dir}")
-    lm.run(sft, student_dir)
+    print(f"{d.mode} of the student on {len(train_rows)} teacher answers into {student_dir}")
+    kd = kd_loss_fn(teacher_cfg, teacher_params, teacher_state, dc) if d.mode != "sft" else None
+    lm.run(sft, student_dir, loss_fn=kd)
 
     # 3. Both on the same held-out questions.
     test = task.examples("test", config.eval.num_questions, seed=t.seed)

@@ -143,13 +143,19 @@ def lm_loss(params, model_state, batch, cfg: ModelConfig, lc: LossConfig):
 
 
 def make_train_step(
-    cfg: ModelConfig, lc: LossConfig, tx: optax.GradientTransformation, bias_rate: float
+    cfg: ModelConfig,
+    lc: LossConfig,
+    tx: optax.GradientTransformation,
+    bias_rate: float,
+    loss_fn: Callable = lm_loss,
 ) -> Callable:
     """(state, batch) -> (state, metrics). batch leaves are [accum, micro_batch, L]: the
-    microbatches are scanned, gradients and expert counts summed, then one update is applied."""
+    microbatches are scanned, gradients and expert counts summed, then one update is applied.
+    `loss_fn(params, model_state, microbatch, cfg, lc) -> (loss, (metrics, counts or None))`,
+    metrics holding 'tokens' (e.g. a distillation loss instead of `lm_loss`)."""
 
     def step(state: TrainState, batch):
-        grad_fn = jax.value_and_grad(lm_loss, has_aux=True)
+        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
         def micro(carry, mb):
             grads, counts = carry
@@ -335,8 +341,9 @@ def run_tokenizer(name: str, train_src, workdir: str):
     return tokenizers.train_bpe(texts, int(size), folder)
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Recipes 'pretrain' and 'sft': train, evaluate, checkpoint, plot; returns the summary."""
+def run(config: ml_collections.ConfigDict, workdir: str, loss_fn: Callable | None = None) -> dict:
+    """Recipes 'pretrain' and 'sft': train, evaluate, checkpoint, plot; returns the summary.
+    `loss_fn` replaces the training loss (see make_train_step); validation stays the CE."""
     cfg = ModelConfig.from_config(config.model)
     validate_train_config(config, cfg)
     t = config.train
@@ -356,7 +363,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if data_state is not None:
         batches.set_state(data_state)
     lc = LossConfig.from_config(t)
-    train_step = jax.jit(make_train_step(cfg, lc, tx, t.bias_update_rate), donate_argnums=0)
+    train_step = jax.jit(
+        make_train_step(cfg, lc, tx, t.bias_update_rate, loss_fn or lm_loss), donate_argnums=0
+    )
     eval_step = jax.jit(make_eval_step(cfg, lc))
 
     def evaluate(state):
