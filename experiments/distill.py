@@ -53,7 +53,7 @@ def get_config() -> ConfigDict:
                 pretrain=dict(
                     recipe="pretrain",
                     data=configs.data(mix="r1"),
-                    train=configs.train(seq_len=256, batch_size=8, num_steps=1800),
+                    train=configs.train(seq_len=256, batch_size=8, num_steps=2400),
                     optim=configs.optim(),
                 ),
                 sft=dict(

@@ -3,17 +3,19 @@ rule-based rewards only (answer correct + strict <think>/<answer> format), and c
 base and the trained policy on held-out questions.
 
 Command:  python -m moe_rl.main --config=experiments/r1_zero.py
-          any task: --config.task.name=rg:chain_sum (or countdown, rg:<dataset>, ...)
+          any task: --config.task.name=rg:chain_sum (or countdown, rg:<dataset>, ...) with
+                    its own knobs in --config.task.options ('' = its defaults)
           own base: --config.init_checkpoint=runs/pretrain_moe --config.model.vocab_size=264
-Runtime:  about 5.5 min to pretrain the base (once; reused on re-runs), then a few seconds
-          per GRPO step and two evaluations of ~20 s, on a 2-core CPU.
-Result:   measured so far: the format rate rises from ~0.4 to ~0.95 within 20 steps, but
-          held-out accuracy stays near 0 (the tiny base ignores the question's numbers;
-          see the README's R1-Zero section). It writes a before/after table
-          (pass@1, maj@k, format rate, mean response length), printed and in
-          runs/r1_zero/summary.json; r1_zero.png (accuracy, format, length over steps);
-          samples.txt (completions during training), eval_samples.txt; metrics.jsonl and
-          TensorBoard events. Re-running resumes (the base model and GRPO checkpoints).
+Runtime:  17 min on a 2-core CPU, measured from a clean checkout: the base model 11.8 min
+          (corpus, BPE, 2400 pretraining steps; reused on re-runs), GRPO 5.0 min (100 steps,
+          ~2.7 s each), two evaluations of ~20 s.
+Result:   held-out 2-digit addition (128 test questions x 4 samples, T=0.6):
+          pass@1 0.104 -> 0.803, maj@4 0.148 -> 0.844, format 0.998 -> 1.000, mean response
+          length 37.5 -> 61.4 tokens: the policy learns to work sums out column by column
+          instead of guessing. Written: the table (printed and in runs/r1_zero/summary.json);
+          r1_zero.png (accuracy, format, length, reward, KL, entropy over steps); samples.txt
+          (completions during training), eval_samples.txt; metrics.jsonl and TensorBoard
+          events. Re-running resumes (the base model and GRPO checkpoints).
 """
 
 from ml_collections import ConfigDict
@@ -40,7 +42,7 @@ def get_config(model: str = "tiny") -> ConfigDict:
                 # prompt in ~120 tokens. Small batches, many steps: the model learns to copy the
                 # question's digits (a loss drop near step 1000) and to add them column by column.
                 data=configs.data(mix="r1", tokenizer="bpe:384"),
-                train=configs.train(seq_len=256, batch_size=8, num_steps=1800),
+                train=configs.train(seq_len=256, batch_size=8, num_steps=2400),
                 optim=configs.optim(),
             ),
             task=dict(
@@ -55,7 +57,7 @@ def get_config(model: str = "tiny") -> ConfigDict:
             # A column addition of two 2-digit numbers takes ~62 tokens.
             sampling=dict(temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=80),
             grpo=dict(
-                num_steps=120,
+                num_steps=100,
                 num_questions=8,  # questions per step (B)
                 num_generations=8,  # completions per question (G)
                 num_iterations=1,  # mu: passes over each batch of rollouts
