@@ -70,6 +70,9 @@ def test_rejection_sampling_keeps_exactly_the_verified_answers(tmp_path, monkeyp
     # Different sampling settings make it again.
     make(path, k=K, sp=sampling.SamplingParams(temperature=0.5, max_new_tokens=8))
     assert calls == [2, 2]
+    # So does another teacher.
+    make(path, teacher="runs/other/grpo step 5")
+    assert calls == [2, 2, 2]
     assert distill_data.read_jsonl(path) == rows
 
 
@@ -146,7 +149,11 @@ def test_distill_recipe_end_to_end(tmp_path, monkeypatch):
     for name in ("teacher", "student base", "student"):
         assert 0.0 <= summary["results"][name]["pass@1"] <= 1.0
         assert f"| {name} |" in summary["table"]
-    assert os.path.exists(os.path.join(work, "student", "summary.json"))
+    assert os.path.exists(os.path.join(work, "student_sft", "summary.json"))
+    with pytest.raises(ValueError, match="config.distill.validation_fraction=1.0"):
+        config.distill.validation_fraction = 1.0
+        distill.run(config, work)
+    config.distill.validation_fraction = 0.05
     with pytest.raises(ValueError, match="config.distill.mode='gkd'; allowed here"):
         config.distill.mode = "gkd"
         distill.run(config, work)
@@ -154,7 +161,7 @@ def test_distill_recipe_end_to_end(tmp_path, monkeypatch):
     config.distill.mode = "logit_kd"
     config.student.sft.train.num_steps = 3
     kd = distill.run(config, str(tmp_path / "kd"))
-    metrics = lm_metrics(str(tmp_path / "kd" / "student"))
+    metrics = lm_metrics(str(tmp_path / "kd" / "student_logit_kd"))
     assert "kl" in metrics[-1] and np.isfinite(metrics[-1]["kl"]) and kd["results"]["student"]
     config.student.model.vocab_size = 300
     with pytest.raises(ValueError, match="needs one tokenizer"):

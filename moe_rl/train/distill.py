@@ -54,11 +54,12 @@ def teacher_dataset(
     batch_size: int,
     key: jax.Array,
     shortest_only: bool = False,
+    teacher: str = "",
 ) -> tuple[list[dict], dict]:
     """(rows, stats) of the rejection-sampled dataset at `path` (JSONL), made now or reused.
 
-    It is reused only when its stats record the same questions, k and sampling; otherwise it
-    is made again (a changed teacher is the caller's to name in `path`).
+    It is reused only when its stats record the same teacher (a description such as its
+    checkpoint path and step), questions, k and sampling; otherwise it is made again.
     """
     what = {
         "questions": [ex.question for ex in examples],
@@ -66,6 +67,7 @@ def teacher_dataset(
         "sampling": [sp.temperature, sp.top_k, sp.top_p, sp.max_new_tokens],
         "template": template,
         "shortest_only": shortest_only,
+        "teacher": teacher,
     }
     stats_file = distill_data.stats_path(path)
     if os.path.exists(path) and os.path.exists(stats_file):
@@ -173,6 +175,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if d.mode not in ("sft", "logit_kd"):
         raise ValueError(f"config.distill.mode={d.mode!r}; allowed here: ('sft', 'logit_kd')")
     dc = distill_loss.DistillLossConfig.from_config(d)
+    for key, ok, allowed in (
+        ("num_questions", d.num_questions >= 1, ">= 1"),
+        ("samples_per_question", d.samples_per_question >= 1, ">= 1"),
+        ("validation_fraction", 0 <= d.validation_fraction < 1, "in [0, 1)"),
+    ):
+        if not ok:
+            raise ValueError(f"config.distill.{key}={d[key]!r}; allowed: {allowed}")
     teacher_cfg = ModelConfig.from_config(config.teacher.model)
     student_cfg = ModelConfig.from_config(config.student.model)
     if d.mode == "logit_kd" and student_cfg.vocab_size != teacher_cfg.vocab_size:
@@ -199,7 +208,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         os.path.join(workdir, "data", "teacher.jsonl"), teacher_cfg, teacher_params,
         teacher_state, tokenizer, task, questions, k=d.samples_per_question, sp=sp,
         template=t.template, think_opened=t.think_opened, batch_size=config.eval.batch_size,
-        key=jax.random.key(config.seed), shortest_only=d.shortest_only,
+        key=jax.random.key(config.seed), shortest_only=d.shortest_only, teacher=teacher_source,
     )  # fmt: skip
     if not rows:
         raise ValueError(
@@ -226,7 +235,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     sft.init_checkpoint = student_base
     sft.data.update(tokenizer=tokenizer_dir, sft_train=paths["train"])
     sft.data.sft_validation = paths["validation"]
-    student_dir = os.path.join(workdir, "student")
+    # One folder per mode: a finished student of another mode must not be resumed as this one.
+    student_dir = os.path.join(workdir, f"student_{d.mode}")
     print(f"{d.mode} of the student on {len(train_rows)} teacher answers into {student_dir}")
     kd = kd_loss_fn(teacher_cfg, teacher_params, teacher_state, dc) if d.mode != "sft" else None
     lm.run(sft, student_dir, loss_fn=kd)
