@@ -10,8 +10,10 @@ Result:   a table of teacher vs student base vs distilled student: parameters, a
           parameters, sampling tokens/s, held-out pass@1, maj@k, format rate, and the share of
           the teacher's pass@1 the student recovers; runs/distill/summary.json, data/teacher.jsonl
           (the kept answers) with data/teacher.stats.json (acceptance rate).
-Status:   mode 'sft' only; logit KD and on-policy GKD losses are in train/distill_loss.py and
-          not yet wired into this recipe.
+Modes:    --config.distill.mode=sft (default, R1's) | logit_kd (the teacher's token
+          distributions on the same answers) | gkd (on-policy: half the batches written by the
+          student itself, generalized JSD to the teacher); each trains into student_<mode>/ and
+          reuses the teacher, its answers and the student base.
 """
 
 import os
@@ -63,10 +65,15 @@ def get_config() -> ConfigDict:
                 ),
             ),
             distill=dict(
-                mode="sft",  # sft (R1) | logit_kd | gkd (losses in train/distill_loss.py)
-                temperature=1.0,
-                ce_weight=0.0,
-                beta=0.5,
+                # sft: SFT on the teacher's kept answers (R1) | logit_kd: + the teacher's logits
+                # (forward KL at `temperature`) | gkd: on-policy, generalized JSD (Agarwal 2023)
+                mode="sft",
+                temperature=1.0,  # logit_kd, gkd: softmax temperature of both models
+                ce_weight=0.0,  # logit_kd, gkd: weight of the hard-label cross-entropy term
+                beta=0.5,  # gkd: 0 = forward KL, 1 = reverse KL, between = generalized JSD
+                lmbda=0.5,  # gkd: fraction of batches whose completions the student samples
+                # gkd: the student's sampling of its own completions
+                student_sampling=dict(temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=80),
                 num_questions=1024,  # training questions the teacher answers
                 question_seed=1,
                 samples_per_question=4,

@@ -154,9 +154,18 @@ def test_distill_recipe_end_to_end(tmp_path, monkeypatch):
         config.distill.validation_fraction = 1.0
         distill.run(config, work)
     config.distill.validation_fraction = 0.05
-    with pytest.raises(ValueError, match="config.distill.mode='gkd'; allowed here"):
-        config.distill.mode = "gkd"
+    with pytest.raises(ValueError, match="mode='bogus'"):
+        config.distill.mode = "bogus"
         distill.run(config, work)
+    # GKD: every batch written by the student (lmbda=1), the JSD to the teacher on it.
+    config.distill.update(mode="gkd", lmbda=1.0)
+    config.distill.student_sampling.max_new_tokens = 5
+    gkd = distill.run(config, work)
+    rows = [r for r in loop.read_metrics(os.path.join(work, "student_gkd")) if "jsd" in r]
+    assert [r["on_policy"] for r in rows] == [1.0, 1.0]
+    assert all(np.isfinite(r["jsd"]) and 1 <= r["completion_length"] <= 5 for r in rows)
+    assert gkd["results"]["student"]["pass@1"] >= 0.0
+    config.distill.update(mode="sft", lmbda=0.5)
     # Logit KD reuses the teacher's data; the KD loss trains the student from its base again.
     config.distill.mode = "logit_kd"
     config.student.sft.train.num_steps = 3
@@ -168,16 +177,72 @@ def test_distill_recipe_end_to_end(tmp_path, monkeypatch):
         distill.run(config, str(tmp_path / "kd"))
 
 
+def test_pair_rows_masks_exactly_the_completion_tokens():
+    arrays = distill.pair_rows([[1, 5, 6], [1, 7]], [[8, 9, 2], [3]], seq_len=6, pad_id=0)
+    np.testing.assert_array_equal(arrays["tokens"], [[1, 5, 6, 8, 9, 2], [1, 7, 3, 0, 0, 0]])
+    np.testing.assert_array_equal(arrays["loss_mask"], [[0, 0, 0, 1, 1, 1], [0, 0, 1, 0, 0, 0]])
+    np.testing.assert_array_equal(arrays["segment_ids"], [[1] * 6, [1, 1, 1, 0, 0, 0]])
+    # Cut at seq_len: the prompt stays, the completion's tail goes.
+    cut = distill.pair_rows([[1, 5, 6]], [[8, 9, 2, 4]], seq_len=5, pad_id=0)
+    np.testing.assert_array_equal(cut["loss_mask"], [[0, 0, 0, 1, 1]])
+    # Through the KD loss's mask: the targets are the completion tokens only.
+    mask = lm.target_mask(arrays["segment_ids"], arrays["loss_mask"], 1)
+    np.testing.assert_array_equal(mask, [[0, 0, 1, 1, 1], [0, 1, 0, 0, 0]])
+
+
+def test_gkd_batches_are_deterministic_by_step_and_mix_on_policy_at_rate_lambda():
+    rows = [{"prompt": f"q{i}", "completion": f"a{i}"} for i in range(10)]
+    a = distill.GKDBatches(rows, 4, 0.3, seed=0)
+    first = [next(a) for _ in range(200)]
+    assert 0.2 < np.mean([b["on_policy"] for b in first]) < 0.4
+    assert all(len({r["prompt"] for r in b["rows"]}) == 4 for b in first)  # no repeats
+    b = distill.GKDBatches(rows, 4, 0.3, seed=0)
+    b.set_state({"step": 150})
+    assert next(b) == first[150]
+    never, always = distill.GKDBatches(rows, 4, 0.0, 0), distill.GKDBatches(rows, 4, 1.0, 0)
+    assert not any(next(never)["on_policy"] for _ in range(20))
+    assert all(next(always)["on_policy"] for _ in range(20))
+
+
+def test_gkd_step_trains_on_the_tokens_the_student_sampled(monkeypatch):
+    """On-policy: the batch holds the sampled ids (not a re-encoding of their text), masked
+    from the first completion token through the sample's length; off-policy: the teacher's."""
+    tok = tokenizers.ByteTokenizer()
+    seen = []
+    sampled = np.array([[300 % 256, 65, tok.eos_id, tok.pad_id]], np.int32)
+
+    def fake_generate(cfg, params, state, prompts, key, sp, *, eos_id, pad_id, num_samples=1):
+        return sampling.Samples(sampled, np.zeros(sampled.shape, np.float32), np.array([3]))
+
+    monkeypatch.setattr(sampling, "generate", fake_generate)
+    step = distill.make_gkd_step(
+        lambda state, batch: (seen.append(batch) or state, {"loss": 0.0}),
+        None, tok, sampling.SamplingParams(max_new_tokens=4), seq_len=32, seed=0,
+    )  # fmt: skip
+    row = {"prompt": "1+1=", "completion": " 2"}
+    fake_state = type("S", (), {"params": None, "model_state": None})()
+    _, m = step(fake_state, {"rows": [row], "on_policy": True, "index": 1})
+    prompt = tok.encode("1+1=", add_bos=tok.bos_id is not None)
+    n = len(prompt)
+    np.testing.assert_array_equal(seen[0]["tokens"][0, 0, n : n + 3], sampled[0, :3])
+    assert seen[0]["loss_mask"][0, 0].tolist() == [0] * n + [1, 1, 1] + [0] * (32 - n - 3)
+    assert m["on_policy"] == 1.0 and m["completion_length"] == 3
+    step(fake_state, {"rows": [row], "on_policy": False, "index": 2})
+    teacher = tok.encode(" 2", add_eos=True)
+    np.testing.assert_array_equal(seen[1]["tokens"][0, 0, n : n + len(teacher)], teacher)
+
+
 def lm_metrics(workdir):
     return [r for r in loop.read_metrics(workdir) if "kl" in r]
 
 
-def test_kd_loss_decreases_on_a_fixed_batch():
-    """A few steps of the KD step on one batch lower the KL to a random teacher."""
+@pytest.mark.parametrize("mode,metric", [("logit_kd", "kl"), ("gkd", "jsd")])
+def test_kd_loss_decreases_on_a_fixed_batch(mode, metric):
+    """A few steps of the KD step on one batch lower the divergence to a random teacher."""
     teacher_cfg = make_config("tiny", vocab_size=64)
     student_cfg = make_config("tiny_dense", vocab_size=64)
     teacher = evaluate.init_model(teacher_cfg, 1)
-    c = distill_loss.DistillLossConfig(mode="logit_kd", temperature=2.0)
+    c = distill_loss.DistillLossConfig(mode=mode, temperature=2.0)
     loss_fn = distill.kd_loss_fn(teacher_cfg, teacher["params"], teacher["model_state"], c)
     tx = lm.make_optimizer(configs.optim(learning_rate=3e-3, warmup_steps=0), 20)
     step = jax.jit(lm.make_train_step(student_cfg, None, tx, 0.0, loss_fn))
@@ -192,5 +257,5 @@ def test_kd_loss_decreases_on_a_fixed_batch():
     kls = []
     for _ in range(8):
         state, m = step(state, batch)
-        kls.append(float(m["kl"]))
+        kls.append(float(m[metric]))
     assert kls[-1] < 0.7 * kls[0], kls
