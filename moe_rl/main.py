@@ -22,6 +22,8 @@ RECIPES = {
     "eval": "moe_rl.evaluate",
     "r1_zero": "moe_rl.train.grpo",
     "distill": "moe_rl.train.distill",
+    "distill_vs_rl": "moe_rl.train.distill_vs_rl",
+    "r1": "moe_rl.train.r1",
 }
 
 _CONFIG = config_flags.DEFINE_config_file(

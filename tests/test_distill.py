@@ -1,5 +1,6 @@
 """Teacher rejection sampling (train/distill.py): what is kept, what is written, what is reused."""
 
+import json
 import os
 import runpy
 
@@ -11,7 +12,7 @@ from moe_rl import checkpoint, evaluate, sampling
 from moe_rl.data import tokenizers
 from moe_rl.data.tasks import get_task
 from moe_rl.models.config import ModelConfig
-from moe_rl.train import configs, distill, distill_data, distill_loss, lm, loop
+from moe_rl.train import configs, distill, distill_data, distill_loss, distill_vs_rl, lm, loop
 from tests.utils import make_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -110,10 +111,9 @@ def test_verify_checks_answer_and_format(think_opened):
     assert correct == [[True, False]] and formatted == [[True, True]]
 
 
-def test_distill_recipe_end_to_end(tmp_path, monkeypatch):
-    """A teacher checkpoint -> its (here: all accepted) answers -> student pretraining + SFT ->
-    the table. Seconds-long: every stage is a few steps of the tiny models."""
-    config = runpy.run_path(os.path.join(ROOT, "experiments/distill.py"))["get_config"]()
+def tiny_distill_config(tmp_path, experiment="distill.py"):
+    """The experiment's config with seconds-long stages and a freshly initialised teacher."""
+    config = runpy.run_path(os.path.join(ROOT, "experiments", experiment))["get_config"]()
     teacher_dir = tmp_path / "teacher"
     cfg = ModelConfig.from_config(config.teacher.model)
     ckpt = checkpoint.Checkpointer(str(teacher_dir / "grpo"), async_save=False)
@@ -139,10 +139,21 @@ def test_distill_recipe_end_to_end(tmp_path, monkeypatch):
             "eval.sampling.max_new_tokens": 6,
         }
     )
-    # A random teacher writes no verified answer: accept everything to exercise the pipeline.
+    return config
+
+
+def accept_everything(monkeypatch):
+    """A random teacher writes no verified answer: accept everything to exercise the pipeline."""
     monkeypatch.setattr(
         distill, "verify", lambda task, ex, texts, k, opened: ([[True] * k] * len(ex),) * 2
     )
+
+
+def test_distill_recipe_end_to_end(tmp_path, monkeypatch):
+    """A teacher checkpoint -> its (here: all accepted) answers -> student pretraining + SFT ->
+    the table. Seconds-long: every stage is a few steps of the tiny models."""
+    config = tiny_distill_config(tmp_path)
+    accept_everything(monkeypatch)
     work = str(tmp_path / "work")
     summary = distill.run(config, work)
     assert summary["data"]["kept"] >= 6 and summary["data"]["sampled"] == 12
@@ -175,6 +186,31 @@ def test_distill_recipe_end_to_end(tmp_path, monkeypatch):
     config.student.model.vocab_size = 300
     with pytest.raises(ValueError, match="needs one tokenizer"):
         distill.run(config, str(tmp_path / "kd"))
+
+
+def test_distill_vs_rl_trains_the_same_student_both_ways(tmp_path, monkeypatch):
+    config = tiny_distill_config(tmp_path, "distill_vs_rl.py")
+    config.update_from_flattened_dict(
+        {
+            "student_rl.grpo.num_steps": 2,
+            "teacher.grpo.num_questions": 2,
+            "teacher.grpo.num_generations": 2,
+            "teacher.grpo.minibatch_size": 4,
+            "teacher.sampling.max_new_tokens": 6,
+        }
+    )
+    accept_everything(monkeypatch)
+    work = str(tmp_path / "work")
+    out = distill_vs_rl.run(config, work)
+    assert {"distilled", "grpo", "student_base"} <= set(out)
+    assert out["compute"]["distill_sft_flops"] > 0 and out["compute"]["grpo_flops"] > 0
+    assert "(a) distilled" in out["table"] and "(b) GRPO (2 steps)" in out["table"]
+    # The student trained with GRPO starts from the same base as the distilled one.
+    with open(os.path.join(work, "student_grpo", "summary.json")) as f:
+        assert json.load(f)["base"].startswith(os.path.join(work, "student_base"))
+    config.distill.mode = "gkd"
+    with pytest.raises(ValueError, match="config.distill.mode='gkd'; allowed here: 'sft'"):
+        distill_vs_rl.run(config, work)
 
 
 def test_pair_rows_masks_exactly_the_completion_tokens():

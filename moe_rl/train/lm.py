@@ -314,10 +314,13 @@ def restore_or_init(config, cfg: ModelConfig, tx, workdir: str):
         return state, checkpointer, extra.get("data")
     state = init()
     if config.get("init_checkpoint"):
-        source = Checkpointer(config.init_checkpoint, async_save=False).restore_latest(abstract)
+        # Only the model is read: any train state (pretraining, SFT, GRPO) is a valid start.
+        source = Checkpointer(config.init_checkpoint, async_save=False).restore_latest_model(
+            {"params": abstract.params, "model_state": abstract.model_state}
+        )
         if source is None:
             raise ValueError(f"config.init_checkpoint={config.init_checkpoint!r} has no checkpoint")
-        state = state.replace(params=source[0].params, model_state=source[0].model_state)
+        state = state.replace(params=source[0]["params"], model_state=source[0]["model_state"])
     return state, checkpointer, None
 
 

@@ -1,0 +1,37 @@
+"""DeepSeek-R1's "distillation vs reinforcement learning" (sec. 4.1) in miniature: the same small
+dense student, from the same pretrained base, (a) distilled from the R1-Zero MoE teacher by SFT
+on its verified answers, (b) trained with GRPO directly; both on the same held-out questions,
+with the compute each used.
+
+Command:  python -m moe_rl.main --config=experiments/distill_vs_rl.py
+          reuse a distillation: --workdir=runs/distill (its teacher, data, student base and
+          distilled student are reused; only the student's GRPO runs)
+Runtime:  experiments/distill.py's run (reused when it is in the workdir), then the student's
+          GRPO; the README's "Distillation vs RL" section has the measured times.
+Result:   a table: the student base, (a) distilled and (b) GRPO-trained: held-out pass@1,
+          maj@4, format rate, student-side compute (estimated FLOPs) and wall time; the
+          teacher's own cost listed beside it; <workdir>/distill_vs_rl.json.
+"""
+
+import os
+import runpy
+
+from ml_collections import ConfigDict
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def get_config() -> ConfigDict:
+    config = runpy.run_path(os.path.join(HERE, "distill.py"))["get_config"]()
+    config.name = "distill"  # the same workdir as experiments/distill.py: its stages are reused
+    config.recipe = "distill_vs_rl"
+    teacher = config.teacher
+    # (b): the teacher's R1-Zero GRPO settings and number of steps, on the student.
+    config.student_rl = ConfigDict(
+        dict(
+            grpo=dict(num_steps=teacher.grpo.num_steps),
+            # The student's SFT learning rate: a 3x smaller model takes larger steps.
+            optim=dict(teacher.optim.to_dict(), learning_rate=1e-3),
+        )
+    )
+    return config

@@ -1,0 +1,65 @@
+"""The DeepSeek-R1 pipeline at small scale (moe_rl/train/r1.py): cold-start SFT on worked
+examples -> GRPO -> rejection sampling of the RL model -> SFT of the base on the combined data
+-> a final GRPO stage; every stage evaluated on the same held-out questions.
+
+Command:  python -m moe_rl.main --config=experiments/r1.py
+          reuse a base: --config.init_checkpoint=runs/r1_zero/base (an experiments/r1_zero.py
+                        run's pretrained base; its tokenizer comes with it)
+          no final RL:  --config.final_grpo.num_steps=0
+Runtime:  the base as in experiments/r1_zero.py (~12 min, skipped with init_checkpoint), then
+          the stages: see the README's "R1 pipeline" section for the measured times.
+Result:   a table of pass@1, maj@4, format rate and mean length per stage (printed and in
+          runs/r1/summary.json); each stage's folder (cold_start/, rl/, sft/, rl2/) holds its
+          checkpoints, metrics and plots; data/ holds the cold-start examples and the kept RL
+          answers with the acceptance rate.
+"""
+
+import os
+import runpy
+
+from ml_collections import ConfigDict
+
+from moe_rl.train import configs
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def get_config() -> ConfigDict:
+    # The R1-Zero config: model, base pretraining, task, sampling, GRPO and eval settings.
+    config = runpy.run_path(os.path.join(HERE, "r1_zero.py"))["get_config"]()
+    config.name = "r1"
+    config.recipe = "r1"
+    config.grpo.num_steps = 60  # stage 2 (from a model that already writes worked sums)
+    # Stage 1: a few hundred program-written long reasoning examples (data/cold_start.py).
+    config.cold_start = ConfigDict(
+        dict(
+            num_examples=512,
+            question_seed=2,  # training questions, drawn apart from GRPO's stream
+            validation_fraction=0.05,
+            data=configs.data(),
+            train=configs.train(seq_len=256, batch_size=8, num_steps=100, eval_every=50),
+            optim=configs.optim(learning_rate=1e-3, warmup_steps=10),
+        )
+    )
+    # Stage 3: the RL model answers training questions k times; verified answers are kept.
+    config.rejection = ConfigDict(
+        dict(
+            num_questions=1024,
+            question_seed=3,
+            samples_per_question=4,
+            shortest_only=False,
+            sampling=dict(temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=80),
+        )
+    )
+    # Stage 4: SFT of the base on the kept answers + the cold-start examples.
+    config.sft = ConfigDict(
+        dict(
+            validation_fraction=0.05,
+            data=configs.data(),
+            train=configs.train(seq_len=256, batch_size=8, num_steps=300),
+            optim=configs.optim(learning_rate=1e-3, warmup_steps=20),
+        )
+    )
+    # Stage 5: GRPO from the SFT model with the stage-2 settings; 0 skips it.
+    config.final_grpo = ConfigDict(dict(num_steps=40))
+    return config
