@@ -77,18 +77,24 @@ class _Layout(NamedTuple):
     used: jax.Array  # chunks holding copies; the rest are empty and skipped
 
 
-def _layout(expert_ids_TK: jax.Array, E: int, R: int, chunk_rows: int) -> _Layout:
+def _layout(
+    expert_ids_TK: jax.Array, E: int, R: int, chunk_rows: int, absent: bool = False
+) -> _Layout:
     """Each expert's copies, sorted, padded to whole groups of R rows, experts one after another.
 
     Padding is under R rows per routed expert, so T*K + min(E, T*K)*(R-1) slots hold any routing.
+    `absent`: id E marks copies whose expert is not here (expert parallelism: another device's);
+    they take no slot and are never computed.
     """
     T, K = expert_ids_TK.shape
     M = T * K
     groups = -(-(M + min(E, M) * (R - 1)) // R)  # enough for any routing
     S_chunk = R * max(1, min(chunk_rows // R, groups))
     n = -(-groups * R // S_chunk)
-    s = _sort_copies(expert_ids_TK, E)
+    s = _sort_copies(expert_ids_TK, E + absent)
     span_E = -(-s.count_E // R) * R
+    if absent:  # the absent copies sort last; they get no span, so no slot reaches them
+        span_E = span_E.at[E].set(0)
     offset_E = jnp.cumsum(span_E) - span_E
     slot_TK = offset_E[expert_ids_TK] + s.rank_M.reshape(T, K)
     slots_S = jnp.arange(n * S_chunk, dtype=jnp.int32)
@@ -97,7 +103,7 @@ def _layout(expert_ids_TK: jax.Array, E: int, R: int, chunk_rows: int) -> _Layou
     )
     rank_S = slots_S - offset_E[expert_S]
     copy_S = s.copy_M.at[s.start_E[expert_S] + rank_S].get(mode="clip")
-    copy_S = jnp.where(rank_S < s.count_E[expert_S], copy_S, M)
+    copy_S = jnp.where((rank_S < s.count_E[expert_S]) & (expert_S < E), copy_S, M)
     used = -(-jnp.sum(span_E) // S_chunk)
     return _Layout(slot_TK, copy_S.reshape(n, S_chunk), expert_S[::R].reshape(n, -1), used)
 
@@ -245,6 +251,41 @@ def sparse_dispatch(
     E = w_gate_EDF.shape[0]
     R = group_rows(T, K, E, capacity_factor, chunk_rows)
     layout = _layout(expert_ids_TK, E, R, chunk_rows)
+    return _experts(x_TD, gates_TK, w_gate_EDF, w_up_EDF, w_down_EFD, layout)
+
+
+def local_experts(
+    impl: str,
+    x_TD,
+    expert_ids_TK,
+    gates_TK,
+    w_gate_EDF,
+    w_up_EDF,
+    w_down_EFD,
+    first_expert,
+    *,
+    capacity_factor: float = 1.25,
+    chunk_rows: int = 1024,
+):
+    """The contribution of experts first_expert .. first_expert + E_local - 1 (the weights
+    given, E_local of them) to every token: the expert-parallel building block. Copies routed
+    elsewhere are skipped (sparse: they take no slot; dense: a zero gate); summing this over
+    all expert shards gives the routed output. `first_expert` may be traced (axis_index)."""
+    E_local = w_gate_EDF.shape[0]
+    local_TK = (expert_ids_TK >= first_expert) & (expert_ids_TK < first_expert + E_local)
+    ids_TK = jnp.where(local_TK, expert_ids_TK - first_expert, E_local)
+    # A zero gate also stops the gradient to the gates of the copies computed elsewhere.
+    gates_TK = jnp.where(local_TK, gates_TK, jnp.zeros_like(gates_TK))
+    if impl == "dense":  # one_hot of id E_local is all zeros: absent copies weigh nothing
+        return dense_oracle(x_TD, ids_TK, gates_TK, w_gate_EDF, w_up_EDF, w_down_EFD)
+    if impl != "sparse":
+        raise ValueError(
+            f"model.moe_impl={impl!r} has no expert-parallel form; allowed with "
+            "mesh.expert > 1: ('sparse', 'dense')"
+        )
+    T, K = expert_ids_TK.shape
+    R = group_rows(T, K, E_local, capacity_factor, chunk_rows)
+    layout = _layout(ids_TK, E_local, R, chunk_rows, absent=True)
     return _experts(x_TD, gates_TK, w_gate_EDF, w_up_EDF, w_down_EFD, layout)
 
 

@@ -11,12 +11,68 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 
+from moe_rl.models import dispatch
 from moe_rl.models.config import ModelConfig
-from moe_rl.models.dispatch import routed_experts
 from moe_rl.models.layers import MLP, logical_param, normal_init
 
 BIAS_COLLECTION = "moe_bias"
+# Mesh axes that shard tokens (moe_rl/sharding.py's batch axes), in this order.
+TOKEN_AXES = ("data", "fsdp", "expert")
+
+
+def expert_parallel_size() -> int:
+    """Size of the 'expert' axis of the mesh set with `jax.set_mesh` (1 without one)."""
+    mesh = jax.sharding.get_abstract_mesh()
+    return 1 if mesh.empty else dict(mesh.shape).get("expert", 1)
+
+
+def routed_output(impl: str, x_TD, ids_TK, gates_TK, w_gate_EDF, w_up_EDF, w_down_EFD):
+    """The routed experts' output [T,D]; with an 'expert' mesh axis of size EP > 1, expert
+    parallel: each device holds E/EP experts and computes them for the tokens of its expert
+    group, inside `jax.shard_map`.
+
+    Tokens sharded over (data, fsdp, expert): all-gather over 'expert' (the group's tokens),
+    local experts, reduce-scatter over 'expert' (each device gets its tokens' sums back). The
+    fixed-size collectives run on every backend (XLA:CPU has no ragged all-to-all). If the
+    token count does not divide the token shards (e.g. a single decoding row), every device
+    sees all tokens and the local outputs are summed (psum). Dropless either way.
+    """
+    ep = expert_parallel_size()
+    if ep == 1:
+        return dispatch.routed_experts(
+            impl, x_TD, ids_TK, gates_TK, w_gate_EDF, w_up_EDF, w_down_EFD
+        )
+    E = w_gate_EDF.shape[0]
+    if E % ep:
+        raise ValueError(f"model.n_routed_experts={E} is not divisible by mesh.expert={ep}")
+    mesh = jax.sharding.get_abstract_mesh()
+    sizes = dict(mesh.shape)
+    axes = tuple(a for a in TOKEN_AXES if sizes.get(a, 1) > 1)
+    shards = 1
+    for a in axes:
+        shards *= sizes[a]
+    gather = x_TD.shape[0] % shards == 0
+    tok = P(axes, None) if gather else P(None, None)
+    w = P("expert", None, None)
+
+    def body(x_TD, ids_TK, gates_TK, w_gate_EDF, w_up_EDF, w_down_EFD):
+        if gather:
+            gather_rows = lambda a: jax.lax.all_gather(a, "expert", axis=0, tiled=True)
+            x_TD, ids_TK, gates_TK = map(gather_rows, (x_TD, ids_TK, gates_TK))
+        first = jax.lax.axis_index("expert") * w_gate_EDF.shape[0]
+        y_TD = dispatch.local_experts(
+            impl, x_TD, ids_TK, gates_TK, w_gate_EDF, w_up_EDF, w_down_EFD, first
+        )
+        if gather:
+            return jax.lax.psum_scatter(y_TD, "expert", scatter_dimension=0, tiled=True)
+        return jax.lax.psum(y_TD, "expert")
+
+    # check_vma=False: the dispatch scan's carry starts as an unvarying zeros array.
+    return jax.shard_map(
+        body, mesh=mesh, in_specs=(tok, tok, tok, w, w, w), out_specs=tok, check_vma=False
+    )(x_TD, ids_TK, gates_TK, w_gate_EDF, w_up_EDF, w_down_EFD)
 
 
 def route(
@@ -102,7 +158,7 @@ class MoE(nn.Module):
         x_TD = x_BLD.reshape(B * L, D).astype(dt)
         logits_TE = x_TD.astype(jnp.float32) @ w_router.astype(jnp.float32)
         scores_TE, ids_TK, gates_TK = route(logits_TE, bias.value, cfg)
-        y_TD = routed_experts(
+        y_TD = routed_output(
             cfg.moe_impl,
             x_TD,
             ids_TK,

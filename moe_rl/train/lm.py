@@ -22,7 +22,7 @@ import numpy as np
 import optax
 from absl import logging
 
-from moe_rl import perf, plots
+from moe_rl import perf, plots, sharding
 from moe_rl.checkpoint import Checkpointer
 from moe_rl.data import corpus, packing, tokenizers
 from moe_rl.models import counting, moe, transformer
@@ -289,25 +289,34 @@ def _microbatches(batch: dict, accum: int) -> dict:
 
 
 class _Reshaped:
-    """Iterator over [accum, B/accum, L] batches that keeps the packer's resumable state."""
+    """Iterator over [accum, B/accum, L] batches that keeps the packer's resumable state;
+    `put` places each batch on the devices (global arrays on a mesh)."""
 
-    def __init__(self, batches: packing.PackedBatches, accum: int):
-        self.batches, self.accum = batches, accum
+    def __init__(self, batches: packing.PackedBatches, accum: int, put: Callable = lambda b: b):
+        self.batches, self.accum, self.put = batches, accum, put
 
     def __iter__(self):
         return self
 
     def __next__(self):
-        return _microbatches(next(self.batches), self.accum)
+        return self.put(_microbatches(next(self.batches), self.accum))
 
 
-def restore_or_init(config, cfg: ModelConfig, tx, workdir: str):
+def restore_or_init(config, cfg: ModelConfig, tx, workdir: str, mesh=None):
     """(state, checkpointer, data-iterator state or None): resume from the workdir's newest
-    checkpoint, else start from `config.init_checkpoint`'s params, else from scratch."""
-    init = jax.jit(lambda: init_state(cfg, tx, config.seed))
-    abstract = jax.eval_shape(init)
+    checkpoint, else start from `config.init_checkpoint`'s params, else from scratch. With a
+    mesh, the state is created (or restored) directly in its shardings."""
+    make = lambda: init_state(cfg, tx, config.seed)
+    abstract = jax.eval_shape(make)
+    shardings = None if mesh is None else sharding.state_shardings(abstract, cfg, mesh)
+    init = jax.jit(make, out_shardings=shardings)
+    target = abstract
+    if shardings is not None:
+        target = jax.tree.map(
+            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
+        )
     checkpointer = Checkpointer(workdir, keep=config.train.keep_checkpoints)
-    restored = checkpointer.restore_latest(abstract)
+    restored = checkpointer.restore_latest(target)
     if restored is not None:
         state, extra, step = restored
         logging.info("Resuming %s from step %d", workdir, step)
@@ -321,6 +330,8 @@ def restore_or_init(config, cfg: ModelConfig, tx, workdir: str):
         if source is None:
             raise ValueError(f"config.init_checkpoint={config.init_checkpoint!r} has no checkpoint")
         state = state.replace(params=source[0]["params"], model_state=source[0]["model_state"])
+        if shardings is not None:
+            state = jax.device_put(state, shardings)
     return state, checkpointer, None
 
 
@@ -349,6 +360,16 @@ def run(config: ml_collections.ConfigDict, workdir: str, loss_fn: Callable | Non
     `loss_fn` replaces the training loss (see make_train_step); validation stays the CE."""
     cfg = ModelConfig.from_config(config.model)
     validate_train_config(config, cfg)
+    mesh = sharding.mesh_from_config(config)
+    if mesh is None:
+        return _run(config, workdir, loss_fn, cfg, None)
+    t = config.train
+    sharding.check_batch(t.batch_size // t.grad_accum, mesh, "config.train.batch_size/grad_accum")
+    with jax.set_mesh(mesh):
+        return _run(config, workdir, loss_fn, cfg, mesh)
+
+
+def _run(config, workdir: str, loss_fn, cfg: ModelConfig, mesh) -> dict:
     t = config.train
     train_src, val_src = load_sources(config)
     tokenizer = run_tokenizer(config.data.tokenizer, train_src, workdir)
@@ -362,14 +383,28 @@ def run(config: ml_collections.ConfigDict, workdir: str, loss_fn: Callable | Non
     val_batches = [next(val_batches) for _ in range(t.eval_batches)]
 
     tx = make_optimizer(config.optim, t.num_steps)
-    state, checkpointer, data_state = restore_or_init(config, cfg, tx, workdir)
+    state, checkpointer, data_state = restore_or_init(config, cfg, tx, workdir, mesh)
     if data_state is not None:
         batches.set_state(data_state)
     lc = LossConfig.from_config(t)
-    train_step = jax.jit(
-        make_train_step(cfg, lc, tx, t.bias_update_rate, loss_fn or lm_loss), donate_argnums=0
-    )
-    eval_step = jax.jit(make_eval_step(cfg, lc))
+    step_fn = make_train_step(cfg, lc, tx, t.bias_update_rate, loss_fn or lm_loss)
+    eval_fn = make_eval_step(cfg, lc)
+    put = put_val = lambda b: b
+    if mesh is None:
+        train_step, eval_step = jax.jit(step_fn, donate_argnums=0), jax.jit(eval_fn)
+    else:  # explicit shardings in and out: the state stays split, batches split by rows
+        state_sh = jax.tree.map(lambda a: a.sharding, state)
+        batch_sh, val_sh = sharding.batch_sharding(mesh, 1), sharding.batch_sharding(mesh)
+        train_step = jax.jit(
+            step_fn,
+            in_shardings=(state_sh, batch_sh),
+            out_shardings=(state_sh, None),
+            donate_argnums=0,
+        )
+        eval_step = jax.jit(eval_fn, in_shardings=(state_sh, val_sh))
+        put = lambda b: sharding.put_batch(b, batch_sh)
+        put_val = lambda b: sharding.put_batch(b, val_sh)
+        val_batches = [put_val(b) for b in val_batches]
 
     def evaluate(state):
         nll, n = 0.0, 0.0
@@ -390,7 +425,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, loss_fn: Callable | Non
     state, rows = loop.train_loop(
         state=state,
         step_fn=train_step,
-        batches=_Reshaped(batches, t.grad_accum),
+        batches=_Reshaped(batches, t.grad_accum, put),
         num_steps=t.num_steps,
         workdir=workdir,
         checkpointer=checkpointer,
