@@ -25,5 +25,6 @@ def get_config(model: str = "tiny_dense") -> ConfigDict:
             data=configs.data(),
             train=configs.train(),
             optim=configs.optim(),
+            mesh=configs.mesh(),  # e.g. --config.mesh.fsdp=2 on 2 devices
         )
     )

@@ -28,5 +28,6 @@ def get_config(model: str = "tiny") -> ConfigDict:
             data=configs.data(),
             train=configs.train(),
             optim=configs.optim(),
+            mesh=configs.mesh(),  # e.g. --config.mesh.expert=4 on 8 devices
         )
     )

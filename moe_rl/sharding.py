@@ -48,7 +48,8 @@ SAMPLING_RULES = {**RULES, "embed": None}
 
 
 def mesh_shape(mesh_config: Mapping, num_devices: int) -> dict[str, int]:
-    """{axis: size} for the four axes; at most one -1, which takes the devices left over."""
+    """{axis: size} for the four axes; at most one -1, which takes the devices left over.
+    Without a -1 the mesh may use fewer devices than there are (the first ones)."""
     sizes = {a: int(mesh_config.get(a, 1)) for a in AXES}
     unknown = set(mesh_config) - set(AXES)
     if unknown:
@@ -68,7 +69,7 @@ def mesh_shape(mesh_config: Mapping, num_devices: int) -> dict[str, int]:
                 f"axes' product {fixed}, so config.mesh.{free[0]}=-1 has no size"
             )
         sizes[free[0]] = num_devices // fixed
-    if math.prod(sizes.values()) != num_devices:
+    if math.prod(sizes.values()) > num_devices:
         raise ValueError(
             f"config.mesh={sizes} needs {math.prod(sizes.values())} devices; there are "
             f"{num_devices} (jax.devices()); use -1 for one axis to take the rest"
@@ -83,7 +84,10 @@ def make_mesh(mesh_config: Mapping, devices=None) -> Mesh:
     sizes = mesh_shape(mesh_config, len(devices))
     shape = tuple(sizes[a] for a in AXES)
     return jax.make_mesh(
-        shape, AXES, axis_types=(AxisType.Auto,) * len(AXES), devices=list(devices)
+        shape,
+        AXES,
+        axis_types=(AxisType.Auto,) * len(AXES),
+        devices=list(devices)[: math.prod(shape)],
     )
 
 

@@ -62,3 +62,18 @@ def data(**overrides) -> ConfigDict:
     )
     c.update(overrides)
     return c
+
+
+def mesh(**overrides) -> ConfigDict:
+    """The device mesh (moe_rl/sharding.py): sizes of its four axes, -1 = the devices left.
+    On one device every axis is 1 and nothing is sharded."""
+    c = ConfigDict(
+        dict(
+            data=-1,  # batch rows split, parameters replicated
+            fsdp=1,  # batch rows and parameters/optimizer state split (ZeRO-3)
+            expert=1,  # routed experts split (expert parallelism), batch rows too
+            tensor=1,  # heads, MLP units and vocabulary split (Megatron-style)
+        )
+    )
+    c.update(overrides)
+    return c
