@@ -60,7 +60,9 @@ def get_config() -> ConfigDict:
                 ),
                 sft=dict(
                     data=configs.data(),
-                    train=configs.train(seq_len=256, batch_size=8, num_steps=300),
+                    # ~9 epochs of the ~1100 kept answers: 300 steps reach pass@1 0.12,
+                    # 1200 reach 0.80 (measured; README "Distillation").
+                    train=configs.train(seq_len=256, batch_size=8, num_steps=1200),
                     optim=configs.optim(learning_rate=1e-3, warmup_steps=20),
                 ),
             ),
