@@ -6,12 +6,14 @@ Command:  python -m moe_rl.main --config=experiments/r1.py
           reuse a base: --config.init_checkpoint=runs/r1_zero/base (an experiments/r1_zero.py
                         run's pretrained base; its tokenizer comes with it)
           no final RL:  --config.final_grpo.num_steps=0
-Runtime:  the base as in experiments/r1_zero.py (~12 min, skipped with init_checkpoint), then
-          the stages: see the README's "R1 pipeline" section for the measured times.
-Result:   a table of pass@1, maj@4, format rate and mean length per stage (printed and in
-          runs/r1/summary.json); each stage's folder (cold_start/, rl/, sft/, rl2/) holds its
-          checkpoints, metrics and plots; data/ holds the cold-start examples and the kept RL
-          answers with the acceptance rate.
+Runtime:  13.0 min on a 2-core CPU from a pretrained base (+12 min to pretrain one), measured:
+          cold start 1.0, GRPO 3.8, rejection sampling 1.4, SFT 2.2, final GRPO 2.7,
+          evaluations and compiles the rest.
+Result:   measured from experiments/r1_zero.py's base (seed 0, 128 held-out questions x 4):
+          pass@1 base 0.104, cold start 0.656, GRPO 0.832, SFT 0.877, final GRPO 0.855
+          (format 1.000). Printed as a table per stage and in runs/r1/summary.json; each
+          stage's folder (cold_start/, rl/, sft/, rl2/) holds its checkpoints, metrics and
+          plots; data/ holds the cold-start examples and the kept RL answers.
 """
 
 import os
