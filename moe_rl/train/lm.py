@@ -395,13 +395,16 @@ def _run(config, workdir: str, loss_fn, cfg: ModelConfig, mesh) -> dict:
     else:  # explicit shardings in and out: the state stays split, batches split by rows
         state_sh = jax.tree.map(lambda a: a.sharding, state)
         batch_sh, val_sh = sharding.batch_sharding(mesh, 1), sharding.batch_sharding(mesh)
+        # Metrics replicated on every device: each process can jax.device_get them (an array
+        # split over devices of several processes cannot be fetched by one of them).
+        replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
         train_step = jax.jit(
             step_fn,
             in_shardings=(state_sh, batch_sh),
-            out_shardings=(state_sh, None),
+            out_shardings=(state_sh, replicated),
             donate_argnums=0,
         )
-        eval_step = jax.jit(eval_fn, in_shardings=(state_sh, val_sh))
+        eval_step = jax.jit(eval_fn, in_shardings=(state_sh, val_sh), out_shardings=replicated)
         put = lambda b: sharding.put_batch(b, batch_sh)
         put_val = lambda b: sharding.put_batch(b, val_sh)
         val_batches = [put_val(b) for b in val_batches]
@@ -439,9 +442,11 @@ def _run(config, workdir: str, loss_fn, cfg: ModelConfig, mesh) -> dict:
     )
     checkpointer.close()
     summary = summarize_run(cfg, rows, flops, peak, start_step)
-    with open(os.path.join(workdir, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=2)
-    summary["plots"] = plots.plot_training(workdir)
+    primary = jax.process_index() == 0  # multi-process: one writer for the shared workdir
+    if primary:
+        with open(os.path.join(workdir, "summary.json"), "w") as f:
+            json.dump(summary, f, indent=2)
+    summary["plots"] = plots.plot_training(workdir) if primary else []
     return summary
 
 

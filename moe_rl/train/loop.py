@@ -28,19 +28,26 @@ class NonFiniteError(FloatingPointError):
 
 
 class MetricWriter:
-    """Appends {'step': s, **metrics} lines to metrics.jsonl and scalars to TensorBoard."""
+    """Appends {'step': s, **metrics} lines to metrics.jsonl and scalars to TensorBoard.
+
+    Multi-process (jax.distributed): only process 0 writes; the others' writes are no-ops, so
+    a shared workdir gets each line once."""
 
     def __init__(self, workdir: str, tensorboard: bool = True):
         os.makedirs(workdir, exist_ok=True)
         self.path = os.path.join(workdir, "metrics.jsonl")
+        self._file = self._tb = None
+        if jax.process_index() != 0:
+            return
         self._file = open(self.path, "a")  # noqa: SIM115 - closed in close()
-        self._tb = None
         if tensorboard:
             from tensorboardX import SummaryWriter
 
             self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
     def write(self, step: int, metrics: dict[str, Any]) -> None:
+        if self._file is None:  # not process 0
+            return
         scalars = {k: _to_python(v) for k, v in metrics.items()}
         self._file.write(json.dumps({"step": int(step), **scalars}) + "\n")
         self._file.flush()
@@ -50,7 +57,8 @@ class MetricWriter:
                     self._tb.add_scalar(k, v, step)
 
     def close(self) -> None:
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
         if self._tb is not None:
             self._tb.close()
 
@@ -136,6 +144,7 @@ def train_loop(
         initial=start,
         desc=os.path.basename(workdir.rstrip("/")),
         dynamic_ncols=True,
+        disable=jax.process_index() != 0,  # one progress bar per run, not one per process
     )
     try:
         last = time.perf_counter()
