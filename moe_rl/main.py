@@ -30,6 +30,12 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file.", lock_config=True
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (default: runs/<experiment name>).")
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed",
+    False,
+    "Multi-host: call jax.distributed.initialize() first; on TPU pods and SLURM/Kubernetes GPU "
+    "clusters it finds the coordinator and the peers from the environment.",
+)
 
 
 def get_recipe(name: str):
@@ -52,6 +58,10 @@ def main(argv):
         raise app.UsageError("--config=experiments/<name>.py is required")
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # keep the progress bar readable (Orbax is chatty)
+    if _DISTRIBUTED.value:
+        import jax
+
+        jax.distributed.initialize()
     run = get_recipe(config.recipe)
     workdir = _WORKDIR.value or default_workdir(
         config, config_flags.get_config_filename(flags.FLAGS["config"])
