@@ -44,6 +44,7 @@ def get_config(model: str = "tiny") -> ConfigDict:
                 data=configs.data(mix="r1", tokenizer="bpe:384"),
                 train=configs.train(seq_len=256, batch_size=8, num_steps=2400),
                 optim=configs.optim(),
+                mesh=configs.mesh(),
             ),
             task=dict(
                 name="arithmetic",  # a built-in task, rg:<name> or tfds:<name>
@@ -84,6 +85,8 @@ def get_config(model: str = "tiny") -> ConfigDict:
                 samples_per_write=2,
             ),
             optim=configs.optim(learning_rate=3e-4, warmup_steps=5, weight_decay=0.0),
+            # GRPO's devices (the base's pretraining has its own, pretrain.mesh)
+            mesh=configs.mesh(),
             eval=dict(
                 num_questions=128,  # held-out (test split) questions
                 num_samples=4,  # k samples per question

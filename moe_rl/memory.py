@@ -265,27 +265,30 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Experiment config file.", lock_config=True
-)
-_NUM_DEVICES = flags.DEFINE_integer(
-    "num_devices", None, "Devices to plan for (default: jax.device_count()); may exceed them."
-)
-_CACHE_ROWS = flags.DEFINE_integer("cache_rows", None, "KV-cache rows (default: see plan).")
-_CACHE_LEN = flags.DEFINE_integer("cache_len", None, "KV-cache slots (default: train.seq_len).")
+def define_flags() -> None:
+    """The command line's flags, defined only when run as a script: importing this module must
+    not claim --config, which moe_rl.main defines too."""
+    config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
+    flags.DEFINE_integer(
+        "num_devices", None, "Devices to plan for (default: jax.device_count()); may exceed them."
+    )
+    flags.DEFINE_integer("cache_rows", None, "KV-cache rows (default: see plan).")
+    flags.DEFINE_integer("cache_len", None, "KV-cache slots (default: train.seq_len).")
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    if _CONFIG.value is None:
+    f = flags.FLAGS
+    if f.config is None:
         raise app.UsageError("--config=experiments/<name>.py is required")
     try:
-        result = plan(_CONFIG.value, _NUM_DEVICES.value, _CACHE_ROWS.value, _CACHE_LEN.value)
+        result = plan(f.config, f.num_devices, f.cache_rows, f.cache_len)
     except ValueError as e:
         raise app.UsageError(f"{e}\n(--num_devices=N plans for N devices)") from e
     print(format_table(result))
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -190,6 +190,18 @@ def state_shardings(abstract_state, cfg, mesh: Mesh, rules=RULES):
     return jax.tree.map(lambda s: NamedSharding(mesh, s), specs, is_leaf=_is_spec)
 
 
+def with_shardings(abstract, shardings):
+    """`jax.ShapeDtypeStruct`s carrying shardings: a restore target that Orbax reads split."""
+    return jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
+    )
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    """Whole on every device: e.g. metrics, which every process can then read."""
+    return NamedSharding(mesh, P())
+
+
 def model_shardings(cfg, mesh: Mesh, rules=RULES):
     """(params, model_state) NamedShardings, e.g. for the sampler (with SAMPLING_RULES)."""
     param_specs, state_specs = model_specs(cfg, rules)

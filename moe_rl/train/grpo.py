@@ -32,7 +32,7 @@ import optax
 from absl import logging
 from tqdm.auto import tqdm
 
-from moe_rl import checkpoint, evaluate, plots, rewards, sampling
+from moe_rl import checkpoint, evaluate, plots, rewards, sampling, sharding
 from moe_rl.data import tokenizers
 from moe_rl.data.tasks import TEMPLATES, Example, Task, task_from_config
 from moe_rl.models import moe, transformer
@@ -103,9 +103,12 @@ def completion_logprobs(cfg, params, model_state, tokens_QL, seg_QL, pos_QL, P, 
 # The jitted update.
 
 
-def make_update(cfg: ModelConfig, lc: grpo_loss.LossConfig, tx, temperature: float, bias_rate):
+def make_update(
+    cfg: ModelConfig, lc: grpo_loss.LossConfig, tx, temperature: float, bias_rate, state_sh=None
+):
     """(state, minibatch, prompt_len, G) -> (state, metrics): one AdamW step on the GRPO loss
-    over a minibatch of packed question rows."""
+    over a minibatch of packed question rows. `state_sh`: on a mesh, the train state's
+    shardings, kept by the update (metrics replicated)."""
 
     def loss_fn(params, model_state, mb, prompt_len, G):
         logits, targets, aux = completion_logits(
@@ -148,7 +151,12 @@ def make_update(cfg: ModelConfig, lc: grpo_loss.LossConfig, tx, temperature: flo
         )
         return new_state, metrics
 
-    return jax.jit(update, static_argnums=(2, 3), donate_argnums=0)
+    if state_sh is None:
+        return jax.jit(update, static_argnums=(2, 3), donate_argnums=0)
+    replicated = sharding.replicated(jax.tree.leaves(state_sh)[0].mesh)
+    return jax.jit(
+        update, static_argnums=(2, 3), donate_argnums=0, out_shardings=(state_sh, replicated)
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -414,6 +422,19 @@ def before_after_table(before: dict, after: dict, k: int) -> str:
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     validate_grpo_config(config)
+    mesh = sharding.mesh_from_config(config)
+    if mesh is None:
+        return _run(config, workdir, None)
+    g = config.grpo
+    sharding.check_batch(g.num_questions, mesh, "config.grpo.num_questions")
+    sharding.check_batch(
+        g.minibatch_size // g.num_generations, mesh, "config.grpo.minibatch_size/num_generations"
+    )
+    with jax.set_mesh(mesh):
+        return _run(config, workdir, mesh)
+
+
+def _run(config: ml_collections.ConfigDict, workdir: str, mesh) -> dict:
     cfg = ModelConfig.from_config(config.model)
     g, t = config.grpo, config.task
     lc = grpo_loss.LossConfig.from_config(g)
@@ -424,6 +445,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     os.makedirs(workdir, exist_ok=True)
     started = time.perf_counter()
     params, model_state, source = base_model(config, cfg, workdir)
+    if mesh is not None:  # split as in pretraining, before anything runs on the mesh
+        p_sh, s_sh = sharding.model_shardings(cfg, mesh)
+        params, model_state = jax.device_put(params, p_sh), jax.device_put(model_state, s_sh)
     seconds = {"base": time.perf_counter() - started}
     tokenizer = tokenizers.get_tokenizer(base_tokenizer(config, workdir))
     evaluate.check_tokenizer(tokenizer, cfg)
@@ -459,6 +483,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     )
     ckpt = checkpoint.Checkpointer(rl_dir, keep=g.keep_checkpoints)
     questions = QuestionStream(task, t.seed)
+    state_sh = row_sh = None
+    if mesh is not None:  # the state split as in pretraining; rollout rows split over the batch
+        state_sh = sharding.state_shardings(abstract, cfg, mesh)
+        abstract = sharding.with_shardings(abstract, state_sh)
+        row_sh = sharding.batch_sharding(mesh)
     restored = ckpt.restore_latest(abstract)
     # Copies: the train state's buffers are donated to each update.
     ref = jax.tree.map(jnp.copy, (params, model_state)) if lc.beta > 0 else None
@@ -476,7 +505,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
             rng=jax.random.key(config.seed),
         )
         grpo_step = 0
-    update = make_update(cfg, lc, tx, sp.temperature, g.bias_update_rate)
+    if state_sh is not None:
+        state = jax.device_put(state, state_sh)
+    update = make_update(cfg, lc, tx, sp.temperature, g.bias_update_rate, state_sh)
+    put = (lambda b: b) if row_sh is None else (lambda b: sharding.put_batch(b, row_sh))
     ref_fn = jax.jit(completion_logprobs, static_argnums=(0, 6, 7, 8))
     roller = Roller(config, cfg, tokenizer, task, sp)
     writer = loop.MetricWriter(workdir)
@@ -491,8 +523,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
             G = g.num_generations
             ref_logp = None
             if lc.beta > 0:
+                packed = put(dict(t=ro.tokens_QL, s=ro.segment_ids_QL, p=ro.positions_QL))
                 ref_logp = np.asarray(
-                    ref_fn(cfg, *ref, ro.tokens_QL, ro.segment_ids_QL, ro.positions_QL,
+                    ref_fn(cfg, *ref, packed["t"], packed["s"], packed["p"],
                            ro.prompt_len, G, sp.temperature)
                 )  # fmt: skip
                 if lc.kl == "k1_reward":  # r - beta * sum_t (log pi_old - log pi_ref)
@@ -511,7 +544,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 for mb in _minibatches(
                     ro, ref_logp, g.minibatch_size // G, jax.random.fold_in(key, 1000 + it)
                 ):
-                    state, m = update(state, mb, ro.prompt_len, G)
+                    state, m = update(state, put(mb), ro.prompt_len, G)
                     train.append(m)
             train = jax.device_get(train)
             grpo_step += 1

@@ -310,11 +310,7 @@ def restore_or_init(config, cfg: ModelConfig, tx, workdir: str, mesh=None):
     abstract = jax.eval_shape(make)
     shardings = None if mesh is None else sharding.state_shardings(abstract, cfg, mesh)
     init = jax.jit(make, out_shardings=shardings)
-    target = abstract
-    if shardings is not None:
-        target = jax.tree.map(
-            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
-        )
+    target = abstract if shardings is None else sharding.with_shardings(abstract, shardings)
     checkpointer = Checkpointer(workdir, keep=config.train.keep_checkpoints)
     restored = checkpointer.restore_latest(target)
     if restored is not None:
@@ -397,7 +393,7 @@ def _run(config, workdir: str, loss_fn, cfg: ModelConfig, mesh) -> dict:
         batch_sh, val_sh = sharding.batch_sharding(mesh, 1), sharding.batch_sharding(mesh)
         # Metrics replicated on every device: each process can jax.device_get them (an array
         # split over devices of several processes cannot be fetched by one of them).
-        replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+        replicated = sharding.replicated(mesh)
         train_step = jax.jit(
             step_fn,
             in_shardings=(state_sh, batch_sh),

@@ -222,3 +222,51 @@ def test_pretraining_recipe_with_expert_parallelism_trains_like_one_device(tmp_p
         config = pretrain_config(1, data=-1, expert=4)
         config.train.batch_size = 6
         lm.run(config, str(tmp_path / "bad"))
+
+
+def test_grpo_recipe_on_a_mesh_trains_like_one_device(tmp_path):
+    """`experiments/r1_zero.py` with --config.mesh.expert=4: the same rewards, losses and
+    final policy as on one device (the rollouts are sampled from the split policy)."""
+    import os
+    import runpy
+
+    from moe_rl import checkpoint, evaluate
+    from moe_rl.models.config import ModelConfig
+    from moe_rl.train import grpo, loop
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+    def config(**mesh):
+        c = runpy.run_path(os.path.join(root, "experiments/r1_zero.py"))["get_config"]()
+        c.update_from_flattened_dict(
+            {
+                "init_checkpoint": str(tmp_path / "base"),
+                "grpo.num_steps": 2,
+                "grpo.num_questions": 8,
+                "grpo.num_generations": 2,
+                "grpo.minibatch_size": 16,
+                "sampling.max_new_tokens": 6,
+                "eval.num_questions": 2,
+                "eval.num_samples": 2,
+                "eval.batch_size": 4,
+                "eval.sampling.max_new_tokens": 6,
+                **{f"mesh.{k}": v for k, v in mesh.items()},
+            }
+        )
+        return c
+
+    cfg = ModelConfig.from_config(config().model)
+    ckpt = checkpoint.Checkpointer(str(tmp_path / "base"), async_save=False)
+    ckpt.save(1, {"step": np.int32(1), **evaluate.init_model(cfg, 0)})
+    ckpt.close()
+    one = grpo.run(config(data=1), str(tmp_path / "one"))
+    ep = grpo.run(config(data=-1, expert=4), str(tmp_path / "ep"))
+    rows = lambda wd: [r for r in loop.read_metrics(str(wd)) if "reward" in r]
+    for a, b in zip(rows(tmp_path / "ep"), rows(tmp_path / "one"), strict=True):
+        np.testing.assert_allclose(a["reward"], b["reward"], rtol=1e-6)
+        np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-4, atol=1e-6)
+    assert ep["after"]["pass@1"] == one["after"]["pass@1"]
+    with pytest.raises(ValueError, match="config.grpo.num_questions=4 rows"):
+        c = config(data=-1, expert=4)
+        c.grpo.update(num_questions=4, minibatch_size=8)
+        grpo.run(c, str(tmp_path / "bad"))
