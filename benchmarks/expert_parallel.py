@@ -24,14 +24,13 @@ if _DEVICES_FLAG not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_DEVICES_FLAG}=8".strip()
 
 import argparse  # noqa: E402
-import platform  # noqa: E402
 import time  # noqa: E402
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from moe_rl import sharding  # noqa: E402
+from moe_rl import perf, sharding  # noqa: E402
 from moe_rl.models.config import ModelConfig, preset  # noqa: E402
 from moe_rl.train import configs, lm  # noqa: E402
 
@@ -93,18 +92,6 @@ def routed_experts(params) -> list:
     ]
 
 
-def machine() -> str:
-    cpu = platform.machine()
-    if os.path.exists("/proc/cpuinfo"):
-        with open("/proc/cpuinfo") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-        cpu = names[0] if names else cpu
-    return (
-        f"jax {jax.__version__}, backend {jax.default_backend()}, {jax.device_count()} devices "
-        f"on {os.cpu_count()} CPUs ({cpu})"
-    )
-
-
 def print_table(setups: list[Setup]) -> None:
     base = setups[0]
     base_ms = np.median(base.times_ms)
@@ -138,7 +125,7 @@ def main():
         raise SystemExit("--eps must start with 1: the ratios are to EP=1")
 
     cfg = ModelConfig.from_config(preset(args.preset))
-    print(machine())
+    print(perf.machine_description())
     print(
         f"preset {args.preset!r}: {cfg.n_routed_experts} routed experts top-"
         f"{cfg.num_experts_per_tok}, D={cfg.hidden_size}, {cfg.num_hidden_layers} layers; train "

@@ -13,14 +13,13 @@ The dense oracle and ragged_dot take seconds per call: `--slow_repeats` calls, n
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from moe_rl import perf
 from moe_rl.models.dispatch import group_rows, routed_experts
 
 IMPLS = {"sparse dispatch": "sparse", "dense oracle": "dense", "ragged_dot": "ragged"}
@@ -121,18 +120,6 @@ def bench(args, E: int) -> dict[str, tuple[float, float, int]]:
     return {name: (np.median(f), np.median(fb), len(f)) for name, (f, fb) in times.items()}
 
 
-def machine() -> str:
-    cpu = platform.machine()
-    if os.path.exists("/proc/cpuinfo"):
-        with open("/proc/cpuinfo") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-        cpu = names[0] if names else cpu
-    return (
-        f"jax {jax.__version__}, backend {jax.default_backend()}, devices {jax.devices()}, "
-        f"{os.cpu_count()} CPUs ({cpu})"
-    )
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=4096)
@@ -146,7 +133,7 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    print(machine())
+    print(perf.machine_description())
     print(
         f"float32, T={args.tokens} D={args.hidden} F={args.expert_width}, top-{args.top_k} + "
         f"{args.shared} shared; medians, ratios to the bound in the same run"

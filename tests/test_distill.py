@@ -165,6 +165,10 @@ def test_distill_recipe_end_to_end(tmp_path, monkeypatch):
         config.distill.validation_fraction = 1.0
         distill.run(config, work)
     config.distill.validation_fraction = 0.05
+    with pytest.raises(ValueError, match="config.distill.lmbda=1.5"):
+        config.distill.lmbda = 1.5
+        distill.run(config, work)
+    config.distill.lmbda = 0.5
     with pytest.raises(ValueError, match="mode='bogus'"):
         config.distill.mode = "bogus"
         distill.run(config, work)
@@ -211,6 +215,14 @@ def test_distill_vs_rl_trains_the_same_student_both_ways(tmp_path, monkeypatch):
     config.distill.mode = "gkd"
     with pytest.raises(ValueError, match="config.distill.mode='gkd'; allowed here: 'sft'"):
         distill_vs_rl.run(config, work)
+
+
+def test_distill_vs_rl_checks_the_student_grpo_settings_before_anything_runs(tmp_path):
+    config = runpy.run_path(os.path.join(ROOT, "experiments", "distill_vs_rl.py"))["get_config"]()
+    config.student_rl.grpo.num_generations = 1
+    with pytest.raises(ValueError, match="config.grpo.num_generations=1"):
+        distill_vs_rl.run(config, str(tmp_path / "never"))
+    assert not (tmp_path / "never").exists()
 
 
 def test_pair_rows_masks_exactly_the_completion_tokens():

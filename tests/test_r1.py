@@ -106,7 +106,12 @@ def test_r1_pipeline_end_to_end(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize(
     "key,value",
-    [("task.name", "countdown"), ("final_grpo.num_steps", -1), ("cold_start.num_examples", 1)],
+    [
+        ("task.name", "countdown"),
+        ("final_grpo.num_steps", -1),
+        ("cold_start.num_examples", 1),
+        ("sft.validation_fraction", 1.0),
+    ],
 )
 def test_r1_config_errors_name_the_key(key, value):
     config = tiny_r1_config("")

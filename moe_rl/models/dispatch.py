@@ -247,10 +247,18 @@ def sparse_dispatch(
     [G,R,D] x [G,D,F]; the slots are sized for the worst routing and the chunks past the last
     copy are skipped with `lax.cond`, so nothing is dropped and empty slots cost almost nothing.
     """
-    T, K = expert_ids_TK.shape
+    return _sparse(x_TD, expert_ids_TK, gates_TK, w_gate_EDF, w_up_EDF, w_down_EFD,
+                   capacity_factor, chunk_rows, absent=False)  # fmt: skip
+
+
+def _sparse(x_TD, ids_TK, gates_TK, w_gate_EDF, w_up_EDF, w_down_EFD, capacity_factor,
+            chunk_rows, absent: bool):  # fmt: skip
+    """The sorted dispatch over the E experts of the weights given; with `absent`, id E marks
+    copies whose expert is elsewhere (see `_layout`)."""
+    T, K = ids_TK.shape
     E = w_gate_EDF.shape[0]
     R = group_rows(T, K, E, capacity_factor, chunk_rows)
-    layout = _layout(expert_ids_TK, E, R, chunk_rows)
+    layout = _layout(ids_TK, E, R, chunk_rows, absent=absent)
     return _experts(x_TD, gates_TK, w_gate_EDF, w_up_EDF, w_down_EFD, layout)
 
 
@@ -283,10 +291,8 @@ def local_experts(
             f"model.moe_impl={impl!r} has no expert-parallel form; allowed with "
             "mesh.expert > 1: ('sparse', 'dense')"
         )
-    T, K = expert_ids_TK.shape
-    R = group_rows(T, K, E_local, capacity_factor, chunk_rows)
-    layout = _layout(ids_TK, E_local, R, chunk_rows, absent=True)
-    return _experts(x_TD, gates_TK, w_gate_EDF, w_up_EDF, w_down_EFD, layout)
+    return _sparse(x_TD, ids_TK, gates_TK, w_gate_EDF, w_up_EDF, w_down_EFD,
+                   capacity_factor, chunk_rows, absent=True)  # fmt: skip
 
 
 def ragged_dispatch(x_TD, expert_ids_TK, gates_TK, w_gate_EDF, w_up_EDF, w_down_EFD):

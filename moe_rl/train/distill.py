@@ -18,7 +18,7 @@ import ml_collections
 import numpy as np
 
 from moe_rl import checkpoint, evaluate, rewards, sampling
-from moe_rl.data import tokenizers
+from moe_rl.data import packing, tokenizers
 from moe_rl.data.tasks import Example, Task, task_from_config
 from moe_rl.models import counting, transformer
 from moe_rl.models.config import ModelConfig
@@ -239,8 +239,6 @@ def run_gkd(
     (cfg, params, model_state)."""
     t = config.train
     lm.validate_train_config(config, student_cfg)
-    if not 0 <= lmbda <= 1:
-        raise ValueError(f"config.distill.lmbda={lmbda!r}; allowed: in [0, 1]")
     tx = lm.make_optimizer(config.optim, t.num_steps)
     state, checkpointer, data_state = lm.restore_or_init(config, student_cfg, tx, workdir)
     batches = GKDBatches(train_rows, t.batch_size, lmbda, config.seed)
@@ -252,9 +250,10 @@ def run_gkd(
         lm.make_train_step(student_cfg, lc, tx, t.bias_update_rate, loss_fn), donate_argnums=0
     )
     step = make_gkd_step(train_step, student_cfg, tokenizer, sp, t.seq_len, config.seed)
+    pairs = [(r["prompt"], r["completion"]) for r in val_rows[: t.batch_size * t.eval_batches]]
     val = [
-        pair_rows(*b, t.seq_len, tokenizer.pad_id)
-        for b in _val_ids(tokenizer, val_rows, t.batch_size, t.eval_batches)
+        packing.sft_batch(pairs[b : b + t.batch_size], tokenizer, t.seq_len, t.batch_size, False)
+        for b in range(0, len(pairs), t.batch_size)
     ]
     eval_step = jax.jit(lm.make_eval_step(student_cfg, lc))
 
@@ -280,22 +279,6 @@ def run_gkd(
     )
     checkpointer.close()
     return {"rows": rows}
-
-
-def _val_ids(tokenizer, rows: list[dict], batch_size: int, num_batches: int):
-    """Up to num_batches (prompt ids, completion ids) batches of the validation rows."""
-    bos = tokenizer.bos_id is not None
-    out = []
-    for b in range(0, min(len(rows), batch_size * num_batches), batch_size):
-        part = rows[b : b + batch_size]
-        part = part + [part[0]] * (batch_size - len(part))  # one compiled shape
-        out.append(
-            (
-                [tokenizer.encode(r["prompt"], add_bos=bos) for r in part],
-                [tokenizer.encode(r["completion"], add_eos=True) for r in part],
-            )
-        )
-    return out
 
 
 def teacher_workdir(config, workdir: str) -> str:
@@ -326,9 +309,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         ("num_questions", d.num_questions >= 1, ">= 1"),
         ("samples_per_question", d.samples_per_question >= 1, ">= 1"),
         ("validation_fraction", 0 <= d.validation_fraction < 1, "in [0, 1)"),
+        ("lmbda", 0 <= d.lmbda <= 1, "in [0, 1] (gkd: the fraction of student-written batches)"),
     ):
         if not ok:
             raise ValueError(f"config.distill.{key}={d[key]!r}; allowed: {allowed}")
+    # Sampling blocks fail here, before the teacher and the student run, not when first used.
+    sp = sampling.SamplingParams.from_config(d.sampling)
+    student_sp = sampling.SamplingParams.from_config(d.student_sampling)
     teacher_cfg = ModelConfig.from_config(config.teacher.model)
     student_cfg = ModelConfig.from_config(config.student.model)
     if d.mode != "sft" and student_cfg.vocab_size != teacher_cfg.vocab_size:
@@ -349,7 +336,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     teacher_params, teacher_state, teacher_source = evaluate.load_model(load, teacher_cfg)
 
     # 1. The teacher's verified answers to training questions.
-    sp = sampling.SamplingParams.from_config(d.sampling)
     questions = task.examples("train", d.num_questions, seed=d.question_seed)
     rows, stats = teacher_dataset(
         os.path.join(workdir, "data", "teacher.jsonl"), teacher_cfg, teacher_params,
@@ -387,10 +373,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     print(f"{d.mode} of the student on {len(train_rows)} teacher answers into {student_dir}")
     teacher = (teacher_cfg, teacher_params, teacher_state)
     if d.mode == "gkd":
-        gkd_sp = sampling.SamplingParams.from_config(d.student_sampling)
         run_gkd(sft, student_dir, student_cfg, teacher, tokenizer, train_rows,
-                val_rows or train_rows[:1], dc,
-                d.lmbda, gkd_sp)  # fmt: skip
+                val_rows or train_rows[:1], dc, d.lmbda, student_sp)  # fmt: skip
     else:
         lm.run(sft, student_dir, loss_fn=kd_loss_fn(*teacher, dc) if d.mode != "sft" else None)
 

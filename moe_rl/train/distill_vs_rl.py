@@ -16,6 +16,9 @@ import os
 
 import ml_collections
 
+from moe_rl import evaluate
+from moe_rl.data import tokenizers
+from moe_rl.data.tasks import task_from_config
 from moe_rl.models import counting
 from moe_rl.models.config import ModelConfig
 from moe_rl.train import distill, grpo, loop
@@ -38,6 +41,16 @@ def student_rl_config(config, workdir: str, tokenizer_dir: str) -> ml_collection
     return c
 
 
+def prompt_tokens(task_config, tokenizer_dir: str, n: int = 64) -> int:
+    """Mean prompt length in tokens over n training questions (the R1-Zero template is ~120)."""
+    examples = task_from_config(task_config).examples("train", n, seed=task_config.seed)
+    tokenizer = tokenizers.get_tokenizer(tokenizer_dir)
+    _, ids = evaluate.prompts_for(
+        tokenizer, examples, task_config.template, task_config.think_opened
+    )
+    return round(sum(map(len, ids)) / len(ids))
+
+
 def estimate(cfg: ModelConfig, trained: float, forward: float, seq_len: int) -> float:
     """FLOPs of `trained` tokens through forward and backward and `forward` tokens through the
     forward pass only (a third of training's), at sequence length seq_len."""
@@ -51,10 +64,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
             f"config.distill.mode={config.distill.mode!r}; allowed here: 'sft' (R1's comparison "
             "is SFT distillation vs RL)"
         )
+    # (b)'s settings are checked before (a) runs, not half an hour later.
+    grpo.validate_grpo_config(student_rl_config(config, workdir, ""))
     distilled = distill.run(config, workdir)  # reused when it already ran in this workdir
     teacher_dir = distill.teacher_workdir(config, workdir)
     tokenizer_dir = grpo.base_tokenizer(config.teacher, teacher_dir)
     rl_config = student_rl_config(config, workdir, tokenizer_dir)
+    prompt = prompt_tokens(config.teacher.task, tokenizer_dir)
     print("Training the same student with GRPO from its own base")
     rl = grpo.run(rl_config, os.path.join(workdir, "student_grpo"))
 
@@ -68,8 +84,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     sft_seconds = sum(r.get("step_seconds", 0.0) for r in sft_rows)
     # The teacher's sampling: each prompt prefilled once per sample batch, then decoding.
     stats = distilled["data"]
-    prompt_tokens = stats["sampled"] * 128  # the R1-Zero prompt is ~120 tokens
-    teacher_sampling = estimate(teacher, 0, stats["generated_tokens"] + prompt_tokens, 256)
+    teacher_sampling = estimate(
+        teacher, 0, stats["generated_tokens"] + stats["sampled"] * prompt, 256
+    )
     # (b) GRPO: sampling (prompt + generated), the reference forward and the update over the
     # packed rows (prompt + G completions of max_new_tokens each).
     rl_rows = [r for r in loop.read_metrics(os.path.join(workdir, "student_grpo")) if "reward" in r]
@@ -77,13 +94,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     row_tokens = (
         g.num_steps
         * g.num_questions
-        * (128 + g.num_generations * rl_config.sampling.max_new_tokens)
+        * (prompt + g.num_generations * rl_config.sampling.max_new_tokens)
     )
     rl_flops = estimate(
         student,
         row_tokens * g.num_iterations,
-        generated + g.num_steps * g.num_questions * 128 + (row_tokens if g.beta > 0 else 0),
-        rl_config.sampling.max_new_tokens + 128,
+        generated + g.num_steps * g.num_questions * prompt + (row_tokens if g.beta > 0 else 0),
+        rl_config.sampling.max_new_tokens + prompt,
     )
     rl_seconds = rl["seconds"]["grpo"]
 

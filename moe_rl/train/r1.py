@@ -39,11 +39,18 @@ ConfigDict = ml_collections.ConfigDict
 def validate_r1_config(config: ml_collections.ConfigDict) -> None:
     """The checks that need no compilation; errors name the key and what is allowed."""
     grpo.validate_grpo_config(config)
+    sampling.SamplingParams.from_config(config.rejection.sampling)
     checks = [
         ("cold_start.num_examples", config.cold_start.num_examples >= 2, ">= 2"),
         ("rejection.num_questions", config.rejection.num_questions >= 1, ">= 1"),
         ("rejection.samples_per_question", config.rejection.samples_per_question >= 1, ">= 1"),
         ("final_grpo.num_steps", config.final_grpo.num_steps >= 0, ">= 0 (0 skips stage 5)"),
+        (
+            "cold_start.validation_fraction",
+            0 <= config.cold_start.validation_fraction < 1,
+            "in [0, 1)",
+        ),
+        ("sft.validation_fraction", 0 <= config.sft.validation_fraction < 1, "in [0, 1)"),
         ("task.name", config.task.name == "arithmetic", "'arithmetic' (the cold-start writer)"),
     ]
     for key, ok, allowed in checks:
@@ -130,11 +137,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     # 5. Optional final RL.
     results = {
-        "base": rl_eval_or_new(config, cfg, tokenizer, task, base_dir, workdir, "base"),
+        "base": evaluate_checkpoint(config, cfg, tokenizer, task, base_dir, workdir, "base"),
         "cold_start": rl["before"],
         "rl": rl["after"],
     }
-    rl2 = None
     if config.final_grpo.num_steps > 0:
         rl2_dir = os.path.join(workdir, "rl2")
         print(f"Stage 5: GRPO from the SFT model into {rl2_dir}")
@@ -143,7 +149,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         )
         results.update(sft=rl2["before"], rl2=rl2["after"])
     else:
-        results["sft"] = rl_eval_or_new(config, cfg, tokenizer, task, sft_dir, workdir, "sft")
+        results["sft"] = evaluate_checkpoint(config, cfg, tokenizer, task, sft_dir, workdir, "sft")
 
     k = config.eval.num_samples
     names = {
@@ -183,7 +189,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return summary
 
 
-def rl_eval_or_new(config, cfg, tokenizer, task, folder: str, workdir: str, name: str) -> dict:
+def evaluate_checkpoint(config, cfg, tokenizer, task, folder: str, workdir: str, name: str) -> dict:
     """Held-out metrics of `folder`'s newest checkpoint, with the same questions, samples and
     key as the GRPO stages' evaluations; cached in <workdir>/eval_<name>.json per checkpoint."""
     step = checkpoint.Checkpointer(folder, async_save=False).latest_step()

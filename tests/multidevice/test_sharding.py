@@ -12,7 +12,7 @@ from jax.sharding import PartitionSpec as P
 from moe_rl import sampling, sharding
 from moe_rl.models import transformer
 from moe_rl.train import configs, lm
-from tests.utils import make_config
+from tests.utils import make_config, tiny_pretrain_config
 
 MESHES = {
     "data8": dict(data=8),
@@ -187,39 +187,18 @@ def test_mesh_errors_name_the_key():
         sharding.state_shardings(abstract, cfg, sharding.make_mesh(dict(tensor=8)))
 
 
-def pretrain_config(num_steps, **mesh):
-    import os
-    import runpy
-
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    config = runpy.run_path(os.path.join(root, "experiments/pretrain_moe.py"))["get_config"]()
-    config.update_from_flattened_dict(
-        {
-            "train.num_steps": num_steps,
-            "train.batch_size": 8,
-            "train.seq_len": 32,
-            "train.eval_batches": 1,
-            "train.checkpoint_every": 2,
-            "data.num_documents": 200,
-            "data.num_validation": 20,
-            **{f"mesh.{k}": v for k, v in mesh.items()},
-        }
-    )
-    return config
-
-
 def test_pretraining_recipe_with_expert_parallelism_trains_like_one_device(tmp_path):
     """`--config.mesh.expert=4` (the rest data parallel) gives the single-device losses, and a
     run stopped after 2 steps resumes on the mesh from its sharded checkpoint."""
     from moe_rl.train import loop
 
     losses = lambda wd: [r["loss"] for r in loop.read_metrics(str(wd)) if "loss" in r]
-    lm.run(pretrain_config(3, data=1), str(tmp_path / "one"))  # one device: no mesh
-    lm.run(pretrain_config(2, data=-1, expert=4), str(tmp_path / "ep"))
-    lm.run(pretrain_config(3, data=-1, expert=4), str(tmp_path / "ep"))  # resumes at step 2
+    lm.run(tiny_pretrain_config(3, data=1), str(tmp_path / "one"))  # one device: no mesh
+    lm.run(tiny_pretrain_config(2, data=-1, expert=4), str(tmp_path / "ep"))
+    lm.run(tiny_pretrain_config(3, data=-1, expert=4), str(tmp_path / "ep"))  # resumes at step 2
     np.testing.assert_allclose(losses(tmp_path / "ep"), losses(tmp_path / "one"), rtol=2e-5)
     with pytest.raises(ValueError, match="config.train.batch_size/grad_accum=6 rows"):
-        config = pretrain_config(1, data=-1, expert=4)
+        config = tiny_pretrain_config(1, data=-1, expert=4)
         config.train.batch_size = 6
         lm.run(config, str(tmp_path / "bad"))
 

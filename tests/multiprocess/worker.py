@@ -12,30 +12,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import runpy
 
 import numpy as np
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def pretrain_config(num_steps: int, mesh: dict[str, int]):
-    """experiments/pretrain_moe.py shrunk as in tests/multidevice/test_sharding.py."""
-    config = runpy.run_path(os.path.join(ROOT, "experiments/pretrain_moe.py"))["get_config"]()
-    config.update_from_flattened_dict(
-        {
-            "train.num_steps": num_steps,
-            "train.batch_size": 8,
-            "train.seq_len": 32,
-            "train.eval_batches": 1,
-            "train.checkpoint_every": 2,
-            "data.num_documents": 200,
-            "data.num_validation": 20,
-            **{f"mesh.{k}": v for k, v in mesh.items()},
-        }
-    )
-    return config
 
 
 def parse_mesh(text: str) -> dict[str, int]:
@@ -65,8 +43,9 @@ def main() -> None:
         )
     from moe_rl import sharding
     from moe_rl.train import lm
+    from tests.utils import tiny_pretrain_config
 
-    config = pretrain_config(args.steps, parse_mesh(args.mesh))
+    config = tiny_pretrain_config(args.steps, **parse_mesh(args.mesh))
     mesh = sharding.mesh_from_config(config)
     groups = None  # the processes holding each expert group (the devices along 'expert')
     if mesh is not None:
