@@ -11,6 +11,7 @@ import os
 
 import ml_collections
 
+from moe_rl import plots
 from moe_rl.models import counting
 from moe_rl.models.config import ModelConfig
 from moe_rl.train import lm
@@ -38,6 +39,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         json.dump(out, f, indent=2)
     with open(os.path.join(workdir, "comparison.md"), "w") as f:
         f.write(table + "\n")
+    plots.plot_runs(
+        {name: os.path.join(workdir, name) for name in summaries},
+        ["ce", "val_loss"],
+        os.path.join(workdir, "comparison.png"),
+        title="MoE vs dense at equal activated parameters",
+    )
     return out
 
 
