@@ -83,6 +83,9 @@ def get_config() -> ConfigDict:
                 question_seed=1,
                 samples_per_question=4,
                 shortest_only=False,  # keep only the shortest verified answer per question
+                # True: keep only verified answers (R1's rejection sampling); False: every
+                # sample (sequence-level KD, Kim & Rush 2016; a pipeline check with a weak teacher)
+                rejection=True,
                 validation_fraction=0.05,  # questions held out of SFT for its validation loss
                 sampling=dict(temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=80),
             ),

@@ -17,7 +17,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from moe_rl import checkpoint, evaluate, rewards, sampling
+from moe_rl import checkpoint, evaluate, plots, rewards, sampling
 from moe_rl.data import packing, tokenizers
 from moe_rl.data.tasks import Example, Task, task_from_config
 from moe_rl.models import counting, transformer
@@ -56,8 +56,12 @@ def teacher_dataset(
     key: jax.Array,
     shortest_only: bool = False,
     teacher: str = "",
+    rejection: bool = True,
 ) -> tuple[list[dict], dict]:
     """(rows, stats) of the rejection-sampled dataset at `path` (JSONL), made now or reused.
+
+    `rejection=False` keeps every sample, verified or not (sequence-level KD, Kim & Rush 2016);
+    stats['verified'] then still counts the correct, well-formatted ones.
 
     It is reused only when its stats record the same teacher (a description such as its
     checkpoint path and step), questions, k and sampling; otherwise it is made again.
@@ -69,6 +73,7 @@ def teacher_dataset(
         "template": template,
         "shortest_only": shortest_only,
         "teacher": teacher,
+        "rejection": rejection,
     }
     stats_file = distill_data.stats_path(path)
     if os.path.exists(path) and os.path.exists(stats_file):
@@ -81,6 +86,10 @@ def teacher_dataset(
         cfg, params, model_state, tokenizer, ids, k, sp, batch_size, key
     )
     correct, formatted = verify(task, examples, texts, k, think_opened)
+    verified = sum(c and f for cq, fq in zip(correct, formatted, strict=True)
+                   for c, f in zip(cq, fq, strict=True))  # fmt: skip
+    if not rejection:
+        correct = formatted = [[True] * k for _ in examples]
     grouped = lambda xs: [list(xs[q * k : (q + 1) * k]) for q in range(len(examples))]
     rows, stats = distill_data.select_answers(
         [ex.question for ex in examples],
@@ -90,6 +99,7 @@ def teacher_dataset(
         shortest_only=shortest_only,
         num_tokens=grouped([int(n) for n in lengths]),
     )
+    stats["verified"] = verified
     prompt_of = dict(zip([ex.question for ex in examples], prompts, strict=True))
     answer_of = {ex.question: ex.answer for ex in examples}
     rows = [
@@ -342,6 +352,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         teacher_state, tokenizer, task, questions, k=d.samples_per_question, sp=sp,
         template=t.template, think_opened=t.think_opened, batch_size=config.eval.batch_size,
         key=jax.random.key(config.seed), shortest_only=d.shortest_only, teacher=teacher_source,
+        rejection=d.rejection,
     )  # fmt: skip
     if not rows:
         raise ValueError(
@@ -411,10 +422,15 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         "data": {k: v for k, v in stats.items() if k != "of"},
         "results": results,
         "student_share_of_teacher_pass@1": share,
+        "params": {
+            name: counting.param_counts(teacher_cfg if name == "teacher" else student_cfg)
+            for name in results
+        },
         "table": table,
     }
     with open(os.path.join(workdir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
+    summary["plot"] = plots.plot_distill(summary, os.path.join(workdir, "distill.png"))
     print(
         f"\nTeacher data: {stats['kept']} answers kept of {stats['sampled']} sampled "
         f"(acceptance {stats['acceptance_rate']:.2f}) for {stats['questions']} questions"

@@ -21,7 +21,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -32,7 +34,7 @@ import optax
 from absl import logging
 from tqdm.auto import tqdm
 
-from moe_rl import checkpoint, evaluate, plots, rewards, sampling, sharding
+from moe_rl import checkpoint, evaluate, hf, plots, rewards, sampling, sharding
 from moe_rl.data import tokenizers
 from moe_rl.data.tasks import TEMPLATES, Example, Task, task_from_config
 from moe_rl.models import moe, transformer
@@ -332,8 +334,12 @@ def validate_grpo_config(config: ml_collections.ConfigDict) -> None:
 
 def base_model(config, cfg: ModelConfig, workdir: str):
     """(params, model_state, description) of the base policy: config.init_checkpoint's newest
-    checkpoint, else a model pretrained now with config.pretrain into <workdir>/base."""
+    checkpoint (or a Hugging Face model folder), else a model pretrained now with
+    config.pretrain into <workdir>/base."""
     source = config.init_checkpoint
+    if hf.is_hf_folder(source):
+        params, model_state = hf.load_params(source, cfg)
+        return params, model_state, f"{source} (Hugging Face)"
     if not source:
         source = os.path.join(workdir, "base")
         pre = ml_collections.ConfigDict(config.pretrain.to_dict())
@@ -353,10 +359,18 @@ def base_model(config, cfg: ModelConfig, workdir: str):
 
 
 def base_tokenizer(config, workdir: str) -> str:
-    """config.tokenizer, where 'base' means the base model's own: the tokenizer/ folder its
-    pretraining wrote (a learned BPE), else the byte tokenizer."""
+    """config.tokenizer, where 'base' means the base model's own: a Hugging Face base's
+    tokenizer.json, the tokenizer/ folder its pretraining wrote (a learned BPE), else the byte
+    tokenizer."""
     if config.tokenizer != "base":
         return config.tokenizer
+    if hf.is_hf_folder(config.init_checkpoint):
+        if not os.path.exists(os.path.join(config.init_checkpoint, "tokenizer.json")):
+            raise ValueError(
+                f"config.init_checkpoint={config.init_checkpoint!r} has no tokenizer.json: "
+                "set --config.tokenizer=<a folder holding the model's tokenizer.json>"
+            )
+        return config.init_checkpoint
     folder = os.path.join(config.init_checkpoint or os.path.join(workdir, "base"), "tokenizer")
     return folder if os.path.exists(os.path.join(folder, "tokenizer.json")) else "byte"
 
@@ -412,6 +426,34 @@ def append_samples(path: str, step: int, ro: Rollout, n: int) -> None:
             )
 
 
+def samples_by_step(workdir: str) -> dict[int, list[str]]:
+    """The sample blocks of <workdir>/samples.txt (header line + completion) by GRPO step."""
+    path = os.path.join(workdir, "samples.txt")
+    out: dict[int, list[str]] = {}
+    if not os.path.exists(path):
+        return out
+    with open(path) as f:
+        text = f.read()
+    # append_samples' headers start the file or follow a blank line.
+    starts = list(re.finditer(r"(?:^|\n\n)=== step (\d+) \|", text))
+    for i, m in enumerate(starts):
+        end = starts[i + 1].start() if i + 1 < len(starts) else len(text)
+        block = text[m.start() : end].strip("\n")
+        out.setdefault(int(m.group(1)), []).append(block + "\n")
+    return out
+
+
+def first_and_last_samples(workdir: str, n: int = 2) -> str:
+    """Up to n sampled completions of the first and of the last step that wrote samples: the
+    reasoning traces at the start and at the end of training."""
+    by_step = samples_by_step(workdir)
+    if not by_step:
+        return f"no samples in {workdir}/samples.txt"
+    steps = sorted(by_step)
+    chosen = [steps[0]] if len(steps) == 1 else [steps[0], steps[-1]]
+    return "\n".join(block for step in chosen for block in by_step[step][:n])
+
+
 def before_after_table(before: dict, after: dict, k: int) -> str:
     rows = ["| metric | base | after GRPO |", "| --- | ---: | ---: |"]
     for key in ("pass@1", f"maj@{k}", "format_rate", "mean_length"):
@@ -420,21 +462,28 @@ def before_after_table(before: dict, after: dict, k: int) -> str:
     return "\n".join(rows)
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def run(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    on_step: Callable[[int, dict], None] | None = None,
+) -> dict:
+    """Recipe 'r1_zero'; `on_step(step, metrics)` is called after each GRPO step (e.g. a live
+    plot in a notebook). A Hugging Face `init_checkpoint` brings its own model config."""
+    config = hf.with_hf_model(config)
     validate_grpo_config(config)
     mesh = sharding.mesh_from_config(config)
     if mesh is None:
-        return _run(config, workdir, None)
+        return _run(config, workdir, None, on_step)
     g = config.grpo
     sharding.check_batch(g.num_questions, mesh, "config.grpo.num_questions")
     sharding.check_batch(
         g.minibatch_size // g.num_generations, mesh, "config.grpo.minibatch_size/num_generations"
     )
     with jax.set_mesh(mesh):
-        return _run(config, workdir, mesh)
+        return _run(config, workdir, mesh, on_step)
 
 
-def _run(config: ml_collections.ConfigDict, workdir: str, mesh) -> dict:
+def _run(config: ml_collections.ConfigDict, workdir: str, mesh, on_step=None) -> dict:
     cfg = ModelConfig.from_config(config.model)
     g, t = config.grpo, config.task
     lc = grpo_loss.LossConfig.from_config(g)
@@ -554,8 +603,13 @@ def _run(config: ml_collections.ConfigDict, workdir: str, mesh) -> dict:
             loop.check_finite(grpo_step, metrics)
             writer.write(grpo_step, metrics)
             rows.append({"step": grpo_step, **metrics})
-            if g.samples_every and grpo_step % g.samples_every == 0:
+            # Every samples_every steps, and always the first and the last step's.
+            if g.samples_every and (
+                grpo_step % g.samples_every == 0 or grpo_step in (1, g.num_steps)
+            ):
                 append_samples(samples_path, grpo_step, ro, g.samples_per_write)
+            if on_step is not None:
+                on_step(grpo_step, metrics)
             bar.update(1)
             bar.set_postfix(
                 loop.format_metrics(metrics, ("reward", "accuracy", "format", "response_length"))
@@ -576,12 +630,7 @@ def _run(config: ml_collections.ConfigDict, workdir: str, mesh) -> dict:
         config.eval.num_printed,
     )  # fmt: skip
     all_rows = loop.read_metrics(workdir)
-    plot = plots.plot_curves(
-        all_rows,
-        ["accuracy", "format", "response_length", "reward", "kl", "entropy"],
-        os.path.join(workdir, "r1_zero.png"),
-        title=f"GRPO on {t.name}",
-    )
+    plot = plots.plot_grpo(all_rows, os.path.join(workdir, "r1_zero.png"), f"GRPO on {t.name}")
     result: dict[str, Any] = {
         "task": t.name,
         "base": source,
