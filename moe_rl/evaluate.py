@@ -21,7 +21,7 @@ import numpy as np
 import tqdm
 from absl import logging
 
-from moe_rl import checkpoint, eval_metrics, rewards, sampling
+from moe_rl import checkpoint, eval_metrics, hf, rewards, sampling
 from moe_rl.data import tokenizers
 from moe_rl.data.tasks import TEMPLATES, Example, Task, format_prompt, task_from_config
 from moe_rl.models import transformer
@@ -42,6 +42,9 @@ def load_model(config: ml_collections.ConfigDict, cfg: ModelConfig):
         logging.warning("config.checkpoint is empty: evaluating a freshly initialised model")
         model = init()
         return model["params"], model["model_state"], "fresh init"
+    if hf.is_hf_folder(config.checkpoint):
+        params, model_state = hf.load_params(config.checkpoint, cfg)
+        return params, model_state, f"{config.checkpoint} (Hugging Face)"
     if not os.path.isdir(os.path.join(config.checkpoint, "checkpoints")):
         raise ValueError(
             f"config.checkpoint={config.checkpoint!r} is not a workdir with checkpoints/ "
@@ -241,7 +244,13 @@ def check_tokenizer(tokenizer, cfg: ModelConfig) -> None:
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    config = hf.with_hf_model(config, "checkpoint")  # a Hugging Face folder brings its model
     validate_eval_config(config)
+    if hf.is_hf_folder(config.checkpoint) and config.tokenizer == "byte":
+        raise ValueError(
+            f"config.tokenizer='byte' with the Hugging Face model config.checkpoint="
+            f"{config.checkpoint!r}: use its tokenizer, --config.tokenizer={config.checkpoint}"
+        )
     cfg = ModelConfig.from_config(config.model)
     sp = sampling.SamplingParams.from_config(config.sampling)
     e, t = config.eval, config.task

@@ -34,7 +34,7 @@ import optax
 from absl import logging
 from tqdm.auto import tqdm
 
-from moe_rl import checkpoint, evaluate, plots, rewards, sampling, sharding
+from moe_rl import checkpoint, evaluate, hf, plots, rewards, sampling, sharding
 from moe_rl.data import tokenizers
 from moe_rl.data.tasks import TEMPLATES, Example, Task, task_from_config
 from moe_rl.models import moe, transformer
@@ -334,8 +334,12 @@ def validate_grpo_config(config: ml_collections.ConfigDict) -> None:
 
 def base_model(config, cfg: ModelConfig, workdir: str):
     """(params, model_state, description) of the base policy: config.init_checkpoint's newest
-    checkpoint, else a model pretrained now with config.pretrain into <workdir>/base."""
+    checkpoint (or a Hugging Face model folder), else a model pretrained now with
+    config.pretrain into <workdir>/base."""
     source = config.init_checkpoint
+    if hf.is_hf_folder(source):
+        params, model_state = hf.load_params(source, cfg)
+        return params, model_state, f"{source} (Hugging Face)"
     if not source:
         source = os.path.join(workdir, "base")
         pre = ml_collections.ConfigDict(config.pretrain.to_dict())
@@ -355,10 +359,18 @@ def base_model(config, cfg: ModelConfig, workdir: str):
 
 
 def base_tokenizer(config, workdir: str) -> str:
-    """config.tokenizer, where 'base' means the base model's own: the tokenizer/ folder its
-    pretraining wrote (a learned BPE), else the byte tokenizer."""
+    """config.tokenizer, where 'base' means the base model's own: a Hugging Face base's
+    tokenizer.json, the tokenizer/ folder its pretraining wrote (a learned BPE), else the byte
+    tokenizer."""
     if config.tokenizer != "base":
         return config.tokenizer
+    if hf.is_hf_folder(config.init_checkpoint):
+        if not os.path.exists(os.path.join(config.init_checkpoint, "tokenizer.json")):
+            raise ValueError(
+                f"config.init_checkpoint={config.init_checkpoint!r} has no tokenizer.json: "
+                "set --config.tokenizer=<a folder holding the model's tokenizer.json>"
+            )
+        return config.init_checkpoint
     folder = os.path.join(config.init_checkpoint or os.path.join(workdir, "base"), "tokenizer")
     return folder if os.path.exists(os.path.join(folder, "tokenizer.json")) else "byte"
 
@@ -456,7 +468,8 @@ def run(
     on_step: Callable[[int, dict], None] | None = None,
 ) -> dict:
     """Recipe 'r1_zero'; `on_step(step, metrics)` is called after each GRPO step (e.g. a live
-    plot in a notebook)."""
+    plot in a notebook). A Hugging Face `init_checkpoint` brings its own model config."""
+    config = hf.with_hf_model(config)
     validate_grpo_config(config)
     mesh = sharding.mesh_from_config(config)
     if mesh is None:

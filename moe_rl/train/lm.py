@@ -22,7 +22,7 @@ import numpy as np
 import optax
 from absl import logging
 
-from moe_rl import perf, plots, sharding
+from moe_rl import hf, perf, plots, sharding
 from moe_rl.checkpoint import Checkpointer
 from moe_rl.data import corpus, packing, tokenizers
 from moe_rl.models import counting, moe, transformer
@@ -328,7 +328,11 @@ def restore_or_init(config, cfg: ModelConfig, tx, workdir: str, mesh=None):
         logging.info("Resuming %s from step %d", workdir, step)
         return state, checkpointer, extra.get("data")
     state = init()
-    if config.get("init_checkpoint"):
+    if hf.is_hf_folder(config.get("init_checkpoint")):
+        model_sh = None if shardings is None else (shardings.params, shardings.model_state)
+        params, model_state = hf.load_params(config.init_checkpoint, cfg, model_sh)
+        state = state.replace(params=params, model_state=model_state)
+    elif config.get("init_checkpoint"):
         # Only the model is read: any train state (pretraining, SFT, GRPO) is a valid start.
         source = Checkpointer(config.init_checkpoint, async_save=False).restore_latest_model(
             {"params": abstract.params, "model_state": abstract.model_state}
@@ -363,7 +367,17 @@ def run_tokenizer(name: str, train_src, workdir: str):
 
 def run(config: ml_collections.ConfigDict, workdir: str, loss_fn: Callable | None = None) -> dict:
     """Recipes 'pretrain' and 'sft': train, evaluate, checkpoint, plot; returns the summary.
-    `loss_fn` replaces the training loss (see make_train_step); validation stays the CE."""
+    `loss_fn` replaces the training loss (see make_train_step); validation stays the CE.
+    A Hugging Face `init_checkpoint` brings its model config (and must bring its tokenizer)."""
+    config = hf.with_hf_model(config)
+    if hf.is_hf_folder(config.get("init_checkpoint")) and (
+        config.data.tokenizer == "byte" or config.data.tokenizer.startswith("bpe:")
+    ):
+        raise ValueError(
+            f"config.data.tokenizer={config.data.tokenizer!r} with the Hugging Face model "
+            f"config.init_checkpoint={config.init_checkpoint!r}: use its tokenizer, "
+            f"--config.data.tokenizer={config.init_checkpoint}"
+        )
     cfg = ModelConfig.from_config(config.model)
     validate_train_config(config, cfg)
     mesh = sharding.mesh_from_config(config)

@@ -1,0 +1,400 @@
+"""Hugging Face import/export: logits parity with `transformers` (PyTorch, CPU, float32) on tiny
+random models, the recipes on a Hugging Face base, and errors that name what is wrong.
+
+The parity tests need the `hf` extra (torch + transformers), which `.ci/run` installs; the
+format tests below them need neither.
+"""
+
+import functools
+import json
+import os
+import shutil
+
+import chex
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+from safetensors.numpy import load_file, save_file
+
+from moe_rl import hf
+from moe_rl.models import transformer
+from moe_rl.models.config import ModelConfig, model_config_dict, preset
+from tests.utils import ROOT, jitted_forward, make_config
+
+COMMON = dict(
+    vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=3,
+    num_attention_heads=4, max_position_embeddings=64,
+)  # fmt: skip
+MLA = dict(kv_lora_rank=16, qk_nope_head_dim=8, qk_rope_head_dim=4, v_head_dim=8,
+           num_key_value_heads=4)  # fmt: skip
+MOE = dict(moe_intermediate_size=16, n_routed_experts=8, n_shared_experts=1,
+           num_experts_per_tok=2, first_k_dense_replace=1)  # fmt: skip
+YARN = dict(type="yarn", factor=4.0, original_max_position_embeddings=16, mscale=0.707,
+            mscale_all_dim=0.707, beta_fast=32.0, beta_slow=1.0)  # fmt: skip
+# name -> (transformers class names, config kwargs)
+MODELS = {
+    # DeepSeek-V3: sigmoid routing, 4 groups (top-2 groups), correction bias, q compression.
+    "deepseek_v3": (
+        "DeepseekV3",
+        dict(**COMMON, **MLA, **MOE, q_lora_rank=16, n_group=4, topk_group=2),
+    ),  # fmt: skip
+    # DeepSeek-V3 layout without query compression (as Moonlight / V2-Lite).
+    "deepseek_v3_no_q_lora": (
+        "DeepseekV3",
+        dict(**COMMON, **MLA, **MOE, q_lora_rank=None, n_group=1, topk_group=1),
+    ),
+    # DeepSeek-V2: softmax routing, group-limited greedy, YaRN with mscale (as V2-Lite).
+    "deepseek_v2": (
+        "DeepseekV2",
+        dict(
+            **COMMON,
+            **MLA,
+            **MOE,
+            q_lora_rank=None,
+            n_group=4,
+            topk_group=2,
+            topk_method="group_limited_greedy",
+            rope_scaling=YARN,
+        ),
+    ),  # fmt: skip
+    # Qwen2: GQA (4 query heads on 2 KV heads), q/k/v biases, tied embeddings, half rotation.
+    "qwen2": ("Qwen2", dict(**COMMON, num_key_value_heads=2, tie_word_embeddings=True)),
+    "llama": ("Llama", dict(**COMMON, num_key_value_heads=2, head_dim=16)),
+}
+B, L = 2, 12
+
+
+def randomize(model, seed=0):
+    """Every weight ~N(0, 0.15^2), norms ~1 +- 0.1 and the routing bias +-0.05: logits of a
+    few units, routing far from ties (transformers' init is too small to test anything)."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _, p in sorted(model.named_parameters()):
+            noise = torch.randn(p.shape, generator=gen)
+            p.copy_(1 + 0.1 * noise if p.ndim == 1 and p.shape[0] != 0 else 0.15 * noise)
+        for name, b in model.named_buffers():
+            if name.endswith("e_score_correction_bias"):
+                b.copy_(0.05 * torch.randn(b.shape, generator=gen))
+    return model.eval()
+
+
+def torch_logits(model, tokens):
+    import torch
+
+    with torch.no_grad():
+        return model(torch.tensor(np.asarray(tokens))).logits.numpy()
+
+
+@pytest.fixture(scope="module", params=list(MODELS))
+def saved(request, tmp_path_factory):
+    """(name, transformers model, folder it was saved to, random tokens, its logits)."""
+    transformers = pytest.importorskip("transformers")
+    family, kwargs = MODELS[request.param]
+    config = getattr(transformers, f"{family}Config")(**kwargs)
+    model = randomize(getattr(transformers, f"{family}ForCausalLM")(config))
+    folder = str(tmp_path_factory.mktemp(request.param))
+    model.save_pretrained(folder)
+    tokens = np.random.default_rng(0).integers(0, COMMON["vocab_size"], (B, L))
+    return request.param, model, folder, tokens, torch_logits(model, tokens)
+
+
+def positions():
+    return jnp.broadcast_to(jnp.arange(L), (B, L))
+
+
+def decode_logits(cfg, params, state, tokens, prefill=5):
+    """Logits of a prefill of `prefill` tokens then one token at a time, from the KV cache."""
+    forward = jitted_forward(cfg, mtp=False)
+    cache = transformer.init_cache(cfg, B, L + 4)
+    pos = positions()
+    out = []
+    for lo, hi in [(0, prefill)] + [(i, i + 1) for i in range(prefill, L)]:
+        logits, cache, _ = forward(params, state, jnp.asarray(tokens[:, lo:hi]), pos[:, lo:hi],
+                                   None, cache)  # fmt: skip
+        out.append(np.asarray(logits))
+    return np.concatenate(out, axis=1)
+
+
+def full_logits(cfg, params, state, tokens):
+    return np.asarray(
+        jitted_forward(cfg, mtp=False)(params, state, jnp.asarray(tokens), positions())[0]
+    )
+
+
+def test_config_maps_the_architecture(saved):
+    name, model, folder, _, _ = saved
+    cfg = hf.model_config(folder)
+    assert cfg.attention == ("mla" if name.startswith("deepseek") else "gqa")
+    assert cfg.rope_interleave == name.startswith("deepseek")
+    if name == "deepseek_v3":
+        assert (cfg.q_lora_rank, cfg.n_group, cfg.topk_group, cfg.scoring_func) == (
+            16, 4, 2, "sigmoid")  # fmt: skip
+        assert cfg.num_moe_layers == 2 and cfg.routed_scaling_factor == 2.5
+    if name == "deepseek_v3_no_q_lora":
+        assert cfg.q_lora_rank is None
+    if name == "deepseek_v2":
+        assert (cfg.scoring_func, cfg.norm_topk_prob, cfg.n_group) == ("softmax", False, 4)
+        assert cfg.rope_scaling.factor == 4.0 and cfg.rope_scaling.mscale_all_dim == 0.707
+    if name == "qwen2":
+        assert cfg.attention_bias and cfg.tie_word_embeddings and cfg.num_key_value_heads == 2
+    if name == "llama":
+        assert not cfg.attention_bias and cfg.head_dim == 16
+
+
+def test_logits_match_transformers_full_forward_and_cached_decode(saved):
+    name, _, folder, tokens, expected = saved
+    cfg, params, state = hf.load_pretrained(folder)
+    logits = full_logits(cfg, params, state, tokens)
+    chex.assert_shape(logits, (B, L, COMMON["vocab_size"]))
+    np.testing.assert_allclose(logits, expected, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(decode_logits(cfg, params, state, tokens), expected, atol=1e-4)
+    if cfg.attention == "mla":  # the absorbed decode above; the expanded one too
+        plain = hf.model_config(folder, mla_absorb=False)
+        np.testing.assert_allclose(decode_logits(plain, params, state, tokens), expected,
+                                   atol=1e-4)  # fmt: skip
+
+
+def test_scanned_layers_load_to_the_same_logits(saved):
+    name, _, folder, tokens, expected = saved
+    cfg, params, state = hf.load_pretrained(folder, scan_layers=True)
+    assert "scan" in params["moe_layers" if cfg.is_moe else "dense_layers"]
+    np.testing.assert_allclose(full_logits(cfg, params, state, tokens), expected, atol=1e-4)
+
+
+def test_export_loads_in_transformers_with_the_same_logits(saved, tmp_path):
+    import transformers
+
+    name, model, folder, tokens, expected = saved
+    cfg, params, state = hf.load_pretrained(folder)
+    out = hf.save_pretrained(str(tmp_path / "export"), cfg, params, state)
+    assert json.load(open(os.path.join(out, "config.json")))["architectures"] == (
+        model.config.architectures or [type(model).__name__]
+    )
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    assert type(reloaded) is type(model)
+    np.testing.assert_allclose(torch_logits(reloaded, tokens), expected, atol=1e-6, rtol=0)
+    # ...and every tensor is the original's, bit for bit.
+    original, exported = load_file(os.path.join(folder, "model.safetensors")), {}
+    for file in os.listdir(out):
+        if file.endswith(".safetensors"):
+            exported.update(load_file(os.path.join(out, file)))
+    assert set(exported) == set(original)
+    for key, value in original.items():
+        np.testing.assert_array_equal(exported[key], value, err_msg=key)
+
+
+def test_bfloat16_params_are_cast_on_load(saved):
+    _, _, folder, tokens, expected = saved
+    cfg, params, state = hf.load_pretrained(folder, param_dtype="bfloat16", dtype="bfloat16")
+    assert {x.dtype for x in jax.tree.leaves(params)} == {jnp.dtype(jnp.bfloat16)}
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(state))  # the routing bias
+    logits = full_logits(cfg, params, state, tokens)
+    assert np.mean(np.argmax(logits, -1) == np.argmax(expected, -1)) > 0.7
+
+
+# ----------------------------------------------------------------------------------------------
+# Without torch: our own models written and read back.
+
+
+@functools.cache
+def tiny_with_bias(scan_layers: bool):
+    """The tiny preset (MLA, 8 experts in 4 groups, MTP depth 1) with random routing biases."""
+    cfg = make_config("tiny", scan_layers=scan_layers)
+    params, state = jax.jit(lambda: transformer.init(cfg, jax.random.key(1)))()
+    leaves, tree = jax.tree.flatten(state)
+    keys = jax.random.split(jax.random.key(2), len(leaves))
+    state = jax.tree.unflatten(
+        tree, [0.1 * jax.random.normal(k, x.shape) for k, x in zip(keys, leaves, strict=True)]
+    )
+    return cfg, params, state
+
+
+def architecture(cfg: ModelConfig) -> dict:
+    fields = hf._fields_of(cfg)
+    return {k: v for k, v in fields.items() if k not in hf.RUNTIME_FIELDS + ("initializer_range",)}
+
+
+@pytest.mark.parametrize("scan_layers", [False, True])
+def test_round_trip_keeps_every_array_including_mtp_and_bias(tmp_path, scan_layers):
+    cfg, params, state = tiny_with_bias(scan_layers)
+    folder = hf.save_pretrained(str(tmp_path), cfg, params, state)
+    stored = load_file(os.path.join(folder, "model.safetensors"))
+    L = cfg.num_hidden_layers
+    assert f"model.layers.{L}.eh_proj.weight" in stored  # MTP as DeepSeek-V3 stores it
+    assert "model.layers.1.mlp.experts.7.down_proj.weight" in stored
+    loaded_cfg, loaded_params, loaded_state = hf.load_pretrained(folder, scan_layers=scan_layers)
+    assert architecture(loaded_cfg) == architecture(cfg)
+    chex.assert_trees_all_equal(loaded_params, params)
+    chex.assert_trees_all_equal(loaded_state, state)
+
+
+def test_mtp_projection_halves_follow_deepseeks_order(tmp_path):
+    """DeepSeek's eh_proj acts on [enorm(emb); hnorm(h)]; ours on [hnorm(h); enorm(emb)]."""
+    cfg, params, state = tiny_with_bias(False)
+    folder = hf.save_pretrained(str(tmp_path), cfg, params, state)
+    stored = load_file(os.path.join(folder, "model.safetensors"))
+    w = stored[f"model.layers.{cfg.num_hidden_layers}.eh_proj.weight"]  # [D, 2D]
+    ours = np.asarray(params["mtp_1_eh_proj"])  # [2D, D]
+    D = cfg.hidden_size
+    e, h = np.random.default_rng(0).normal(size=(2, D)).astype(np.float32)
+    np.testing.assert_allclose(w @ np.concatenate([e, h]), np.concatenate([h, e]) @ ours,
+                               rtol=1e-5, atol=1e-5)  # fmt: skip
+
+
+def test_dense_gqa_model_exports_as_llama_or_qwen2(tmp_path):
+    cfg = make_config("tiny_dense")
+    assert hf.hf_config(cfg)["architectures"] == ["LlamaForCausalLM"]
+    biased = ModelConfig.from_config(
+        model_config_dict(**{**hf._fields_of(cfg), "attention_bias": True})
+    )
+    assert hf.hf_config(biased)["architectures"] == ["Qwen2ForCausalLM"]
+    params, state = jax.jit(lambda: transformer.init(biased, jax.random.key(0)))()
+    folder = hf.save_pretrained(str(tmp_path), biased, params, state)
+    loaded_cfg, loaded, _ = hf.load_pretrained(folder)
+    # Qwen2/Llama have no MTP: the tiny_dense preset has none, so every array comes back.
+    chex.assert_trees_all_equal(loaded, params)
+    assert architecture(loaded_cfg) == architecture(biased)
+
+
+def test_with_hf_model_takes_the_architecture_and_keeps_run_time_choices(tmp_path):
+    cfg, params, state = tiny_with_bias(False)
+    folder = hf.save_pretrained(str(tmp_path / "m"), cfg, params, state)
+    config = ml_collections.ConfigDict(
+        dict(init_checkpoint=folder, model=preset("tiny_dense", dtype="bfloat16", scan_layers=True))
+    )
+    out = hf.with_hf_model(config)
+    assert out.model.attention == "mla" and out.model.n_routed_experts == 8
+    assert out.model.dtype == "bfloat16" and out.model.scan_layers
+    assert config.model.attention == "gqa"  # the caller's config is not changed
+    same = ml_collections.ConfigDict(dict(init_checkpoint="runs/x", model=preset("tiny_dense")))
+    assert hf.with_hf_model(same) is same
+
+
+@pytest.fixture(scope="module")
+def saved_tiny(tmp_path_factory):
+    cfg, params, state = tiny_with_bias(False)
+    return hf.save_pretrained(str(tmp_path_factory.mktemp("tiny")), cfg, params, state)
+
+
+@pytest.fixture()
+def folder(saved_tiny, tmp_path):
+    """A copy of the tiny model's folder, for a test to damage."""
+    return shutil.copytree(saved_tiny, str(tmp_path / "model"))
+
+
+def rewrite_tensors(folder, change):
+    path = os.path.join(folder, "model.safetensors")
+    tensors = load_file(path)
+    change(tensors)
+    save_file(tensors, path)
+
+
+def test_missing_extra_and_misshapen_tensors_are_named(folder):
+    def change(t):
+        del t["model.layers.2.mlp.experts.3.up_proj.weight"]
+        t["model.layers.0.mlp.extra.weight"] = np.zeros(3, np.float32)
+        t["model.norm.weight"] = np.zeros(7, np.float32)
+
+    rewrite_tensors(folder, change)
+    with pytest.raises(ValueError) as e:
+        hf.load_pretrained(folder)
+    message = str(e.value)
+    assert "missing tensors ['model.layers.2.mlp.experts.3.up_proj.weight']" in message
+    assert "unexpected tensors ['model.layers.0.mlp.extra.weight']" in message
+    assert "model.norm.weight: stored (7,), expected (64,)" in message
+
+
+def rewrite_config(folder, **fields):
+    path = os.path.join(folder, "config.json")
+    config = json.load(open(path))
+    config.update(fields)
+    json.dump(config, open(path, "w"))
+
+
+@pytest.mark.parametrize(
+    "fields, named",
+    [
+        (dict(architectures=["MixtralForCausalLM"]), "architectures=['MixtralForCausalLM']"),
+        (dict(hidden_act="gelu"), "hidden_act='gelu' (supported: 'silu')"),
+        (dict(quantization_config={"quant_method": "fp8"}), "quantization_config="),
+        (dict(moe_layer_freq=2), "moe_layer_freq=2"),
+        (dict(attention_bias=True), "attention_bias=True"),
+        (dict(sliding_attention_layers=[1]), "unknown field(s) ['sliding_attention_layers']"),
+        (dict(rope_scaling={"type": "longrope", "factor": 2.0}), "rope type 'longrope'"),
+        (dict(topk_method="greedy"), "topk_method='greedy' with scoring_func='sigmoid'"),
+    ],
+)
+def test_unsupported_configs_are_named(folder, fields, named):
+    rewrite_config(folder, **fields)
+    with pytest.raises(ValueError, match="config.json") as e:
+        hf.model_config(folder)
+    assert named in str(e.value)
+
+
+def test_formats_that_cannot_hold_a_model_are_named():
+    softmax = make_config("tiny", scoring_func="softmax", norm_topk_prob=True)
+    with pytest.raises(ValueError, match="norm_topk_prob"):
+        hf.hf_config(softmax)
+    with pytest.raises(ValueError, match="rope_interleave"):
+        hf.hf_config(make_config("tiny_dense", rope_interleave=True))
+    assert hf.hf_config(make_config("tiny", scoring_func="softmax", norm_topk_prob=False))[
+        "architectures"
+    ] == ["DeepseekV2ForCausalLM"]
+    with pytest.raises(ValueError, match="n_shared_experts"):
+        hf.hf_config(make_config("tiny", n_shared_experts=0))
+
+
+# ----------------------------------------------------------------------------------------------
+# The recipes on a Hugging Face base.
+
+
+@pytest.fixture(scope="module")
+def tiny_hf(tmp_path_factory):
+    pytest.importorskip("transformers")
+    from moe_rl import hf_cli
+
+    return hf_cli.make_tiny(str(tmp_path_factory.mktemp("tiny_qwen2")), "qwen2")
+
+
+def test_tiny_model_has_tokenizer_and_chat_template(tiny_hf):
+    from moe_rl.data import tokenizers
+    from moe_rl.data.tasks import format_prompt
+
+    tok = tokenizers.get_tokenizer(tiny_hf)
+    assert tok.chat_template and tok.vocab_size <= hf.model_config(tiny_hf).vocab_size
+    prompt = format_prompt("chat", "What is 2 + 3?", tok.chat_template)
+    assert (
+        prompt.startswith("<|im_start|>user\nWhat is 2 + 3?")
+        and tok.decode(tok.encode("12 + 7")) == "12 + 7"
+    )
+
+
+def test_r1_zero_runs_from_a_hugging_face_base(tiny_hf, tmp_path):
+    import runpy
+
+    from moe_rl.train import grpo
+
+    config = runpy.run_path(os.path.join(ROOT, "experiments/r1_zero.py"))["get_config"]()
+    config.init_checkpoint = tiny_hf
+    config.grpo.update(num_steps=2, num_questions=2, num_generations=2, minibatch_size=4)
+    config.sampling.max_new_tokens = 12
+    config.eval.update(num_questions=2, num_samples=2)
+    config.eval.sampling.max_new_tokens = 12
+    summary = grpo.run(config, str(tmp_path))
+    assert "(Hugging Face)" in json.dumps(summary)
+    assert os.path.exists(tmp_path / "grpo" / "checkpoints")
+
+
+def test_eval_of_a_hugging_face_model_needs_its_tokenizer(tiny_hf, tmp_path):
+    import runpy
+
+    from moe_rl import evaluate
+
+    config = runpy.run_path(os.path.join(ROOT, "experiments/eval.py"))["get_config"]()
+    config.checkpoint = tiny_hf
+    with pytest.raises(ValueError, match=f"--config.tokenizer={tiny_hf}"):
+        evaluate.run(config, str(tmp_path))
