@@ -249,3 +249,27 @@ def test_grpo_recipe_on_a_mesh_trains_like_one_device(tmp_path):
         c = config(data=-1, expert=4)
         c.grpo.update(num_questions=4, minibatch_size=8)
         grpo.run(c, str(tmp_path / "bad"))
+
+
+@pytest.mark.parametrize("name", ["data2_expert4", "fsdp2_expert2_tensor2"])
+def test_hugging_face_weights_load_into_their_shardings(model, tmp_path, monkeypatch, name):
+    """A Hugging Face folder loads straight into the mesh's shardings, equal to the arrays
+    written; each device reads only the experts of its shard."""
+    from moe_rl import hf
+
+    cfg, params, state, *_ = model
+    folder = hf.save_pretrained(str(tmp_path), cfg, params, state)
+    mesh = sharding.make_mesh(MESHES[name])
+    shardings = sharding.model_shardings(cfg, mesh)
+    read = []
+    get = hf._Reader.get
+    monkeypatch.setattr(hf._Reader, "get", lambda self, key: read.append(key) or get(self, key))
+    loaded, loaded_state = hf.load_params(folder, cfg, shardings)
+    chex.assert_trees_all_equal(loaded, params)
+    chex.assert_trees_all_equal(loaded_state, state)
+    for leaf, sh in zip(jax.tree.leaves(loaded), jax.tree.leaves(shardings[0]), strict=True):
+        assert leaf.sharding.is_equivalent_to(sh, leaf.ndim)
+    # Every expert tensor is read once per device that holds it: 8 / EP devices, not all 8.
+    ep = MESHES[name]["expert"]
+    expert_reads = [k for k in read if k.startswith("model.layers.1.mlp.experts.0.up_proj")]
+    assert len(expert_reads) == 8 // ep
