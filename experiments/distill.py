@@ -50,9 +50,15 @@ def get_config() -> ConfigDict:
             name="distill",
             recipe="distill",
             seed=0,
-            teacher_workdir="",  # a finished experiments/r1_zero.py workdir; '' = run it here
+            # A finished experiments/r1_zero.py workdir or a Hugging Face model folder (its
+            # config.json, weights and tokenizer); '' = run the R1-Zero recipe here.
+            teacher_workdir="",
             teacher=teacher,
             student=dict(
+                # A pretrained student: a moe_rl workdir (its newest checkpoint; the model block
+                # below must match it) or a Hugging Face model folder (its architecture replaces
+                # the model block, its tokenizer reads the teacher's answers); '' = pretrain it.
+                init_checkpoint="",
                 model=student,
                 # Pretraining like the teacher's base (same corpus mix, the teacher's tokenizer).
                 pretrain=dict(

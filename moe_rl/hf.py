@@ -253,11 +253,16 @@ def with_hf_model(config: ml_collections.ConfigDict, key: str = "init_checkpoint
     folder = config.get(key)
     if not is_hf_folder(folder):
         return config
-    runtime = {k: config.model[k] for k in RUNTIME_FIELDS if k in config.model}
-    cfg = model_config(folder, **runtime)
     out = ml_collections.ConfigDict(config.to_dict())
-    out.model = model_config_dict(**_fields_of(cfg))
+    out.model = model_block(folder, config.model)
     return out
+
+
+def model_block(folder: str, model: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """A model config block with the architecture of the Hugging Face `folder` and the
+    run-time choices (RUNTIME_FIELDS) of `model`."""
+    runtime = {k: model[k] for k in RUNTIME_FIELDS if k in model}
+    return model_config_dict(**_fields_of(model_config(folder, **runtime)))
 
 
 def _fields_of(cfg: ModelConfig) -> dict:

@@ -398,3 +398,23 @@ def test_eval_of_a_hugging_face_model_needs_its_tokenizer(tiny_hf, tmp_path):
     config.checkpoint = tiny_hf
     with pytest.raises(ValueError, match=f"--config.tokenizer={tiny_hf}"):
         evaluate.run(config, str(tmp_path))
+
+
+def test_distill_from_a_hugging_face_teacher_into_a_hugging_face_student(tiny_hf, tmp_path):
+    """Teacher = a Qwen2 folder, student = a Llama folder (same tokenizer): no R1-Zero run and
+    no student pretraining; logit KD (one vocabulary) trains the student from its weights."""
+    from moe_rl import hf_cli
+    from moe_rl.train import distill, loop
+    from tests.test_distill import tiny_distill_config
+
+    student = hf_cli.make_tiny(str(tmp_path / "llama"), "llama", seed=1)
+    config = tiny_distill_config(tmp_path)
+    config.teacher_workdir = tiny_hf
+    config.student.init_checkpoint = student
+    config.distill.update(mode="logit_kd", rejection=False)  # a random teacher: keep all
+    summary = distill.run(config, str(tmp_path / "work"))
+    assert "(Hugging Face)" in summary["teacher"]
+    assert summary["params"]["teacher"] != summary["params"]["student"]
+    assert not os.path.exists(tmp_path / "work" / "student_base")  # the student was given
+    rows = loop.read_metrics(str(tmp_path / "work" / "student_logit_kd"))
+    assert any("kl" in r for r in rows)

@@ -17,7 +17,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from moe_rl import checkpoint, evaluate, plots, rewards, sampling
+from moe_rl import checkpoint, evaluate, hf, plots, rewards, sampling
 from moe_rl.data import packing, tokenizers
 from moe_rl.data.tasks import Example, Task, task_from_config
 from moe_rl.models import counting, transformer
@@ -292,8 +292,10 @@ def run_gkd(
 
 
 def teacher_workdir(config, workdir: str) -> str:
-    """config.teacher_workdir, or <workdir>/teacher where experiments/r1_zero.py's recipe runs
-    first (reused when it is complete)."""
+    """config.teacher_workdir (a finished R1-Zero run or a Hugging Face model folder), or
+    <workdir>/teacher where experiments/r1_zero.py's recipe runs first (reused when complete)."""
+    if hf.is_hf_folder(config.teacher_workdir):
+        return config.teacher_workdir
     if config.teacher_workdir:
         if not os.path.isdir(os.path.join(config.teacher_workdir, "grpo", "checkpoints")):
             raise ValueError(
@@ -310,9 +312,32 @@ def teacher_workdir(config, workdir: str) -> str:
     return folder
 
 
+def with_hf_models(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The teacher's and the student's model blocks taken from their Hugging Face folders when
+    config.teacher_workdir / config.student.init_checkpoint name one (run-time choices kept)."""
+    teacher, student = config.teacher_workdir, config.student.get("init_checkpoint", "")
+    if not (hf.is_hf_folder(teacher) or hf.is_hf_folder(student)):
+        return config
+    config = ml_collections.ConfigDict(config.to_dict())
+    if hf.is_hf_folder(teacher):
+        config.teacher.model = hf.model_block(teacher, config.teacher.model)
+        config.teacher.init_checkpoint = teacher  # its tokenizer is the teacher's ('base')
+    if hf.is_hf_folder(student):
+        config.student.model = hf.model_block(student, config.student.model)
+    return config
+
+
+def same_vocabulary(a, b) -> bool:
+    """Two tokenizers map every token to the same id (logit-level distillation needs it)."""
+    vocab = lambda tok: tok._tok.get_vocab() if hasattr(tok, "_tok") else type(tok).__name__
+    return vocab(a) == vocab(b)
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Teacher (an R1-Zero policy) -> rejection-sampled answers -> SFT of a pretrained student;
-    prints the teacher-vs-student table."""
+    """Teacher (an R1-Zero policy or a Hugging Face model) -> rejection-sampled answers -> SFT
+    of a student (pretrained here, or config.student.init_checkpoint: a moe_rl workdir or a
+    Hugging Face model); prints the teacher-vs-student table."""
+    config = with_hf_models(config)
     d, t = config.distill, config.teacher.task
     dc = distill_loss.DistillLossConfig.from_config(d)
     for key, ok, allowed in (
@@ -336,13 +361,25 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         )
     os.makedirs(workdir, exist_ok=True)
     teacher_dir = teacher_workdir(config, workdir)
+    teacher_ckpt = (
+        teacher_dir if hf.is_hf_folder(teacher_dir) else os.path.join(teacher_dir, "grpo")
+    )
     tokenizer_dir = grpo.base_tokenizer(config.teacher, teacher_dir)
     tokenizer = tokenizers.get_tokenizer(tokenizer_dir)
-    evaluate.check_tokenizer(tokenizer, student_cfg)
+    # The student reads the teacher's answers with its own tokenizer: a Hugging Face student
+    # brings one, a student trained here uses the teacher's.
+    student_init = config.student.get("init_checkpoint", "")
+    student_tokenizer_dir = student_init if hf.is_hf_folder(student_init) else tokenizer_dir
+    student_tokenizer = tokenizers.get_tokenizer(student_tokenizer_dir)
+    evaluate.check_tokenizer(student_tokenizer, student_cfg)
+    if d.mode != "sft" and not same_vocabulary(tokenizer, student_tokenizer):
+        raise ValueError(
+            f"config.distill.mode={d.mode!r} compares token distributions: the student "
+            f"config.student.init_checkpoint={student_init!r} has another vocabulary than the "
+            "teacher; use mode='sft' (text), or a student with the teacher's tokenizer"
+        )
     task = task_from_config(t)
-    load = ml_collections.ConfigDict(
-        dict(checkpoint=os.path.join(teacher_dir, "grpo"), seed=config.seed)
-    )
+    load = ml_collections.ConfigDict(dict(checkpoint=teacher_ckpt, seed=config.seed))
     teacher_params, teacher_state, teacher_source = evaluate.load_model(load, teacher_cfg)
 
     # 1. The teacher's verified answers to training questions.
@@ -365,26 +402,28 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         paths[split] = os.path.join(workdir, "data", f"sft_{split}.jsonl")
         distill_data.write_jsonl(paths[split], part, {"rows": len(part)})
 
-    # 2. The student: pretrained on the same corpus with the teacher's tokenizer, then SFT.
-    student_base = os.path.join(workdir, "student_base")
-    pre = ml_collections.ConfigDict(config.student.pretrain.to_dict())
-    pre.update(model=config.student.model, seed=config.seed, init_checkpoint="")
-    pre.data.tokenizer = tokenizer_dir
-    done = checkpoint.Checkpointer(student_base, async_save=False).latest_step()
-    if done is None or done < pre.train.num_steps:
-        print(f"Pretraining the student into {student_base} ({pre.train.num_steps} steps)")
-        lm.run(pre, student_base)
+    # 2. The student: config.student.init_checkpoint, or pretrained here on the same corpus with
+    # the teacher's tokenizer; then SFT.
+    student_base = student_init or os.path.join(workdir, "student_base")
+    if not student_init:
+        pre = ml_collections.ConfigDict(config.student.pretrain.to_dict())
+        pre.update(model=config.student.model, seed=config.seed, init_checkpoint="")
+        pre.data.tokenizer = tokenizer_dir
+        done = checkpoint.Checkpointer(student_base, async_save=False).latest_step()
+        if done is None or done < pre.train.num_steps:
+            print(f"Pretraining the student into {student_base} ({pre.train.num_steps} steps)")
+            lm.run(pre, student_base)
     sft = ml_collections.ConfigDict(config.student.sft.to_dict())
     sft.update(recipe="sft", model=config.student.model, seed=config.seed)
     sft.init_checkpoint = student_base
-    sft.data.update(tokenizer=tokenizer_dir, sft_train=paths["train"])
+    sft.data.update(tokenizer=student_tokenizer_dir, sft_train=paths["train"])
     sft.data.sft_validation = paths["validation"]
     # One folder per mode: a finished student of another mode must not be resumed as this one.
     student_dir = os.path.join(workdir, f"student_{d.mode}")
     print(f"{d.mode} of the student on {len(train_rows)} teacher answers into {student_dir}")
     teacher = (teacher_cfg, teacher_params, teacher_state)
     if d.mode == "gkd":
-        run_gkd(sft, student_dir, student_cfg, teacher, tokenizer, train_rows,
+        run_gkd(sft, student_dir, student_cfg, teacher, student_tokenizer, train_rows,
                 val_rows or train_rows[:1], dc, d.lmbda, student_sp)  # fmt: skip
     else:
         lm.run(sft, student_dir, loss_fn=kd_loss_fn(*teacher, dc) if d.mode != "sft" else None)
@@ -393,15 +432,15 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     test = task.examples("test", config.eval.num_questions, seed=t.seed)
     eval_sp = sampling.SamplingParams.from_config(config.eval.sampling)
     results = {}
-    for name, cfg, folder in (
-        ("teacher", teacher_cfg, os.path.join(teacher_dir, "grpo")),
-        ("student base", student_cfg, student_base),
-        ("student", student_cfg, student_dir),
+    for name, cfg, folder, tok in (
+        ("teacher", teacher_cfg, teacher_ckpt, tokenizer),
+        ("student base", student_cfg, student_base, student_tokenizer),
+        ("student", student_cfg, student_dir, student_tokenizer),
     ):
         load.checkpoint = folder
         params, state, _ = evaluate.load_model(load, cfg)
         results[name] = evaluate.evaluate_policy(
-            cfg, params, state, tokenizer, task, test, t=t, e=config.eval, sp=eval_sp,
+            cfg, params, state, tok, task, test, t=t, e=config.eval, sp=eval_sp,
             key=jax.random.key(config.seed + 1),
         )[0]  # fmt: skip
     header = (
