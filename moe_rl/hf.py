@@ -680,16 +680,18 @@ def save_pretrained(
     state: dict | None = None,
     tokenizer=None,
     max_shard_bytes: int = 2 << 30,
+    mtp: bool = True,
 ) -> str:
     """Writes config.json, model*.safetensors (sharded with an index beyond max_shard_bytes)
     and, for a Hugging Face tokenizer, its tokenizer.json / tokenizer_config.json: a folder
     `transformers.AutoModelForCausalLM.from_pretrained` loads, and `load_params` reads back.
 
-    MTP layers are written for DeepseekV3 (as DeepSeek stores them); Qwen2/Llama have no MTP,
-    so a dense GQA model's MTP module is left out (with a warning).
+    MTP layers are written for DeepseekV3 (as DeepSeek stores them; transformers lists them as
+    unexpected and ignores them) unless `mtp=False`, e.g. for serving; Qwen2/Llama/DeepseekV2
+    have no MTP, so the module is left out (with a warning).
     """
     config = hf_config(cfg)
-    with_mtp = config["model_type"] == "deepseek_v3"
+    with_mtp = mtp and config["model_type"] == "deepseek_v3"
     if config["model_type"] == "deepseek_v2":  # no correction bias in V2's format
         if state and any(np.any(np.asarray(b) != 0) for b in jax.tree.leaves(state)):
             raise ValueError(
@@ -698,9 +700,11 @@ def save_pretrained(
             )
         state = {}
     if cfg.num_nextn_predict_layers and not with_mtp:
-        logging.warning("%s has no multi-token prediction: the MTP module is not exported",
-                        config["architectures"][0])  # fmt: skip
-        config.pop("num_nextn_predict_layers", None)
+        if mtp:
+            logging.warning("%s has no multi-token prediction: the MTP module is not exported",
+                            config["architectures"][0])  # fmt: skip
+        if "num_nextn_predict_layers" in config:
+            config["num_nextn_predict_layers"] = 0
     if tokenizer is not None and getattr(tokenizer, "path", None):
         config.update(bos_token_id=tokenizer.bos_id, eos_token_id=tokenizer.eos_id,
                       pad_token_id=tokenizer.pad_id)  # fmt: skip

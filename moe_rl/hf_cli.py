@@ -94,7 +94,7 @@ def make_tiny(out: str, arch: str = "qwen2", seed: int = 0) -> str:
 
 
 def export(config_path: str, checkpoint_dir: str, out: str, tokenizer: str = "",
-           model_key: str = "model") -> str:  # fmt: skip
+           model_key: str = "model", mtp: bool = True) -> str:  # fmt: skip
     """The newest checkpoint of a moe_rl workdir as a Hugging Face folder."""
     from moe_rl import evaluate, hf
     from moe_rl.data import tokenizers
@@ -108,7 +108,7 @@ def export(config_path: str, checkpoint_dir: str, out: str, tokenizer: str = "",
     load = ml_collections.ConfigDict(dict(checkpoint=checkpoint_dir, seed=0))
     params, state, source = evaluate.load_model(load, cfg)
     tok = tokenizers.get_tokenizer(tokenizer) if tokenizer else None
-    hf.save_pretrained(out, cfg, params, state, tok)
+    hf.save_pretrained(out, cfg, params, state, tok, mtp=mtp)
     print(f"Exported {source} to {out}")
     return out
 
@@ -130,12 +130,14 @@ def main(argv=None) -> None:
     e.add_argument("--out", required=True)
     e.add_argument("--tokenizer", default="", help="a folder with the run's tokenizer.json")
     e.add_argument("--model_key", default="model", help="e.g. student.model for distillation")
+    e.add_argument("--no_mtp", action="store_true", help="leave the MTP module out (serving)")
     args = parser.parse_args(argv)
     jax.config.update("jax_platforms", "cpu")
     if args.command == "tiny":
         print(f"Wrote {make_tiny(args.out, args.arch, args.seed)}")
     else:
-        export(args.config, args.checkpoint, args.out, args.tokenizer, args.model_key)
+        export(args.config, args.checkpoint, args.out, args.tokenizer, args.model_key,
+               not args.no_mtp)  # fmt: skip
 
 
 if __name__ == "__main__":

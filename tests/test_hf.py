@@ -418,3 +418,22 @@ def test_distill_from_a_hugging_face_teacher_into_a_hugging_face_student(tiny_hf
     assert not os.path.exists(tmp_path / "work" / "student_base")  # the student was given
     rows = loop.read_metrics(str(tmp_path / "work" / "student_logit_kd"))
     assert any("kl" in r for r in rows)
+
+
+def test_cli_exports_a_runs_newest_checkpoint(tmp_path):
+    """`python -m moe_rl.hf_cli export` of a workdir: the same arrays, without MTP on request."""
+    from moe_rl import checkpoint, evaluate, hf_cli
+
+    cfg = make_config("tiny")
+    model = jax.jit(lambda: evaluate.init_model(cfg, 3))()
+    ckpt = checkpoint.Checkpointer(str(tmp_path / "run"), async_save=False)
+    ckpt.save(7, {"step": np.int32(7), **model})
+    ckpt.close()
+    out = str(tmp_path / "hf")
+    hf_cli.main(["export", "--config", os.path.join(ROOT, "experiments/pretrain_moe.py"),
+                 "--checkpoint", str(tmp_path / "run"), "--out", out, "--no_mtp"])  # fmt: skip
+    loaded_cfg, params, state = hf.load_pretrained(out)
+    assert loaded_cfg.num_nextn_predict_layers == 0 and "mtp_1_eh_proj" not in params
+    expected = {k: v for k, v in model["params"].items() if not k.startswith("mtp_")}
+    chex.assert_trees_all_equal(params, expected)
+    assert set(state["moe_bias"]) == {"moe_layers"}
