@@ -207,8 +207,10 @@ def plan(
     (those plus step and rng), 'gradients (est.)', 'activations (est.)', 'train step (est.)'
     (their sum), 'kv cache'. `cache_rows` / `cache_len` override `sampling_shape`.
     """
+    from moe_rl import hf
     from moe_rl.train import lm  # the training stack (optax, data) only when planning
 
+    config = hf.with_hf_model(config)  # a Hugging Face init_checkpoint's own architecture
     cfg = ModelConfig.from_config(config.model)
     t, accum = _train_block(config)
     mesh = make_plan_mesh(config.get("mesh"), num_devices)

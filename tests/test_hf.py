@@ -437,3 +437,70 @@ def test_cli_exports_a_runs_newest_checkpoint(tmp_path):
     expected = {k: v for k, v in model["params"].items() if not k.startswith("mtp_")}
     chex.assert_trees_all_equal(params, expected)
     assert set(state["moe_bias"]) == {"moe_layers"}
+
+
+# config.json of public checkpoints as published (architecture fields; auto_map left out).
+QWEN25_05B = dict(
+    architectures=["Qwen2ForCausalLM"], attention_dropout=0.0, bos_token_id=151643,
+    eos_token_id=151643, hidden_act="silu", hidden_size=896, initializer_range=0.02,
+    intermediate_size=4864, max_position_embeddings=32768, max_window_layers=24,
+    model_type="qwen2", num_attention_heads=14, num_hidden_layers=24, num_key_value_heads=2,
+    rms_norm_eps=1e-06, rope_theta=1000000.0, sliding_window=32768, tie_word_embeddings=True,
+    torch_dtype="bfloat16", transformers_version="4.40.1", use_cache=True,
+    use_sliding_window=False, vocab_size=151936,
+)  # fmt: skip
+DEEPSEEK_V2_LITE = dict(
+    architectures=["DeepseekV2ForCausalLM"], attention_bias=False, attention_dropout=0.0,
+    aux_loss_alpha=0.001, bos_token_id=100000, eos_token_id=100001, first_k_dense_replace=1,
+    hidden_act="silu", hidden_size=2048, initializer_range=0.02, intermediate_size=10944,
+    kv_lora_rank=512, max_position_embeddings=163840, model_type="deepseek_v2",
+    moe_intermediate_size=1408, moe_layer_freq=1, n_group=1, n_routed_experts=64,
+    n_shared_experts=2, norm_topk_prob=False, num_attention_heads=16, num_experts_per_tok=6,
+    num_hidden_layers=27, num_key_value_heads=16, pretraining_tp=1, q_lora_rank=None,
+    qk_nope_head_dim=128, qk_rope_head_dim=64, rms_norm_eps=1e-06,
+    rope_scaling=dict(beta_fast=32, beta_slow=1, factor=40, mscale=0.707, mscale_all_dim=0.707,
+                      original_max_position_embeddings=4096, type="yarn"),
+    rope_theta=10000, routed_scaling_factor=1.0, scoring_func="softmax", seq_aux=True,
+    tie_word_embeddings=False, topk_group=1, topk_method="greedy", torch_dtype="bfloat16",
+    transformers_version="4.33.1", use_cache=True, v_head_dim=128, vocab_size=102400,
+)  # fmt: skip
+DEEPSEEK_V3 = dict(
+    architectures=["DeepseekV3ForCausalLM"], attention_bias=False, attention_dropout=0.0,
+    aux_loss_alpha=0.001, bos_token_id=0, eos_token_id=1, ep_size=1, first_k_dense_replace=3,
+    hidden_act="silu", hidden_size=7168, initializer_range=0.02, intermediate_size=18432,
+    kv_lora_rank=512, max_position_embeddings=163840, model_type="deepseek_v3",
+    moe_intermediate_size=2048, moe_layer_freq=1, n_group=8, n_routed_experts=256,
+    n_shared_experts=1, norm_topk_prob=True, num_attention_heads=128, num_experts_per_tok=8,
+    num_hidden_layers=61, num_key_value_heads=128, num_nextn_predict_layers=1, q_lora_rank=1536,
+    qk_nope_head_dim=128, qk_rope_head_dim=64,
+    quantization_config=dict(activation_scheme="dynamic", fmt="e4m3", quant_method="fp8",
+                             weight_block_size=[128, 128]),
+    rms_norm_eps=1e-06,
+    rope_scaling=dict(beta_fast=32, beta_slow=1, factor=40, mscale=1.0, mscale_all_dim=1.0,
+                      original_max_position_embeddings=4096, type="yarn"),
+    rope_theta=10000, routed_scaling_factor=2.5, scoring_func="sigmoid",
+    tie_word_embeddings=False, topk_group=4, topk_method="noaux_tc", torch_dtype="bfloat16",
+    transformers_version="4.46.3", use_cache=True, v_head_dim=128, vocab_size=129280,
+)  # fmt: skip
+
+
+def test_public_checkpoint_configs_map_to_their_architectures():
+    from moe_rl.models import counting
+
+    qwen = ModelConfig.from_config(model_config_dict(**hf.architecture_fields(QWEN25_05B)))
+    assert (qwen.attention, qwen.num_key_value_heads, qwen.head_dim) == ("gqa", 2, 64)
+    assert qwen.attention_bias and qwen.tie_word_embeddings and not qwen.rope_interleave
+    assert 0.49e9 < counting.param_counts(qwen)["total"] < 0.50e9  # "Qwen2.5-0.5B": 494M
+    lite = ModelConfig.from_config(model_config_dict(**hf.architecture_fields(DEEPSEEK_V2_LITE)))
+    assert (lite.q_lora_rank, lite.scoring_func, lite.n_group, lite.norm_topk_prob) == (
+        None, "softmax", 1, False)  # fmt: skip
+    assert lite.rope_scaling.mscale == 0.707 and lite.rope_scaling.factor == 40
+    counts = counting.param_counts(lite)
+    assert 15.5e9 < counts["total"] < 16e9 and 2.3e9 < counts["activated"] < 2.8e9  # 15.7B/2.4B
+    with pytest.raises(ValueError, match="quantization_config.*dequantize"):
+        hf.architecture_fields(DEEPSEEK_V3)
+    bf16 = {k: v for k, v in DEEPSEEK_V3.items() if k != "quantization_config"}
+    v3 = ModelConfig.from_config(model_config_dict(**hf.architecture_fields(bf16)))
+    assert (v3.n_group, v3.topk_group, v3.first_k_dense_replace) == (8, 4, 3)
+    counts = counting.param_counts(v3)
+    assert 660e9 < counts["total"] < 690e9 and 36e9 < counts["activated"] < 40e9  # 671B/37B
