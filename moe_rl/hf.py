@@ -23,7 +23,8 @@ Conventions mapped exactly:
   DeepseekV3 exports.
 
 Loading streams tensor by tensor: every parameter is built by `jax.make_array_from_callback`
-from only the slices its devices hold (an expert shard reads only its experts), cast to the
+for the slices its devices hold, reading only the stored tensors those slices cover (an expert
+shard reads only its experts, a slice of a scanned stack only its layers), cast to the
 configured `model.param_dtype`. Missing, unexpected or misshapen tensors are one ValueError
 that names each of them, raised before anything is read.
 """
@@ -472,7 +473,8 @@ def _ignorable(key: str, cfg: ModelConfig) -> bool:
     if key.endswith(NON_WEIGHTS):
         return True
     parts = key.split(".")
-    if len(parts) > 3 and parts[1] == "layers" and int(parts[2]) >= cfg.num_hidden_layers:
+    mtp_layer = len(parts) > 3 and parts[2].isdigit() and int(parts[2]) >= cfg.num_hidden_layers
+    if mtp_layer and parts[1] == "layers":
         return ".".join(parts[3:]) in ("embed_tokens.weight", "shared_head.head.weight")
     return False
 
@@ -579,19 +581,13 @@ def hf_config(cfg: ModelConfig) -> dict:
         if not ok:
             raise ValueError(f"Cannot export to Hugging Face format: {what}")
 
-    common = dict(
-        vocab_size=cfg.vocab_size,
-        hidden_size=cfg.hidden_size,
-        intermediate_size=cfg.intermediate_size,
-        num_hidden_layers=cfg.num_hidden_layers,
-        num_attention_heads=cfg.num_attention_heads,
-        rms_norm_eps=cfg.rms_norm_eps,
-        max_position_embeddings=cfg.max_position_embeddings,
-        tie_word_embeddings=cfg.tie_word_embeddings,
-        hidden_act="silu",
-        rope_theta=cfg.rope_theta,
-        torch_dtype=cfg.param_dtype,
-    )
+    fields = lambda *names: {name: getattr(cfg, name) for name in names}
+    common = fields(
+        "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+        "num_attention_heads", "rms_norm_eps", "max_position_embeddings", "tie_word_embeddings",
+        "rope_theta",
+    )  # fmt: skip
+    common.update(hidden_act="silu", torch_dtype=cfg.param_dtype)
     if cfg.rope_scaling is not None:
         common["rope_scaling"] = dict(type="yarn", **dataclasses.asdict(cfg.rope_scaling))
     if cfg.attention == "gqa":
@@ -610,30 +606,18 @@ def hf_config(cfg: ModelConfig) -> dict:
     need(cfg.n_shared_experts > 0 or not cfg.is_moe, "model.n_shared_experts=0 (DeepSeek "
          "MoE layers always have shared experts)")  # fmt: skip
     v2 = cfg.is_moe and cfg.scoring_func == "softmax"  # DeepSeek-V2 routing
-    moe = dict(
-        moe_intermediate_size=cfg.moe_intermediate_size,
-        n_routed_experts=cfg.n_routed_experts,
-        n_shared_experts=cfg.n_shared_experts,
-        num_experts_per_tok=cfg.num_experts_per_tok,
-        n_group=cfg.n_group,
-        topk_group=cfg.topk_group,
-        routed_scaling_factor=cfg.routed_scaling_factor,
-        norm_topk_prob=cfg.norm_topk_prob,
-        scoring_func=cfg.scoring_func,
-        topk_method="noaux_tc",
-        first_k_dense_replace=cfg.first_k_dense_replace,
-    )
+    moe = fields(
+        "moe_intermediate_size", "n_routed_experts", "n_shared_experts", "num_experts_per_tok",
+        "n_group", "topk_group", "routed_scaling_factor", "norm_topk_prob", "scoring_func",
+        "first_k_dense_replace",
+    )  # fmt: skip
+    moe["topk_method"] = "noaux_tc"
     if not cfg.is_moe:  # every layer dense (n_routed_experts keeps the format's default)
         moe = dict(first_k_dense_replace=cfg.num_hidden_layers, moe_intermediate_size=1)
-    mla = dict(
-        num_key_value_heads=cfg.num_attention_heads,
-        q_lora_rank=cfg.q_lora_rank,
-        kv_lora_rank=cfg.kv_lora_rank,
-        qk_nope_head_dim=cfg.qk_nope_head_dim,
-        qk_rope_head_dim=cfg.qk_rope_head_dim,
-        v_head_dim=cfg.v_head_dim,
-        attention_bias=False,
+    mla = fields(
+        "q_lora_rank", "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim"
     )
+    mla.update(num_key_value_heads=cfg.num_attention_heads, attention_bias=False)
     if v2:
         need(not cfg.norm_topk_prob, "model.norm_topk_prob=True with softmax routing "
              "(transformers' DeepseekV2 never renormalises the gates)")  # fmt: skip

@@ -245,6 +245,17 @@ def test_mtp_projection_halves_follow_deepseeks_order(tmp_path):
                                rtol=1e-5, atol=1e-5)  # fmt: skip
 
 
+def test_dense_mla_model_round_trips(tmp_path):
+    """MLA without routed experts: DeepseekV3 with every layer dense."""
+    cfg = make_config("tiny", n_routed_experts=0, num_nextn_predict_layers=0)
+    params, state = jax.jit(lambda: transformer.init(cfg, jax.random.key(0)))()
+    folder = hf.save_pretrained(str(tmp_path), cfg, params, state)
+    loaded_cfg, loaded, loaded_state = hf.load_pretrained(folder)
+    assert not loaded_cfg.is_moe and loaded_cfg.num_dense_layers == cfg.num_hidden_layers
+    chex.assert_trees_all_equal(loaded, params)
+    assert loaded_state == {}
+
+
 def test_dense_gqa_model_exports_as_llama_or_qwen2(tmp_path):
     cfg = make_config("tiny_dense")
     assert hf.hf_config(cfg)["architectures"] == ["LlamaForCausalLM"]
