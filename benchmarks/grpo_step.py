@@ -27,17 +27,19 @@ from moe_rl.train.configs import optim
 EOS, PAD = 263, 0
 
 
-def bench(name: str, args) -> dict:
-    cfg = ModelConfig.from_config(preset(name))
-    params, model_state = transformer.init(cfg, jax.random.key(0))
+def make_step(cfg: ModelConfig, params, model_state, args, reward_fn=None, eos_id: int = EOS):
+    """step(i) -> seconds of rollout / reference / train / total and the mean completion length,
+    for one GRPO step on the policy (params, model_state) (updated in place across calls).
+    `reward_fn(tokens [Q*G, N]) -> [Q*G]` scores the completions (default: random rewards);
+    eos_id=-1 makes every completion exactly args.new tokens long."""
     ref = jax.tree.map(jax.numpy.copy, (params, model_state))
     lc = grpo_loss.LossConfig(beta=0.04)
     tx = lm.make_optimizer(optim(learning_rate=1e-5, warmup_steps=0), 1000)
     state = lm.TrainState(
         step=jax.numpy.zeros((), jax.numpy.int32),
-        params=params,
+        params=jax.tree.map(jax.numpy.copy, params),
         opt_state=tx.init(params),
-        model_state=model_state,
+        model_state=jax.tree.map(jax.numpy.copy, model_state),
         rng=jax.random.key(0),
     )
     update = grpo.make_update(cfg, lc, tx, 1.0, 0.0)
@@ -45,14 +47,14 @@ def bench(name: str, args) -> dict:
     sp = sampling.SamplingParams(temperature=1.0, max_new_tokens=args.new)
     rng = np.random.default_rng(0)
     Q, G = args.prompts, args.generations
-    times = {"rollout": [], "reference": [], "train": [], "total": []}
-    lengths = []
-    for step in range(args.steps + 1):
+
+    def step(i: int) -> dict:
+        nonlocal state
         prompts = rng.integers(3, 259, (Q, args.prompt_len)).tolist()
         t0 = time.perf_counter()
         out = sampling.generate(
-            cfg, state.params, state.model_state, prompts, jax.random.key(step), sp,
-            eos_id=EOS, pad_id=PAD, num_samples=G,
+            cfg, state.params, state.model_state, prompts, jax.random.key(i), sp,
+            eos_id=eos_id, pad_id=PAD, num_samples=G,
         )  # fmt: skip
         tokens, logp, n = (np.asarray(a) for a in jax.device_get(out))
         t1 = time.perf_counter()
@@ -62,7 +64,10 @@ def bench(name: str, args) -> dict:
         seq, seg, pos = grpo.pack_groups(prompt_QP, plen, tokens.reshape(Q, G, N))
         ref_logp = np.asarray(ref_fn(cfg, *ref, seq, seg, pos, P, G, 1.0))
         t2 = time.perf_counter()
-        rewards_QG = rng.random((Q, G)).astype(np.float32)
+        if reward_fn is None:
+            rewards_QG = rng.random((Q, G)).astype(np.float32)
+        else:
+            rewards_QG = np.asarray(reward_fn(tokens), np.float32).reshape(Q, G)
         mb = {
             "tokens": seq,
             "segment_ids": seg,
@@ -75,15 +80,25 @@ def bench(name: str, args) -> dict:
         state, metrics = update(state, mb, P, G)
         jax.block_until_ready(metrics)
         t3 = time.perf_counter()
-        lengths.append(n.mean())
-        if step == 0:
-            first = t3 - t0
-            continue
-        for key, value in zip(times, (t1 - t0, t2 - t1, t3 - t2, t3 - t0), strict=True):
-            times[key].append(value)
-    med = {k: float(np.median(v)) for k, v in times.items()}
-    return {"model": name, **med, "first": first, "length": float(np.mean(lengths)),
-            "samples_per_s": Q * G / med["total"]}  # fmt: skip
+        return {"rollout": t1 - t0, "reference": t2 - t1, "train": t3 - t2, "total": t3 - t0,
+                "length": float(n.mean())}  # fmt: skip
+
+    return step
+
+
+def bench(name: str, args) -> dict:
+    cfg = ModelConfig.from_config(preset(name))
+    params, model_state = transformer.init(cfg, jax.random.key(0))
+    step = make_step(cfg, params, model_state, args)
+    first = step(0)["total"]
+    runs = [step(i) for i in range(1, args.steps + 1)]
+    med = {
+        k: float(np.median([r[k] for r in runs]))
+        for k in ("rollout", "reference", "train", "total")
+    }
+    length = float(np.mean([r["length"] for r in runs]))
+    samples_per_s = args.prompts * args.generations / med["total"]
+    return {"model": name, **med, "first": first, "length": length, "samples_per_s": samples_per_s}
 
 
 def main():
