@@ -111,14 +111,16 @@ def test_verify_checks_answer_and_format(think_opened):
     assert correct == [[True, False]] and formatted == [[True, True]]
 
 
-def tiny_distill_config(tmp_path, experiment="distill.py"):
-    """The experiment's config with seconds-long stages and a freshly initialised teacher."""
+def tiny_distill_config(tmp_path, experiment="distill.py", teacher_dir=None):
+    """The experiment's config with seconds-long stages and a freshly initialised teacher
+    (or the teacher folder given)."""
     config = runpy.run_path(os.path.join(ROOT, "experiments", experiment))["get_config"]()
-    teacher_dir = tmp_path / "teacher"
-    cfg = ModelConfig.from_config(config.teacher.model)
-    ckpt = checkpoint.Checkpointer(str(teacher_dir / "grpo"), async_save=False)
-    ckpt.save(1, {"step": np.int32(1), **evaluate.init_model(cfg, 0)})
-    ckpt.close()
+    if teacher_dir is None:
+        teacher_dir = tmp_path / "teacher"
+        cfg = ModelConfig.from_config(config.teacher.model)
+        ckpt = checkpoint.Checkpointer(str(teacher_dir / "grpo"), async_save=False)
+        ckpt.save(1, {"step": np.int32(1), **evaluate.init_model(cfg, 0)})
+        ckpt.close()
     config.update_from_flattened_dict(
         {
             "teacher_workdir": str(teacher_dir),
