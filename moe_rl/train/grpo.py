@@ -332,13 +332,13 @@ def validate_grpo_config(config: ml_collections.ConfigDict) -> None:
 # The recipe.
 
 
-def base_model(config, cfg: ModelConfig, workdir: str):
+def base_model(config, cfg: ModelConfig, workdir: str, shardings=None):
     """(params, model_state, description) of the base policy: config.init_checkpoint's newest
     checkpoint (or a Hugging Face model folder), else a model pretrained now with
     config.pretrain into <workdir>/base."""
     source = config.init_checkpoint
-    if hf.is_hf_folder(source):
-        params, model_state = hf.load_params(source, cfg)
+    if hf.is_hf_folder(source):  # streamed straight into the (params, state) shardings
+        params, model_state = hf.load_params(source, cfg, shardings)
         return params, model_state, f"{source} (Hugging Face)"
     if not source:
         source = os.path.join(workdir, "base")
@@ -493,10 +493,13 @@ def _run(config: ml_collections.ConfigDict, workdir: str, mesh, on_step=None) ->
     test_examples = task.examples("test", config.eval.num_questions, seed=t.seed)
     os.makedirs(workdir, exist_ok=True)
     started = time.perf_counter()
-    params, model_state, source = base_model(config, cfg, workdir)
+    model_sh = None if mesh is None else sharding.model_shardings(cfg, mesh)
+    params, model_state, source = base_model(config, cfg, workdir, model_sh)
     if mesh is not None:  # split as in pretraining, before anything runs on the mesh
-        p_sh, s_sh = sharding.model_shardings(cfg, mesh)
-        params, model_state = jax.device_put(params, p_sh), jax.device_put(model_state, s_sh)
+        params, model_state = (
+            jax.device_put(params, model_sh[0]),
+            jax.device_put(model_state, model_sh[1]),
+        )
     seconds = {"base": time.perf_counter() - started}
     tokenizer = tokenizers.get_tokenizer(base_tokenizer(config, workdir))
     evaluate.check_tokenizer(tokenizer, cfg)
