@@ -224,20 +224,22 @@ def ours_times(moe_rl: MoeRL, spec: tuple, steps: int) -> list[float]:
 
 def table(rows: list[dict], kind: str, title: str) -> str:
     lines = [f"### {title}", "",
-             "| benchmark | peer | peer s | moe_rl s | moe_rl speedup (peer / moe_rl) |",
-             "| --- | --- | ---: | ---: | ---: |"]  # fmt: skip
+             "| benchmark | peer | peer s | moe_rl s | speedup (peer / moe_rl) | per round |",
+             "| --- | --- | ---: | ---: | ---: | --- |"]  # fmt: skip
     for r in rows:
         if r["table"] != kind:
             continue
         peer = r["peer"] + (f" ({r['threads']} thread{'s' * (r['threads'] > 1)})"
                             if r.get("threads") else "")  # fmt: skip
         if not r["peer_medians"]:
-            lines.append(f"| {r['what']} | {r['peer']} | failed | | |")
+            lines.append(f"| {r['what']} | {r['peer']} | failed | | | |")
             continue
         ratios = [p / o for p, o in zip(r["peer_medians"], r["ours_medians"], strict=True)]
         lines.append(
             f"| {r['what']} | {peer} | {np.median(r['peer_medians']):.3f} | "
-            f"{np.median(r['ours_medians']):.3f} | {np.median(ratios):.1f}x |"
+            f"{np.median(r['ours_medians']):.3f} | {np.median(ratios):.1f}x | "
+            + ", ".join(f"{x:.1f}" for x in ratios)
+            + " |"
         )
     return "\n".join(lines)
 
