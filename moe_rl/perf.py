@@ -23,7 +23,7 @@ def retain_host_memory() -> bool:
     training step); glibc serves blocks that large with mmap and unmaps them on free, so every
     step page-faulted its whole working set back in, zero-filled by the kernel: 380k faults and
     ~1.2 s of system time per small-model step (20-30% of its CPU time). One malloc arena, no
-    mmap'd blocks and trimming only past 2 GiB of free heap make the next step reuse the pages.
+    mmap'd blocks and no trimming (threshold -1) make the next step reuse the pages.
     Called when moe_rl is imported; MOE_RL_RETAIN_MEMORY=0 opts out. True if applied.
     """
     if os.environ.get("MOE_RL_RETAIN_MEMORY", "1") == "0" or platform.system() != "Linux":
