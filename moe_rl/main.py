@@ -13,6 +13,8 @@ import os
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from moe_rl import sweep
+
 # recipe name -> module defining run(config, workdir)
 RECIPES = {
     "summary": "moe_rl.summary",
@@ -36,13 +38,24 @@ _DISTRIBUTED = flags.DEFINE_bool(
     "Multi-host: call jax.distributed.initialize() first; on TPU pods and SLURM/Kubernetes GPU "
     "clusters it finds the coordinator and the peers from the environment.",
 )
+_SEEDS = flags.DEFINE_string(
+    "seeds",
+    None,
+    "Run the experiment once per seed ('0-4', '0,2,7') in <workdir>/seed_<n>, resuming finished "
+    "seeds, and print per-seed rows with mean, std and min (<workdir>/seeds.md, seeds.json).",
+)
+
+
+def get_recipe_module(name: str):
+    """The module of a recipe (its `run(config, workdir)`); unknown names list the known ones."""
+    if name not in RECIPES:
+        raise ValueError(f"Unknown config.recipe={name!r}; known recipes: {sorted(RECIPES)}")
+    return importlib.import_module(RECIPES[name])
 
 
 def get_recipe(name: str):
-    """The `run(config, workdir)` function of a recipe; unknown names list the known ones."""
-    if name not in RECIPES:
-        raise ValueError(f"Unknown config.recipe={name!r}; known recipes: {sorted(RECIPES)}")
-    return importlib.import_module(RECIPES[name]).run
+    """The `run(config, workdir)` function of a recipe."""
+    return get_recipe_module(name).run
 
 
 def default_workdir(config, config_path: str | None) -> str:
@@ -62,11 +75,15 @@ def main(argv):
         import jax
 
         jax.distributed.initialize()
-    run = get_recipe(config.recipe)
+    seeds = None if _SEEDS.value is None else sweep.parse_seeds(_SEEDS.value)
+    module = get_recipe_module(config.recipe)
     workdir = _WORKDIR.value or default_workdir(
         config, config_flags.get_config_filename(flags.FLAGS["config"])
     )
-    run(config, workdir)
+    if seeds is None:
+        module.run(config, workdir)
+    else:
+        sweep.run(config, workdir, seeds, module)
 
 
 if __name__ == "__main__":

@@ -462,6 +462,24 @@ def before_after_table(before: dict, after: dict, k: int) -> str:
     return "\n".join(rows)
 
 
+# --seeds (moe_rl/sweep.py): each seed's row, and the training curves overlaid in seeds.png.
+SEED_CURVES = ("accuracy", "format", "response_length", "zero_variance_groups")
+
+
+def seed_row(result: dict) -> dict[str, float]:
+    """Held-out pass@1 before and after GRPO, its gain, the policy's format rate and the mean
+    response length (tokens) before and after."""
+    before, after = result["before"], result["after"]
+    return {
+        "base pass@1": before["pass@1"],
+        "pass@1": after["pass@1"],
+        "gain": after["pass@1"] - before["pass@1"],
+        "format": after["format_rate"],
+        "base length": before["mean_length"],
+        "length": after["mean_length"],
+    }
+
+
 def run(
     config: ml_collections.ConfigDict,
     workdir: str,
