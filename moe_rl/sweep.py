@@ -52,13 +52,23 @@ def parse_seeds(spec: str) -> list[int]:
 
 
 def seed_config(config: ml_collections.ConfigDict, seed: int) -> ml_collections.ConfigDict:
-    """A copy of `config` with config.seed = seed (everything else unchanged)."""
+    """A copy of `config` with config.seed = seed and '{seed}' in any string value replaced by
+    the seed (e.g. --config.teacher_workdir=runs/r1_zero/seed_{seed}: each seed's own teacher);
+    everything else unchanged."""
     if "seed" not in config:
         raise ValueError(
             f"config.recipe={config.get('recipe')!r} has no top-level config.seed: --seeds "
             "needs one"
         )
-    out = ml_collections.ConfigDict(config.to_dict())
+
+    def fill(value):
+        if isinstance(value, dict):
+            return {k: fill(v) for k, v in value.items()}
+        if isinstance(value, str):
+            return value.replace("{seed}", str(seed))
+        return value
+
+    out = ml_collections.ConfigDict(fill(config.to_dict()))
     out.seed = seed
     return out
 
@@ -109,12 +119,34 @@ def seeds_table(rows: dict[int, dict[str, float]], stats: dict[str, dict[str, fl
     """Markdown: one row per seed, then mean, std and min."""
     columns = list(stats)
     lines = ["| seed | " + " | ".join(columns) + " |", "| ---: |" + " ---: |" * len(columns)]
-    for seed, row in rows.items():
+    for seed, row in sorted(rows.items()):
         cells = [_fmt(row[c]) if c in row else "" for c in columns]
         lines.append(f"| {seed} | " + " | ".join(cells) + " |")
     for stat in ("mean", "std", "min"):
         lines.append(f"| **{stat}** | " + " | ".join(_fmt(stats[c][stat]) for c in columns) + " |")
     return "\n".join(lines)
+
+
+def report(name: str, workdir: str, rows: dict[int, dict[str, float]], curves=()) -> dict:
+    """Writes seeds.md, seeds.json and (with curve keys) seeds.png for the rows so far."""
+    rows = dict(sorted(rows.items()))
+    stats = summarize(rows)
+    table = seeds_table(rows, stats)
+    header = f"{name}: {len(rows)} seeds ({', '.join(map(str, rows))}), workdir {workdir}"
+    with open(os.path.join(workdir, "seeds.md"), "w") as f:
+        f.write(f"{header}\n\n{table}\n")
+    with open(os.path.join(workdir, "seeds.json"), "w") as f:
+        json.dump({"name": name, "rows": {str(s): r for s, r in rows.items()}, "stats": stats},
+                  f, indent=2)  # fmt: skip
+    plot = None
+    if curves:
+        plot = plots.plot_runs(
+            {f"seed {s}": os.path.join(workdir, f"seed_{s}") for s in rows},
+            list(curves),
+            os.path.join(workdir, "seeds.png"),
+            title=f"{name}: {len(rows)} seeds",
+        )
+    return {"rows": rows, "stats": stats, "table": table, "plot": plot, "header": header}
 
 
 def run(
@@ -124,14 +156,17 @@ def run(
     recipe: ModuleType,
     run_fn: Callable[[ml_collections.ConfigDict, str], dict] | None = None,
 ) -> dict:
-    """Runs `recipe.run` (or `run_fn`) once per seed in <workdir>/seed_<n>; returns
+    """Runs `recipe.run` (or `run_fn`) once per seed in <workdir>/seed_<n>, the report files
+    rewritten after each seed (a sweep stopped early leaves the seeds it finished); returns
     {'rows': {seed: row}, 'stats': {column: {mean, std, min, max}}, 'table', 'plot'}."""
     run_fn = run_fn or recipe.run
     row_fn = getattr(recipe, "seed_row", scalar_row)
+    curves = getattr(recipe, "SEED_CURVES", ())
+    name = config.get("name") or config.get("recipe")
     configs = {seed: seed_config(config, seed) for seed in seeds}  # every seed checked first
     os.makedirs(workdir, exist_ok=True)
     rows: dict[int, dict[str, float]] = {}
-    for seed, cfg in configs.items():
+    for seed, cfg in configs.items():  # in the order given; reported sorted by seed
         seed_dir = os.path.join(workdir, f"seed_{seed}")
         done = _finished(seed_dir, cfg)
         if done is not None:
@@ -147,23 +182,8 @@ def run(
         os.makedirs(seed_dir, exist_ok=True)
         with open(os.path.join(seed_dir, RESULT_FILE), "w") as f:
             json.dump({"config": json.loads(cfg.to_json_best_effort()), "row": row}, f, indent=2)
-    stats = summarize(rows)
-    table = seeds_table(rows, stats)
-    name = config.get("name") or config.get("recipe")
-    header = f"{name}: {len(rows)} seeds ({', '.join(map(str, rows))}), workdir {workdir}"
-    with open(os.path.join(workdir, "seeds.md"), "w") as f:
-        f.write(f"{header}\n\n{table}\n")
-    with open(os.path.join(workdir, "seeds.json"), "w") as f:
-        json.dump({"name": name, "rows": {str(s): r for s, r in rows.items()}, "stats": stats},
-                  f, indent=2)  # fmt: skip
-    curves = getattr(recipe, "SEED_CURVES", ())
-    plot = None
-    if curves:
-        plot = plots.plot_runs(
-            {f"seed {s}": os.path.join(workdir, f"seed_{s}") for s in rows},
-            list(curves),
-            os.path.join(workdir, "seeds.png"),
-            title=f"{name}: {len(rows)} seeds",
-        )
-    print(f"\n{header}\n{table}")
-    return {"rows": rows, "stats": stats, "table": table, "plot": plot}
+        if len(rows) < len(configs):
+            report(name, workdir, rows)  # partial tables; the figure once at the end
+    out = report(name, workdir, rows, curves)
+    print(f"\n{out.pop('header')}\n{out['table']}")
+    return out

@@ -162,6 +162,9 @@ def test_distill_recipe_end_to_end(tmp_path, monkeypatch):
     for name in ("teacher", "student base", "student"):
         assert 0.0 <= summary["results"][name]["pass@1"] <= 1.0
         assert f"| {name} |" in summary["table"]
+    row = distill.seed_row(summary)  # --seeds' row of this run
+    assert row["student pass@1"] == summary["results"]["student"]["pass@1"]
+    assert row["answers kept"] == summary["data"]["kept"]
     assert os.path.exists(os.path.join(work, "student_sft", "summary.json"))
     with pytest.raises(ValueError, match="config.distill.validation_fraction=1.0"):
         config.distill.validation_fraction = 1.0

@@ -83,6 +83,16 @@ def test_recipe_row_function_is_used(tmp_path):
     assert out["plot"] is None  # no curves named
 
 
+def test_seed_placeholder_in_strings():
+    config = ml_collections.ConfigDict(
+        dict(seed=0, teacher_workdir="runs/r1_zero/seed_{seed}", block=dict(path="a{seed}b", n=3))
+    )
+    out = sweep.seed_config(config, 4)
+    assert out.seed == 4 and out.teacher_workdir == "runs/r1_zero/seed_4"
+    assert out.block.path == "a4b" and out.block.n == 3
+    assert config.teacher_workdir == "runs/r1_zero/seed_{seed}"  # the original is unchanged
+
+
 def test_config_without_seed_is_an_error(tmp_path):
     recipe = types.SimpleNamespace(run=lambda c, w: {})
     with pytest.raises(ValueError, match="config.seed"):

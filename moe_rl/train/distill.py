@@ -333,6 +333,19 @@ def same_vocabulary(a, b) -> bool:
     return vocab(a) == vocab(b)
 
 
+def seed_row(result: dict) -> dict[str, float]:
+    """--seeds (moe_rl/sweep.py): held-out pass@1 of the teacher, the student base and the
+    distilled student, the student's share of the teacher's, and the answers kept."""
+    r = result["results"]
+    return {
+        "teacher pass@1": r["teacher"]["pass@1"],
+        "student base pass@1": r["student base"]["pass@1"],
+        "student pass@1": r["student"]["pass@1"],
+        "share": result["student_share_of_teacher_pass@1"],
+        "answers kept": result["data"]["kept"],
+    }
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Teacher (an R1-Zero policy or a Hugging Face model) -> rejection-sampled answers -> SFT
     of a student (pretrained here, or config.student.init_checkpoint: a moe_rl workdir or a
