@@ -36,6 +36,9 @@ def small_config(init_checkpoint: str, **flat):
         {
             "init_checkpoint": init_checkpoint,
             "grpo.num_steps": 4,
+            # Random models: every group is all wrong, so dynamic sampling (the default) would
+            # only add refill rounds; test_every_variant_runs_together turns it on.
+            "grpo.dynamic_sampling": False,
             "grpo.num_questions": 2,
             "grpo.num_generations": 4,
             "grpo.minibatch_size": 4,
@@ -201,6 +204,9 @@ def test_every_variant_runs_together(base_dir, tmp_path, monkeypatch):
     assert [r["step"] for r in rows] == [1, 2]
     for r in rows:
         assert 0 <= r["refills"] <= 1 and r["questions_sampled"] in (2, 4)
+        assert 0 <= r["sampled_accuracy"] <= 1
+        if r["questions_sampled"] == 2:  # nothing dropped: the kept groups are all sampled
+            assert r["sampled_accuracy"] == pytest.approx(r["accuracy"])
         assert all(np.isfinite(v) for v in r.values())
         assert "kl" not in r  # k1 goes into the reward, not the loss
     assert (tmp_path / "samples.txt").read_text().count("=== step 2") == 2

@@ -409,7 +409,9 @@ def test_r1_zero_runs_from_a_hugging_face_base(tiny_hf, tmp_path):
 
     config = runpy.run_path(os.path.join(ROOT, "experiments/r1_zero.py"))["get_config"]()
     config.init_checkpoint = tiny_hf
-    config.grpo.update(num_steps=2, num_questions=2, num_generations=2, minibatch_size=4)
+    config.grpo.update(
+        num_steps=2, num_questions=2, num_generations=2, minibatch_size=4, dynamic_sampling=False
+    )
     config.sampling.max_new_tokens = 12
     config.eval.update(num_questions=2, num_samples=2)
     config.eval.sampling.max_new_tokens = 12

@@ -221,6 +221,7 @@ def test_grpo_recipe_on_a_mesh_trains_like_one_device(tmp_path):
             {
                 "init_checkpoint": str(tmp_path / "base"),
                 "grpo.num_steps": 2,
+                "grpo.dynamic_sampling": False,  # a random policy: refills would only cost time
                 "grpo.num_questions": 8,
                 "grpo.num_generations": 2,
                 "grpo.minibatch_size": 16,
