@@ -213,3 +213,70 @@ def plot_training(workdir: str) -> list[str]:
         plot_balance({"": rows}, os.path.join(workdir, "balance.png")),
     ]
     return [p for p in paths if p]
+
+
+def plot_cost_curves(
+    curves: dict[str, Rows],
+    keys: list[str],
+    path: str,
+    target: dict[str, float] | None = None,
+    title: str = "",
+    styles: dict[str, dict] | None = None,
+) -> str | None:
+    """Validation losses against training FLOPs and against training seconds, one line per
+    model (e.g. MoE vs dense): a row of two panels per key. `curves[name]` are points with
+    'flops', 'seconds' and the keys; `target[key]` draws a dashed level (the dense final);
+    `styles[name]`: matplotlib line keywords (default: the name's own colour, dots)."""
+    keys = [k for k in keys if any(p.get(k) is not None for c in curves.values() for p in c)]
+    if not keys:
+        return None
+    fig, axes = _panels(2 * len(keys), 2)
+    for row, key in enumerate(keys):
+        for col, (cost, label) in enumerate(
+            (("flops", "training FLOPs"), ("seconds", "training s"))
+        ):
+            ax = axes[2 * row + col]
+            for i, (name, points) in enumerate(curves.items()):
+                pts = [(p[cost], p[key]) for p in points
+                       if p.get(key) is not None and p.get(cost) is not None]  # fmt: skip
+                if pts:
+                    x, y = zip(*pts, strict=True)
+                    style = {"marker": ".", "color": f"C{i}", **(styles or {}).get(name, {})}
+                    ax.plot(x, y, label=name, **style)
+            if target and target.get(key) is not None:
+                ax.axhline(target[key], color="gray", linestyle="--", linewidth=1)
+            ax.set(xlabel=label, title=key)
+            ax.grid(alpha=0.3)
+            ax.legend()
+    return _save(fig, path, title)
+
+
+def plot_expert_shares(
+    shares: list | np.ndarray, kinds: list[str], path: str, title: str = ""
+) -> str | None:
+    """Heatmap per MoE layer: of the routed tokens of each kind (rows), the share each expert
+    (columns) received, divided by the uniform share 1/E (1.0: no preference), log colour
+    scale. shares[layer][kind][expert] as made by compare.routing_shares."""
+    shares_NCE = np.asarray(shares, dtype=float)
+    if shares_NCE.size == 0:
+        return None
+    from matplotlib.colors import LogNorm
+
+    n_layers, n_kinds, n_experts = shares_NCE.shape
+    ratio = np.clip(shares_NCE * n_experts, 1e-2, None)
+    top = max(float(ratio.max()), 2.0)
+    fig, axes = plt.subplots(
+        n_layers, 1, figsize=(max(6, 0.22 * n_experts + 2), 0.45 * n_kinds * n_layers + 1.2),
+        squeeze=False,
+    )  # fmt: skip
+    for layer, ax in enumerate(axes[:, 0]):
+        im = ax.imshow(
+            ratio[layer], aspect="auto", cmap="RdBu_r", norm=LogNorm(1 / top, top),
+            interpolation="nearest",
+        )  # fmt: skip
+        ax.set_yticks(range(n_kinds), kinds)
+        ax.set_xticks(range(0, n_experts, max(1, n_experts // 16)))
+        ax.set_title(f"MoE layer {layer}: share of a kind's tokens per expert / uniform (1/E)")
+        ax.set_xlabel("routed expert")
+        fig.colorbar(im, ax=ax)
+    return _save(fig, path, title)

@@ -6,7 +6,7 @@ running, and a finished seed is not run again). The recipe's result becomes one 
 (its module's `seed_row(result)`, else the result's top-level numbers); the sweep prints the
 rows with their mean, standard deviation (n - 1) and minimum, writes them to
 `<workdir>/seeds.md` and `seeds.json`, and overlays the seeds' training curves (the module's
-`SEED_CURVES` metric keys) in `<workdir>/seeds.png`.
+`SEED_CURVES` metric keys, or its own `seed_figure(workdir, seeds)`) in `<workdir>/seeds.png`.
 """
 
 from __future__ import annotations
@@ -127,8 +127,11 @@ def seeds_table(rows: dict[int, dict[str, float]], stats: dict[str, dict[str, fl
     return "\n".join(lines)
 
 
-def report(name: str, workdir: str, rows: dict[int, dict[str, float]], curves=()) -> dict:
-    """Writes seeds.md, seeds.json and (with curve keys) seeds.png for the rows so far."""
+def report(
+    name: str, workdir: str, rows: dict[int, dict[str, float]], curves=(), figure=None
+) -> dict:
+    """Writes seeds.md, seeds.json and seeds.png for the rows so far: `figure(workdir, seeds)`
+    draws it where given, else the seeds' `curves` metric keys are overlaid."""
     rows = dict(sorted(rows.items()))
     stats = summarize(rows)
     table = seeds_table(rows, stats)
@@ -139,7 +142,9 @@ def report(name: str, workdir: str, rows: dict[int, dict[str, float]], curves=()
         json.dump({"name": name, "rows": {str(s): r for s, r in rows.items()}, "stats": stats},
                   f, indent=2)  # fmt: skip
     plot = None
-    if curves:
+    if figure is not None:
+        plot = figure(workdir, list(rows))
+    elif curves:
         plot = plots.plot_runs(
             {f"seed {s}": os.path.join(workdir, f"seed_{s}") for s in rows},
             list(curves),
@@ -184,6 +189,6 @@ def run(
             json.dump({"config": json.loads(cfg.to_json_best_effort()), "row": row}, f, indent=2)
         if len(rows) < len(configs):
             report(name, workdir, rows)  # partial tables; the figure once at the end
-    out = report(name, workdir, rows, curves)
+    out = report(name, workdir, rows, curves, getattr(recipe, "seed_figure", None))
     print(f"\n{out.pop('header')}\n{out['table']}")
     return out

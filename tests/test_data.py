@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from moe_rl.data import arithmetic, corpus, packing
+from moe_rl.data import arithmetic, corpus, facts, labelled, packing, skills
 from moe_rl.data.tokenizers import ByteTokenizer, HFTokenizer, get_tokenizer, train_bpe
 
 BYTE = ByteTokenizer()
@@ -231,7 +231,7 @@ def no_downloads(monkeypatch):
     """Any attempt to download or prepare a non-embedded dataset fails the test."""
 
     def refuse(self, *args, **kwargs):
-        if self.name != corpus.ARITHMETIC:
+        if self.name not in (corpus.ARITHMETIC, corpus.FACTS, corpus.SKILLS):
             raise AssertionError(f"tried to prepare {self.name}")
         return original(self, *args, **kwargs)
 
@@ -251,6 +251,109 @@ def test_corpus_prepares_offline_deterministically(tmp_path, no_downloads):
     assert list(train) == list(again) == list(arithmetic.documents(120, [3, 0]))
     assert train.__getitems__([5, 2]) == [train[5], train[2]] and train[-1] == train[119]
     assert len(set(valid) & set(train)) < 5  # different seeds per split; short docs may repeat
+
+
+# --- the facts corpus ---------------------------------------------------------------------
+
+
+def test_facts_people_are_distinct_and_deterministic():
+    people = facts.people(500, seed=0)
+    assert people == facts.people(500, seed=0) and people != facts.people(500, seed=1)
+    assert len({p.name for p in people}) == 500
+    for p in people:
+        assert set(p.values) == set(facts.ATTRIBUTES)
+        for attribute, values in facts.VALUES.items():
+            assert p.values[attribute] in values
+        month, day, year = re.fullmatch(r"(\w+) (\d+), (\d+)", p.values["birth_date"]).groups()
+        assert month in facts.MONTHS and int(day) in facts.DAYS and int(year) in facts.YEARS
+    # the lists are fixed (not seeded by the corpus seed) and hold distinct values
+    for values in (facts.FIRST_NAMES, facts.LAST_NAMES, *facts.VALUES.values()):
+        assert len(set(values)) == len(values)
+    assert 40 < facts.mean_bits_per_person() < 44
+
+
+def test_facts_documents_render_every_fact_in_spans_that_tile_the_text():
+    people = facts.people(20, seed=0)
+    train = list(facts.documents(60, 20, 0, "train"))
+    assert train == list(facts.documents(60, 20, 0, "train"))
+    for i, doc in enumerate(train):
+        assert doc.entity == i % 20
+        person = people[doc.entity]
+        assert doc.text.startswith(person.name)
+        ends = [0] + [end for _, _, end in doc.spans]
+        assert [start for _, start, _ in doc.spans] == ends[:-1] and ends[-1] == len(doc.text)
+        found = {
+            facts.KINDS[k]: doc.text[a:b] for k, a, b in doc.spans if k < len(facts.ATTRIBUTES)
+        }
+        assert found == person.values  # each attribute once, with the person's value
+        assert doc.text.count(".") == len(facts.ATTRIBUTES) and len(doc.text) < 190
+    # Validation: the same people and facts in other renderings.
+    valid = list(facts.documents(60, 20, 0, "validation"))
+    assert [d.entity for d in valid] == [d.entity for d in train]
+    assert len({d.text for d in valid} & {d.text for d in train}) < 3
+    orders = {tuple(k for k, _, _ in d.spans if k < len(facts.ATTRIBUTES)) for d in train}
+    assert len(orders) > 20  # sentences shuffled
+    kinds = labelled.token_kinds(train[0], len(train[0].text) + 2, facts.KINDS.index("other"))
+    assert kinds[0] == kinds[-1] == facts.KINDS.index("other")
+    assert (kinds[1 : 1 + len(people[0].name)] == facts.KINDS.index("name")).all()
+
+
+def test_skills_documents_apply_each_skills_code():
+    table = skills.codes(6, seed=0)
+    assert table.shape == (6, 26)
+    for row in table:  # each code writes 13 letters, each for two plain letters
+        written, counts = np.unique(row, return_counts=True)
+        assert len(written) == skills.OUTPUTS and (counts == 26 // skills.OUTPUTS).all()
+    assert not (skills.codes(6, seed=1) == table).all()
+    docs = list(skills.documents(200, 6, 1.0, 0, "train"))
+    assert docs == list(skills.documents(200, 6, 1.0, 0, "train"))
+    kinds = skills.kinds(6)
+    counts = np.zeros(6)
+    for doc in docs:
+        entries = doc.text.split(" ")
+        assert len(entries) == skills.ENTRIES and len(doc.text) < 190
+        for marker, plain, coded in entries:
+            k = skills.MARKERS.index(marker)
+            assert coded == skills.LETTERS[table[k, skills.LETTERS.index(plain)]]
+            counts[k] += 1
+        labels = labelled.token_kinds(doc, len(doc.text) + 2, len(kinds) - 1)[1:-1]
+        for i, (marker, _, _) in enumerate(entries):
+            assert labels[4 * i] == kinds.index("marker")
+            assert labels[4 * i + 1] == kinds.index("plain")
+            assert labels[4 * i + 2] == skills.MARKERS.index(marker)  # the coded letter's skill
+    # Zipf frequencies: skill k drawn in proportion to 1 / (k + 1)
+    np.testing.assert_allclose(counts / counts.sum(), skills.frequencies(6, 1.0), atol=0.01)
+    valid = list(skills.documents(50, 6, 1.0, 0, "validation"))
+    assert not {d.text for d in valid} & {d.text for d in docs}
+
+
+@pytest.mark.parametrize("kind", ["facts", "skills"])
+def test_labelled_corpora_prepare_offline_and_match_the_generators(kind, tmp_path, no_downloads):
+    if kind == "facts":
+        name = corpus.facts_name(num_people=10, num_train=40, num_validation=12, seed=2)
+        assert name == "moe_rl_facts/people10_train40_validation12_seed2"
+        make = lambda n, split: facts.documents(n, 10, 2, split)
+        kinds, measured = facts.KINDS, len(facts.ATTRIBUTES)
+    else:
+        name = corpus.skills_name(5, 0.5, num_train=40, num_validation=12, seed=2)
+        assert name == "moe_rl_skills/skills5_zipf0.5_train40_validation12_seed2"
+        make = lambda n, split: skills.documents(n, 5, 0.5, 2, split)
+        kinds, measured = skills.kinds(5), 5
+    train = corpus.load_text_dataset(name, "train", str(tmp_path))
+    valid = corpus.load_labelled(name, "validation", str(tmp_path))
+    assert list(train) == [d.text for d in make(40, "train")]
+    assert list(valid) == list(make(12, "validation"))
+    assert valid.__getitems__([3, 1]) == [valid[3], valid[1]]
+    assert (valid.kinds, valid.measured) == (kinds, measured)
+
+
+def test_labelled_corpus_names_are_checked():
+    with pytest.raises(ValueError, match="people<N>|people"):
+        corpus.load_text_dataset("moe_rl_facts/people10", "train")
+    with pytest.raises(ValueError, match="num_people=0"):
+        corpus.facts_name(0, 40, 12, 2)
+    with pytest.raises(ValueError, match="num_skills=37"):
+        corpus.skills_name(37, 1.0, 40, 12, 2)
 
 
 class MoeRlTestTexts(tfds.core.GeneratorBasedBuilder):

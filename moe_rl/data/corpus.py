@@ -1,22 +1,27 @@
 """Pretraining corpora as random-access sequences of strings, read from TFDS array_record files.
 
-`load_text_dataset(name, split, data_dir)` serves both the embedded corpus `moe_rl_arithmetic`
-(generated locally on first use, no download) and any TFDS text dataset already prepared in
-`array_record` format (e.g. `tiny_shakespeare`, `lm1b`). Reading goes through
-`builder.as_data_source`, which needs neither TensorFlow nor network. Nothing here downloads
-unless asked to with download=True.
+`load_text_dataset(name, split, data_dir)` serves the embedded corpora `moe_rl_arithmetic`,
+`moe_rl_facts` and `moe_rl_skills` (generated locally on first use, no download) and any TFDS
+text dataset already prepared in `array_record` format (e.g. `tiny_shakespeare`, `lm1b`).
+Reading goes through `builder.as_data_source`, which needs neither TensorFlow nor network.
+Nothing here downloads unless asked to with download=True. `load_labelled` reads the facts and
+skills corpora with the kinds of their bytes (`labelled`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Sequence
 
+import numpy as np
 import tensorflow_datasets as tfds
 
-from moe_rl.data import arithmetic
+from moe_rl.data import arithmetic, facts, labelled, skills
 
 ARITHMETIC = "moe_rl_arithmetic"
+FACTS = "moe_rl_facts"
+SKILLS = "moe_rl_skills"
 # Generate locally: no GCS lookup, and no statistics pass (a second read of all the data).
 OFFLINE_DOWNLOAD_CONFIG = tfds.download.DownloadConfig(
     try_download_gcs=False, compute_stats=tfds.download.ComputeStatsMode.SKIP
@@ -87,6 +92,217 @@ class MoeRlArithmetic(tfds.core.GeneratorBasedBuilder):
             yield i, {"text": text}
 
 
+@dataclasses.dataclass
+class FactsConfig(tfds.core.BuilderConfig):
+    """People, documents and seed of the facts corpus; named by its values like ArithmeticConfig."""
+
+    num_people: int = 1000
+    num_train: int = 100_000
+    num_validation: int = 1000
+    seed: int = 0
+
+
+@dataclasses.dataclass
+class SkillsConfig(tfds.core.BuilderConfig):
+    """Skills (and their Zipf exponent), documents and seed of the skills corpus."""
+
+    num_skills: int = 36
+    zipf: float = 1.0
+    num_train: int = 100_000
+    num_validation: int = 1000
+    seed: int = 0
+
+
+def _check_sizes(corpus_name: str, num_train: int, num_validation: int) -> None:
+    if num_train < 1 or num_validation < 1:
+        raise ValueError(
+            f"{corpus_name}: num_documents={num_train} and num_validation={num_validation} "
+            "must be >= 1"
+        )
+
+
+def facts_config(
+    num_people: int = 1000, num_train: int = 100_000, num_validation: int = 1000, seed: int = 0
+) -> FactsConfig:
+    """A facts config named after its values (memoized, as TFDS wants; see arithmetic_config)."""
+    _check_sizes(FACTS, num_train, num_validation)
+    if num_people < 1:
+        raise ValueError(f"{FACTS}: num_people={num_people} must be >= 1")
+    name = f"people{num_people}_train{num_train}_validation{num_validation}_seed{seed}"
+    config = FactsConfig(name, num_people=num_people, num_train=num_train,
+                         num_validation=num_validation, seed=seed)  # fmt: skip
+    return _CONFIGS.setdefault(name, config)
+
+
+def skills_config(
+    num_skills: int = 36,
+    zipf: float = 1.0,
+    num_train: int = 100_000,
+    num_validation: int = 1000,
+    seed: int = 0,
+) -> SkillsConfig:
+    """A skills config named after its values (memoized)."""
+    _check_sizes(SKILLS, num_train, num_validation)
+    skills.codes(num_skills, seed), skills.frequencies(num_skills, zipf)  # their range checks
+    name = (
+        f"skills{num_skills}_zipf{float(zipf)}_train{num_train}_validation{num_validation}"
+        f"_seed{seed}"
+    )
+    config = SkillsConfig(name, num_skills=num_skills, zipf=float(zipf), num_train=num_train,
+                          num_validation=num_validation, seed=seed)  # fmt: skip
+    return _CONFIGS.setdefault(name, config)
+
+
+def facts_name(num_people: int, num_train: int, num_validation: int, seed: int) -> str:
+    """'moe_rl_facts/<config>': a dataset name that carries the corpus size, so that it can be
+    given as config.data.name to any recipe that reads a TFDS name."""
+    return f"{FACTS}/{facts_config(num_people, num_train, num_validation, seed).name}"
+
+
+def skills_name(
+    num_skills: int, zipf: float, num_train: int, num_validation: int, seed: int
+) -> str:
+    """'moe_rl_skills/<config>', like facts_name."""
+    return f"{SKILLS}/{skills_config(num_skills, zipf, num_train, num_validation, seed).name}"
+
+
+_NAMES = {
+    FACTS: (re.compile(r"people(\d+)_train(\d+)_validation(\d+)_seed(\d+)"), facts_config),
+    SKILLS: (
+        re.compile(r"skills(\d+)_zipf([\d.]+)_train(\d+)_validation(\d+)_seed(\d+)"),
+        skills_config,
+    ),
+}
+
+
+def _labelled_config(name: str):
+    """The builder config of 'moe_rl_facts[/<config>]' or 'moe_rl_skills[/<config>]'."""
+    base, _, rest = name.partition("/")
+    pattern, make = _NAMES[base]
+    if not rest:
+        return make()
+    match = pattern.fullmatch(rest)
+    if not match:
+        raise ValueError(
+            f"Unknown {base} config {rest!r}: expected {pattern.pattern!r} "
+            f"(see corpus.{base.removeprefix('moe_rl_')}_name)"
+        )
+    return make(*(float(v) if "." in v else int(v) for v in match.groups()))
+
+
+class _LabelledBuilder(tfds.core.GeneratorBasedBuilder):
+    """Text and its spans (kind, start, end) in bytes (see `labelled`), generated locally."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "Initial release."}
+    _module = labelled
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description=self._module.__doc__,
+            features=tfds.features.FeaturesDict(
+                {
+                    "text": tfds.features.Text(),
+                    "entity": tfds.features.Scalar(np.int32),
+                    "spans": tfds.features.Tensor(shape=(None, 3), dtype=np.int32),
+                }
+            ),
+            disable_shuffling=True,  # keep generation order; the batch iterator shuffles
+        )
+
+    def _split_generators(self, dl_manager):
+        del dl_manager  # nothing to download
+        c = self.builder_config
+        return {
+            split: self._generate_examples(num, split)
+            for split, num in (("train", c.num_train), ("validation", c.num_validation))
+        }
+
+    def _generate_examples(self, num: int, split: str):
+        for i, doc in enumerate(self._documents(num, split)):
+            spans = np.asarray(doc.spans, np.int32).reshape(-1, 3)
+            yield i, {"text": doc.text, "entity": doc.entity, "spans": spans}
+
+
+class MoeRlFacts(_LabelledBuilder):
+    """Biographies of generated people (see `facts`); entity: the person's index."""
+
+    BUILDER_CONFIGS = [facts_config()]
+    _module = facts
+
+    def _documents(self, num: int, split: str):
+        c = self.builder_config
+        return facts.documents(num, c.num_people, c.seed, split)
+
+
+class MoeRlSkills(_LabelledBuilder):
+    """Entries of letter codes, many skills with Zipf frequencies (see `skills`)."""
+
+    BUILDER_CONFIGS = [skills_config()]
+    _module = skills
+
+    def _documents(self, num: int, split: str):
+        c = self.builder_config
+        return skills.documents(num, c.num_skills, c.zipf, c.seed, split)
+
+
+class LabelledSource(Sequence):
+    """A split of a labelled corpus as `labelled.Document`s, by index, with the names of its
+    token kinds and how many of them (the first) are measured."""
+
+    def __init__(self, source, kinds: tuple[str, ...], measured: int):
+        self._source, self.kinds, self.measured = source, kinds, measured
+
+    def __len__(self) -> int:
+        return len(self._source)
+
+    def __getitem__(self, index: int) -> labelled.Document:
+        n = len(self._source)
+        if not -n <= index < n:
+            raise IndexError(f"index {index} out of range for {n} documents")
+        return self._document(self._source[index % n])
+
+    def __getitems__(self, indices: Sequence[int]) -> list[labelled.Document]:
+        return [self._document(r) for r in self._source.__getitems__(list(indices))]
+
+    @staticmethod
+    def _document(record) -> labelled.Document:
+        text = record["text"]
+        text = text.decode("utf-8") if isinstance(text, bytes) else str(text)
+        spans = tuple(tuple(int(v) for v in row) for row in np.asarray(record["spans"]))
+        return labelled.Document(text, int(record["entity"]), spans)
+
+
+def is_labelled(name: str) -> bool:
+    """Whether `name` is one of the labelled corpora, 'moe_rl_facts' or 'moe_rl_skills' (with
+    or without a config)."""
+    return name.partition("/")[0] in _NAMES
+
+
+def _labelled_builder(name: str, data_dir: str | None) -> _LabelledBuilder:
+    config = _labelled_config(name)
+    cls = MoeRlFacts if isinstance(config, FactsConfig) else MoeRlSkills
+    builder = cls(data_dir=data_dir, config=config, file_format="array_record")
+    if not builder.is_prepared():
+        builder.download_and_prepare(
+            file_format="array_record", download_config=OFFLINE_DOWNLOAD_CONFIG
+        )
+    return builder
+
+
+def load_labelled(name: str, split: str, data_dir: str | None = None) -> LabelledSource:
+    """A split of a labelled corpus (see facts_name, skills_name) as documents with their
+    spans; prepared locally on first use."""
+    builder = _labelled_builder(name, data_dir)
+    c = builder.builder_config
+    if isinstance(c, FactsConfig):
+        kinds, measured = facts.KINDS, facts.MEASURED
+    else:
+        kinds, measured = skills.kinds(c.num_skills), c.num_skills
+    return LabelledSource(builder.as_data_source(split), kinds, measured)
+
+
 class DatasetNotPreparedError(FileNotFoundError):
     """A TFDS dataset is not in data_dir and we may not download it."""
 
@@ -151,8 +367,10 @@ def load_text_dataset(
     """The documents of `split` of a TFDS text dataset, as a random-access sequence of str.
 
     name: 'moe_rl_arithmetic' (embedded: prepared locally on first use, sized by `config`,
-      default `arithmetic_config()`) or any TFDS name, with version or config as TFDS allows
-      ('lm1b', 'wiki40b/en'); those must be prepared in array_record format.
+      default `arithmetic_config()`), 'moe_rl_facts[/<config>]', 'moe_rl_skills[/<config>]'
+      (embedded, sized by the name: see facts_name, skills_name) or any TFDS name, with
+      version or config as TFDS allows ('lm1b', 'wiki40b/en'); those must be prepared in
+      array_record format.
     data_dir: where prepared datasets live (TFDS default: ~/tensorflow_datasets).
     text_key: the text feature; default 'text' or the dataset's only Text feature.
     download: let TFDS download and prepare a dataset that is missing (needs network).
@@ -166,13 +384,16 @@ def load_text_dataset(
             builder.download_and_prepare(
                 file_format="array_record", download_config=OFFLINE_DOWNLOAD_CONFIG
             )
+    elif is_labelled(name):
+        builder = _labelled_builder(name, data_dir)
     else:
         kwargs = {} if config is None else {"config": config}
         try:
             builder = tfds.builder(name, data_dir=data_dir, **kwargs)
         except tfds.core.registered.DatasetNotFoundError:
             raise ValueError(
-                f"Unknown dataset {name!r}: neither {ARITHMETIC!r} nor a TFDS dataset name."
+                f"Unknown dataset {name!r}: neither {ARITHMETIC!r}, {FACTS!r}, {SKILLS!r} "
+                "nor a TFDS dataset name."
             ) from None
         if not builder.is_prepared():
             if not download:

@@ -77,3 +77,30 @@ def mesh(**overrides) -> ConfigDict:
     )
     c.update(overrides)
     return c
+
+
+def facts_data(**overrides) -> ConfigDict:
+    """The data block of the embedded facts corpus (moe_rl/data/facts.py, biographies): the
+    fields of `data()` plus num_people; num_documents / num_validation count renderings."""
+    c = data(
+        name="moe_rl_facts",
+        num_documents=100_000,  # training renderings: document i is person i % num_people
+        num_validation=512,  # validation renderings (another random stream, same people)
+    )
+    c.num_people = 1000  # people, ~42 bits of attribute values each
+    c.update(overrides)
+    return c
+
+
+def skills_data(**overrides) -> ConfigDict:
+    """The data block of the embedded skills corpus (moe_rl/data/skills.py, letter codes): the
+    fields of `data()` plus num_skills and zipf."""
+    c = data(
+        name="moe_rl_skills",
+        num_documents=100_000,  # training documents of 45 entries
+        num_validation=256,  # validation documents (another random stream, same codes)
+    )
+    c.num_skills = 36  # distinct letter codes, 1..36
+    c.zipf = 1.0  # skill k is drawn with weight 1 / (k + 1)^zipf; 0: uniform
+    c.update(overrides)
+    return c
