@@ -4,15 +4,16 @@ same corpus with the teacher's tokenizer, is fine-tuned on them (SFT only).
 
 Command:  python -m moe_rl.main --config=experiments/distill.py
           own teacher: --config.teacher_workdir=runs/r1_zero (a finished experiments/r1_zero.py run)
-Runtime:  ~33 min on a 2-core CPU from nothing: the teacher's R1-Zero run 17 min (reused, or
-          skipped with teacher_workdir), teacher sampling 1 min, student pretraining 6 min,
-          SFT 3 min, three evaluations 2 min.
-Result:   measured (seed 0): teacher pass@1 0.803; student base 0.010; distilled student
-          0.797 (99% of the teacher's) with 3.2x fewer activated parameters; 1153 of 4096
-          teacher answers kept (acceptance 0.52). Printed as a table of teacher vs student
-          base vs student (parameters, activated parameters, sampling tokens/s, held-out
-          pass@1, maj@4, format rate); <workdir>/summary.json, data/teacher.jsonl (the kept
-          answers) with data/teacher.stats.json.
+Runtime:  the teacher's R1-Zero run (reused with teacher_workdir, else run here first) + 9-10
+          min on a 2-core CPU: teacher sampling, student pretraining, SFT, three evaluations.
+Result:   measured over seeds 0-2, each with its own R1-Zero teacher (--seeds=0-2
+          --config.teacher_workdir=runs/r1_zero/seed_{seed}; docs/results/distill): teacher
+          pass@1 0.836 / 0.301 / 0.984, student base 0.006-0.008, distilled student 0.803 /
+          0.434 / 0.830 (96% / 144% / 84% of the teacher's) with 3.2x fewer activated
+          parameters. Printed as a table of teacher vs student base vs student (parameters,
+          activated parameters, sampling tokens/s, held-out pass@1, maj@4, format rate);
+          <workdir>/summary.json, data/teacher.jsonl (the kept answers) with
+          data/teacher.stats.json.
 Modes:    --config.distill.mode=sft (default, R1's) | logit_kd (the teacher's token
           distributions on the same answers) | gkd (on-policy: half the batches written by the
           student itself, generalized JSD to the teacher); each trains into student_<mode>/ and

@@ -98,9 +98,11 @@ def summarize(rows: dict[int, dict[str, float]]) -> dict[str, dict[str, float]]:
     out = {}
     for key in columns:
         values = np.asarray([row[key] for row in rows.values() if key in row], dtype=float)
+        with np.errstate(invalid="ignore"):  # an inf value (e.g. never reached): std nan
+            std = float(values.std(ddof=1)) if len(values) > 1 else 0.0
         out[key] = {
             "mean": float(values.mean()),
-            "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+            "std": std,
             "min": float(values.min()),
             "max": float(values.max()),
         }
