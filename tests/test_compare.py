@@ -179,7 +179,7 @@ def test_config_errors_name_the_key(flat, key):
 
 def test_prepare_names_the_corpus_by_its_size_and_keeps_every_checkpoint():
     config = compare.prepare(toy_config())
-    assert config.data.name == corpus.skills_name(4, 1.0, 32, 8, 0)
+    assert config.data.name == corpus.skills_name(4, 0.0, 32, 8, 0)  # the experiment's zipf 0
     assert config.train.checkpoint_every == 2 and config.train.keep_checkpoints == 3
     assert compare.prepare(toy_config("facts")).data.name == corpus.facts_name(8, 32, 8, 0)
 
