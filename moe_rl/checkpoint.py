@@ -61,9 +61,7 @@ class Checkpointer:
         self.manager.reload()
         for step in sorted(self.manager.all_steps(), reverse=True):
             try:
-                args = ocp.args.Composite(state=ocp.args.StandardRestore())
-                saved = self.manager.restore(step, args=args)["state"]
-                model = {k: saved[k] for k in abstract_model}
+                model = self._read_model(step, abstract_model)
             except Exception as e:  # noqa: BLE001 - any failure means this checkpoint is unusable
                 logging.warning(
                     "Skipping unreadable checkpoint at step %d in %s: %s", step, self.directory, e
@@ -71,6 +69,16 @@ class Checkpointer:
                 continue
             return _conform(model, abstract_model, self.directory), step
         return None
+
+    def restore_model(self, step: int, abstract_model: Any) -> Any:
+        """The checkpoint of `step`'s {'params', 'model_state'} as in `abstract_model` (e.g.
+        every evaluation's checkpoint of a run); raises if it is unreadable or another model."""
+        return _conform(self._read_model(step, abstract_model), abstract_model, self.directory)
+
+    def _read_model(self, step: int, abstract_model: Any) -> dict:
+        args = ocp.args.Composite(state=ocp.args.StandardRestore())
+        saved = self.manager.restore(step, args=args)["state"]
+        return {k: saved[k] for k in abstract_model}
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()

@@ -36,7 +36,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 
 from moe_rl import plots
 from moe_rl.checkpoint import Checkpointer
@@ -276,13 +275,13 @@ def kind_losses(
     return out
 
 
-def restore_model(workdir: str, step: int) -> tuple[dict, dict]:
-    """(params, model_state) of the checkpoint of `step` in a pretraining workdir."""
+def restore_model(cfg: ModelConfig, workdir: str, step: int) -> tuple[dict, dict]:
+    """(params, model_state) of the checkpoint of `step` in a pretraining workdir of `cfg`."""
+    params, model_state = jax.eval_shape(lambda: transformer.init(cfg, jax.random.key(0)))
     checkpointer = Checkpointer(workdir, async_save=False)
-    args = ocp.args.Composite(state=ocp.args.StandardRestore())
-    saved = checkpointer.manager.restore(step, args=args)["state"]
+    model = checkpointer.restore_model(step, {"params": params, "model_state": model_state})
     checkpointer.close()
-    return saved["params"], saved["model_state"]
+    return model["params"], model["model_state"]
 
 
 def value_curve(cfg: ModelConfig, workdir: str, batch: dict, kinds, measured: int) -> dict:
@@ -297,7 +296,7 @@ def value_curve(cfg: ModelConfig, workdir: str, batch: dict, kinds, measured: in
     steps = checkpointer.manager.all_steps()
     checkpointer.close()
     for step in sorted(set(steps) - set(done)):
-        done[step] = kind_losses(cfg, *restore_model(workdir, step), batch, kinds, measured)
+        done[step] = kind_losses(cfg, *restore_model(cfg, workdir, step), batch, kinds, measured)
     with open(path, "w") as f:
         json.dump({str(k): done[k] for k in sorted(done)}, f, indent=2)
     return done
@@ -385,7 +384,7 @@ def mutual_information_bits(shares_CE: np.ndarray, tokens_C: np.ndarray) -> floa
 def specialisation(cfg: ModelConfig, workdir: str, step: int, batch: dict, kinds) -> dict:
     """Routing shares of the MoE's checkpoint at `step` over `batch`, by the kind of the token
     each position predicts (the routing that computes an attribute value or a coded letter)."""
-    params, model_state = restore_model(workdir, step)
+    params, model_state = restore_model(cfg, workdir, step)
     chunks = list(_chunks(batch))
     ids = np.concatenate([expert_choices(cfg, params, model_state, c) for c in chunks], axis=1)
     predicted = np.concatenate([c["kinds"] for c in chunks], axis=0)
