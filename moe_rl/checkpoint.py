@@ -17,10 +17,17 @@ from absl import logging
 class Checkpointer:
     """Keeps the last `keep` checkpoints of (state, extra) under `<workdir>/checkpoints`."""
 
-    def __init__(self, workdir: str, keep: int = 3, async_save: bool = True):
+    def __init__(
+        self, workdir: str, keep: int = 3, async_save: bool = True, read_only: bool = False
+    ):
+        """read_only: only restore (e.g. an init_checkpoint): nothing is created or written, so
+        a mistyped path stays absent on disk."""
         self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=keep, enable_async_checkpointing=async_save, create=True
+            max_to_keep=keep,
+            enable_async_checkpointing=async_save and not read_only,
+            create=not read_only,
+            read_only=read_only,
         )
         self.manager = ocp.CheckpointManager(
             self.directory, options=options, item_names=("state", "extra")

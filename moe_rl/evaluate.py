@@ -50,7 +50,7 @@ def load_model(config: ml_collections.ConfigDict, cfg: ModelConfig):
             f"config.checkpoint={config.checkpoint!r} is not a workdir with checkpoints/ "
             "(train one first, e.g. experiments/pretrain_moe.py writes runs/pretrain_moe)"
         )
-    restored = checkpoint.Checkpointer(config.checkpoint, async_save=False).restore_latest_model(
+    restored = checkpoint.Checkpointer(config.checkpoint, read_only=True).restore_latest_model(
         jax.eval_shape(init)
     )
     if restored is None:

@@ -67,3 +67,18 @@ def test_partial_save_is_never_loaded(tmp_path):
 
 def test_no_checkpoint_gives_none(tmp_path):
     assert Checkpointer(str(tmp_path)).restore_latest(abstract()) is None
+
+
+def test_read_only_never_writes(tmp_path):
+    """Reading a mistyped init_checkpoint must leave nothing on disk (it used to create
+    <path>/checkpoints while raising)."""
+    missing = tmp_path / "no_such_run"
+    reader = Checkpointer(str(missing), read_only=True)
+    assert reader.restore_latest(abstract()) is None and reader.latest_step() is None
+    assert not missing.exists()
+    writer = Checkpointer(str(tmp_path / "run"), async_save=False)
+    writer.save(3, state(3))
+    writer.close()
+    got, _, step = Checkpointer(str(tmp_path / "run"), read_only=True).restore_latest(abstract())
+    assert step == 3
+    jax.tree.map(np.testing.assert_array_equal, got, state(3))

@@ -219,3 +219,11 @@ def test_every_variant_runs_together(base_dir, tmp_path, monkeypatch):
         lambda a, b: np.abs(a - b).max(), after["model_state"], base["model_state"]
     )
     assert max(jax.tree.leaves(moved)) > 0  # the balancing bias was updated during RL
+
+
+def test_a_missing_init_checkpoint_is_an_error_that_writes_nothing(tmp_path):
+    missing = tmp_path / "no_such_base"
+    config = small_config(str(missing))
+    with pytest.raises(ValueError, match="config.init_checkpoint=.*no_such_base.* no readable"):
+        grpo.base_model(config, ModelConfig.from_config(config.model), str(tmp_path / "run"))
+    assert not missing.exists()

@@ -116,7 +116,7 @@ def model_run_config(config: ml_collections.ConfigDict, name: str) -> ml_collect
 def _finished(workdir: str, num_steps: int) -> bool:
     if not os.path.exists(os.path.join(workdir, "summary.json")):
         return False
-    checkpointer = Checkpointer(workdir, async_save=False)
+    checkpointer = Checkpointer(workdir, read_only=True)
     done = checkpointer.latest_step() == num_steps
     checkpointer.close()
     return done
@@ -278,7 +278,7 @@ def kind_losses(
 def restore_model(cfg: ModelConfig, workdir: str, step: int) -> tuple[dict, dict]:
     """(params, model_state) of the checkpoint of `step` in a pretraining workdir of `cfg`."""
     params, model_state = jax.eval_shape(lambda: transformer.init(cfg, jax.random.key(0)))
-    checkpointer = Checkpointer(workdir, async_save=False)
+    checkpointer = Checkpointer(workdir, read_only=True)
     model = checkpointer.restore_model(step, {"params": params, "model_state": model_state})
     checkpointer.close()
     return model["params"], model["model_state"]
@@ -292,7 +292,7 @@ def value_curve(cfg: ModelConfig, workdir: str, batch: dict, kinds, measured: in
     if os.path.exists(path):
         with open(path) as f:
             done = {int(k): v for k, v in json.load(f).items()}
-    checkpointer = Checkpointer(workdir, async_save=False)
+    checkpointer = Checkpointer(workdir, read_only=True)
     steps = checkpointer.manager.all_steps()
     checkpointer.close()
     for step in sorted(set(steps) - set(done)):

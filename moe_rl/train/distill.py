@@ -305,7 +305,7 @@ def teacher_workdir(config, workdir: str) -> str:
             )
         return config.teacher_workdir
     folder = os.path.join(workdir, "teacher")
-    done = checkpoint.Checkpointer(os.path.join(folder, "grpo"), async_save=False).latest_step()
+    done = checkpoint.Checkpointer(os.path.join(folder, "grpo"), read_only=True).latest_step()
     if done is None or done < config.teacher.grpo.num_steps:
         print(f"Training the teacher with the R1-Zero recipe into {folder}")
         grpo.run(config.teacher, folder)
@@ -422,7 +422,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         pre = ml_collections.ConfigDict(config.student.pretrain.to_dict())
         pre.update(model=config.student.model, seed=config.seed, init_checkpoint="")
         pre.data.tokenizer = tokenizer_dir
-        done = checkpoint.Checkpointer(student_base, async_save=False).latest_step()
+        done = checkpoint.Checkpointer(student_base, read_only=True).latest_step()
         if done is None or done < pre.train.num_steps:
             print(f"Pretraining the student into {student_base} ({pre.train.num_steps} steps)")
             lm.run(pre, student_base)

@@ -351,12 +351,12 @@ def base_model(config, cfg: ModelConfig, workdir: str, shardings=None):
         pre.model = config.model
         pre.seed = config.seed
         pre.init_checkpoint = ""
-        done = checkpoint.Checkpointer(source, async_save=False).latest_step()
+        done = checkpoint.Checkpointer(source, read_only=True).latest_step()
         if done is None or done < pre.train.num_steps:
             print(f"Pretraining the base model into {source} ({pre.train.num_steps} steps)")
             lm.run(pre, source)
     abstract = jax.eval_shape(lambda: evaluate.init_model(cfg, config.seed))
-    restored = checkpoint.Checkpointer(source, async_save=False).restore_latest_model(abstract)
+    restored = checkpoint.Checkpointer(source, read_only=True).restore_latest_model(abstract)
     if restored is None:
         raise ValueError(f"config.init_checkpoint={source!r} has no readable checkpoint")
     model, step = restored

@@ -334,7 +334,7 @@ def restore_or_init(config, cfg: ModelConfig, tx, workdir: str, mesh=None):
         state = state.replace(params=params, model_state=model_state)
     elif config.get("init_checkpoint"):
         # Only the model is read: any train state (pretraining, SFT, GRPO) is a valid start.
-        source = Checkpointer(config.init_checkpoint, async_save=False).restore_latest_model(
+        source = Checkpointer(config.init_checkpoint, read_only=True).restore_latest_model(
             {"params": abstract.params, "model_state": abstract.model_state}
         )
         if source is None:

@@ -192,7 +192,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
 def evaluate_checkpoint(config, cfg, tokenizer, task, folder: str, workdir: str, name: str) -> dict:
     """Held-out metrics of `folder`'s newest checkpoint, with the same questions, samples and
     key as the GRPO stages' evaluations; cached in <workdir>/eval_<name>.json per checkpoint."""
-    step = checkpoint.Checkpointer(folder, async_save=False).latest_step()
+    step = checkpoint.Checkpointer(folder, read_only=True).latest_step()
     what = {"checkpoint": folder, "step": step, "eval": config.eval.to_dict()}
     path = os.path.join(workdir, f"eval_{name}.json")
     if os.path.exists(path):
