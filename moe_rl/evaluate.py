@@ -66,16 +66,23 @@ def validate_eval_config(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"config.task.template={t.template!r}; allowed: {TEMPLATES}")
     if t.split not in ("train", "test"):
         raise ValueError(f"config.task.split={t.split!r}; allowed: 'train', 'test'")
-    for key, value in (
-        ("task.num_questions", t.num_questions),
-        ("eval.num_samples", e.num_samples),
-        ("eval.batch_size", e.batch_size),
-    ):
-        if value < 1:
-            raise ValueError(f"config.{key}={value} must be >= 1")
-    if e.extract not in EXTRACTORS:
-        raise ValueError(f"config.eval.extract={e.extract!r}; allowed: {EXTRACTORS}")
+    if t.num_questions < 1:
+        raise ValueError(f"config.task.num_questions={t.num_questions} must be >= 1")
+    validate_eval_block(e, "eval")
     sampling.SamplingParams.from_config(config.sampling)
+
+
+def validate_eval_block(e: ml_collections.ConfigDict, key: str) -> None:
+    """An evaluation block (the eval recipe's, or the `eval` block of R1-Zero and distillation
+    with its own num_questions and sampling); errors name `key`."""
+    counts = ["num_samples", "batch_size"] + (["num_questions"] if "num_questions" in e else [])
+    for name in counts:
+        if e[name] < 1:
+            raise ValueError(f"config.{key}.{name}={e[name]} must be >= 1")
+    if e.extract not in EXTRACTORS:
+        raise ValueError(f"config.{key}.extract={e.extract!r}; allowed: {EXTRACTORS}")
+    if "sampling" in e:
+        sampling.SamplingParams.from_config(e.sampling, f"{key}.sampling")
 
 
 EXTRACTORS = ("tags", "first_line")

@@ -71,8 +71,14 @@ class SamplingParams:
         return self.temperature == 0
 
     @classmethod
-    def from_config(cls, c: ml_collections.ConfigDict | dict) -> SamplingParams:
-        return cls(**known_fields(cls, c, "sampling"))
+    def from_config(
+        cls, c: ml_collections.ConfigDict | dict, section: str = "sampling"
+    ) -> SamplingParams:
+        """The block `section` of a config (e.g. 'eval.sampling'); errors name that key."""
+        try:
+            return cls(**known_fields(cls, c, section))
+        except ValueError as e:
+            raise ValueError(str(e).replace("sampling.", f"{section}.", 1)) from None
 
 
 class Samples(NamedTuple):

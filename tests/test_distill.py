@@ -312,3 +312,20 @@ def test_kd_loss_decreases_on_a_fixed_batch(mode, metric):
         state, m = step(state, batch)
         kls.append(float(m[metric]))
     assert kls[-1] < 0.7 * kls[0], kls
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("eval.batch_size", 0, r"eval\.batch_size=0"),
+        ("eval.extract", "tagz", r"eval\.extract='tagz'"),
+        ("student.pretrain.train.batch_size", 0, r"student\.pretrain\.train\.batch_size=0"),
+        ("student.sft.optim.learning_rate", -1.0, r"student\.sft\.optim\.learning_rate=-1"),
+    ],
+)
+def test_distill_blocks_fail_before_anything_runs(tmp_path, key, value, message):
+    config = runpy.run_path(os.path.join(ROOT, "experiments", "distill.py"))["get_config"]()
+    config.update_from_flattened_dict({key: value})
+    with pytest.raises(ValueError, match=message):
+        distill.run(config, str(tmp_path / "never"))
+    assert not (tmp_path / "never").exists()

@@ -170,6 +170,15 @@ def test_grpo_resumes_exactly(base_dir, tmp_path):
         ("grpo.aggregation", "sum", "grpo.aggregation"),
         ("sampling.top_p", 0.0, "sampling.top_p"),
         ("task.template", "x", "task.template"),
+        # The eval, optimizer and base-pretraining blocks, named by their full key.
+        ("eval.batch_size", 0, r"eval\.batch_size=0"),
+        ("eval.num_questions", 0, r"eval\.num_questions=0"),
+        ("eval.num_samples", 0, r"eval\.num_samples=0"),
+        ("eval.extract", "tagz", r"eval\.extract='tagz'; allowed"),
+        ("eval.sampling.top_p", 0.0, r"eval\.sampling\.top_p"),
+        ("optim.learning_rate", -1.0, r"optim\.learning_rate=-1"),
+        ("pretrain.train.batch_size", 0, r"pretrain\.train\.batch_size=0"),
+        ("pretrain.optim.warmup_steps", -1, r"pretrain\.optim\.warmup_steps=-1"),
     ],
 )
 def test_bad_config_fails_before_compiling(key, value, message):

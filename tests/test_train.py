@@ -529,3 +529,10 @@ def test_kill_and_resume_gives_identical_params(cli_runs, tmp_path):
         assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir / "tensorboard"))
         assert (workdir / "loss.png").exists() and (workdir / "expert_load.png").exists()
     assert losses[0] == losses[1]
+
+    # A third run of the finished command trains nothing and leaves every result as it was.
+    before = {f: (resumed / f).read_bytes() for f in ("summary.json", "metrics.jsonl")}
+    out = cli_runs.run(resumed)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert f"already finished at step {num_steps}" in out.stdout
+    assert {f: (resumed / f).read_bytes() for f in before} == before

@@ -43,7 +43,7 @@ from moe_rl.data import corpus, labelled
 from moe_rl.data.tokenizers import ByteTokenizer
 from moe_rl.models import counting, moe, transformer
 from moe_rl.models.config import ModelConfig
-from moe_rl.train import lm
+from moe_rl.train import lm, loop
 from moe_rl.train.loop import read_metrics
 
 NAMES = ("moe", "dense")
@@ -113,24 +113,14 @@ def model_run_config(config: ml_collections.ConfigDict, name: str) -> ml_collect
     return sub
 
 
-def _finished(workdir: str, num_steps: int) -> bool:
-    if not os.path.exists(os.path.join(workdir, "summary.json")):
-        return False
-    checkpointer = Checkpointer(workdir, read_only=True)
-    done = checkpointer.latest_step() == num_steps
-    checkpointer.close()
-    return done
-
-
 def train(sub: ml_collections.ConfigDict, workdir: str) -> dict:
     """lm.run unless this model's run is complete; returns its summary plus the machine load
     (1-minute load average before and after), the process CPU seconds and wall seconds of the
     call, kept in run_info.json. A complete run is not called again (lm.run would train no
     step and write a summary of nothing): its files are read back."""
     info_path = os.path.join(workdir, "run_info.json")
-    if _finished(workdir, sub.train.num_steps):
-        with open(os.path.join(workdir, "summary.json")) as f:
-            summary = json.load(f)
+    summary = loop.finished_summary(workdir, sub.train.num_steps)
+    if summary is not None:
         info = {}
         if os.path.exists(info_path):
             with open(info_path) as f:

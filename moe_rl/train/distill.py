@@ -366,6 +366,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     student_sp = sampling.SamplingParams.from_config(d.student_sampling)
     teacher_cfg = ModelConfig.from_config(config.teacher.model)
     student_cfg = ModelConfig.from_config(config.student.model)
+    evaluate.validate_eval_block(config.eval, "eval")
+    if not config.student.get("init_checkpoint", ""):
+        lm.validate_train_config(config.student.pretrain, student_cfg, "student.pretrain.")
+    lm.validate_train_config(config.student.sft, student_cfg, "student.sft.")
     if d.mode != "sft" and student_cfg.vocab_size != teacher_cfg.vocab_size:
         raise ValueError(
             f"config.distill.mode={d.mode!r} compares token distributions: it needs one tokenizer "

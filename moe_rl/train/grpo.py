@@ -331,6 +331,11 @@ def validate_grpo_config(config: ml_collections.ConfigDict) -> None:
         if not ok:
             raise ValueError(f"config.{key}={config[key.split('.')[0]][key.split('.')[1]]!r}; "
                              f"allowed: {allowed}")  # fmt: skip
+    lm.validate_optim(config.optim, "optim")
+    evaluate.validate_eval_block(config.eval, "eval")
+    if not config.init_checkpoint and "pretrain" in config:  # the base is pretrained first
+        pre = ml_collections.ConfigDict(config.pretrain.to_dict())
+        lm.validate_train_config(pre, ModelConfig.from_config(config.model), "pretrain.")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ After each optimizer update the routing bias moves by gamma * sign(mean load - l
 from __future__ import annotations
 
 import dataclasses
+import glob
 import json
 import os
 from collections.abc import Callable
@@ -233,13 +234,16 @@ def init_state(cfg: ModelConfig, tx: optax.GradientTransformation, seed: int) ->
 # Recipes 'pretrain' and 'sft'.
 
 
-def validate_train_config(config: ml_collections.ConfigDict, cfg: ModelConfig) -> None:
-    """Checks the training fields before anything compiles; errors name the key."""
+def validate_train_config(
+    config: ml_collections.ConfigDict, cfg: ModelConfig, prefix: str = ""
+) -> None:
+    """Checks the training fields before anything compiles; errors name the key, under
+    `prefix` for a block nested in another recipe's config (R1-Zero's 'pretrain.')."""
     t = config.train
 
     def require(ok, msg):
         if not ok:
-            raise ValueError(f"Invalid config: {msg}")
+            raise ValueError(f"Invalid config: {prefix}{msg}")
 
     for key in (
         "num_steps",
@@ -261,11 +265,23 @@ def validate_train_config(config: ml_collections.ConfigDict, cfg: ModelConfig) -
     )
     require(t.eval_every >= 0 and t.eval_batches >= 0, "train.eval_every/eval_batches must be >= 0")
     require(t.bias_update_rate >= 0, f"train.bias_update_rate={t.bias_update_rate} must be >= 0")
-    o = config.optim
-    require(o.learning_rate > 0, f"optim.learning_rate={o.learning_rate} must be > 0")
-    require(0 <= o.end_lr_ratio <= 1, f"optim.end_lr_ratio={o.end_lr_ratio} must be in [0, 1]")
-    require(o.warmup_steps >= 0, f"optim.warmup_steps={o.warmup_steps} must be >= 0")
-    require(o.grad_clip > 0, f"optim.grad_clip={o.grad_clip} must be > 0")
+    validate_optim(config.optim, f"{prefix}optim")
+
+
+def validate_optim(o: ml_collections.ConfigDict, key: str = "optim") -> None:
+    """An optimizer block (configs.optim); errors name `key`."""
+    checks = (
+        ("learning_rate", o.learning_rate > 0, "> 0"),
+        ("end_lr_ratio", 0 <= o.end_lr_ratio <= 1, "in [0, 1]"),
+        ("warmup_steps", o.warmup_steps >= 0, ">= 0"),
+        ("grad_clip", o.grad_clip > 0, "> 0"),
+        ("weight_decay", o.weight_decay >= 0, ">= 0"),
+        ("b1", 0 <= o.b1 < 1, "in [0, 1)"),
+        ("b2", 0 <= o.b2 < 1, "in [0, 1)"),
+    )
+    for name, ok, allowed in checks:
+        if not ok:
+            raise ValueError(f"Invalid config: {key}.{name}={o[name]} must be {allowed}")
 
 
 def load_sources(config: ml_collections.ConfigDict):
@@ -380,6 +396,10 @@ def run(config: ml_collections.ConfigDict, workdir: str, loss_fn: Callable | Non
         )
     cfg = ModelConfig.from_config(config.model)
     validate_train_config(config, cfg)
+    done = loop.finished_summary(workdir, config.train.num_steps)
+    if done is not None:
+        print(f"{workdir}: already finished at step {done['steps']}; its results are unchanged")
+        return {**done, "plots": sorted(glob.glob(os.path.join(workdir, "*.png")))}
     mesh = sharding.mesh_from_config(config)
     if mesh is None:
         return _run(config, workdir, loss_fn, cfg, None)

@@ -84,6 +84,22 @@ def read_metrics(workdir: str) -> list[dict]:
     return sorted(by_key.values(), key=lambda r: r["step"])
 
 
+def finished_summary(workdir: str, num_steps: int) -> dict | None:
+    """The summary.json of a run that already reached `num_steps` (its newest checkpoint), else
+    None. A finished run is not started again: that would train nothing and overwrite its
+    results with a summary of nothing. The check only reads."""
+    path = os.path.join(workdir, "summary.json")
+    if not os.path.exists(path):
+        return None
+    checkpointer = Checkpointer(workdir, read_only=True)
+    step = checkpointer.latest_step()
+    checkpointer.close()
+    if step is None or step < num_steps:
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
 def check_finite(step: int, metrics: dict[str, Any]) -> None:
     for name, value in metrics.items():
         arr = np.asarray(value)
