@@ -94,8 +94,9 @@ def test_rollout_masks_hold_the_first_eos_and_no_padding(base_dir):
     for row, n in zip(completions[stopped], ro.lengths_QG[stopped], strict=True):
         assert row[n - 1] == tok.eos_id and tok.eos_id not in row[: n - 1]
         assert np.all(row[n:] == tok.pad_id)
-    # Prompt padding is segment 0, the prompt 1, completion j segment j + 2.
-    want = np.broadcast_to(np.repeat(np.arange(2, G + 2), N), (2, G * N))
+    # Prompt padding is segment 0, the prompt 1, completion j segment j + 2 up to its end and
+    # 0 after it (padding is not a token of the batch).
+    want = np.where(ro.mask_QGN > 0, np.arange(2, G + 2)[None, :, None], 0).reshape(2, G * N)
     np.testing.assert_array_equal(ro.segment_ids_QL[:, P:], want)
     # The sampler's log-probs are the policy's: ratios start at 1.
     fresh = grpo.completion_logprobs(
@@ -121,6 +122,21 @@ def test_shared_prefix_packing_equals_separate_rows(tiny):
     )
     separate = sampling.full_forward_logprobs(cfg, params, state, rows, rows_seg)[:, P - 1 :]
     np.testing.assert_allclose(np.asarray(packed).reshape(Q * G, N), separate, atol=2e-5)
+
+    # With the completions' lengths, the padding after each end leaves the batch: the real
+    # tokens' log-probs are unchanged and the expert loads count exactly the real tokens.
+    lengths = np.array([[5, 2, 3], [1, 4, 5]])
+    t2, seg2, p2 = grpo.pack_groups(prompts, prompt_len, completions, lengths)
+    np.testing.assert_array_equal(t2, tokens)
+    np.testing.assert_array_equal(p2, pos)
+    real = np.arange(N) < lengths[..., None]  # [Q, G, N]
+    logits2, _, aux = grpo.completion_logits(cfg, params, state, t2, seg2, p2, P, G)
+    logp2 = sampling.token_logprobs(logits2, t2[:, P:].reshape(Q, G, N), 1.0)
+    np.testing.assert_allclose(np.asarray(logp2)[real], np.asarray(packed)[real], atol=1e-6)
+    counted = np.asarray(aux["expert_counts"]).sum(-1)  # [n_moe_layers]
+    np.testing.assert_array_equal(
+        counted, cfg.num_experts_per_tok * (prompt_len.sum() + lengths.sum())
+    )
 
 
 def test_grpo_learns_a_trivial_reward(base_dir, tmp_path, monkeypatch):
@@ -179,6 +195,7 @@ def test_grpo_resumes_exactly(base_dir, tmp_path):
         ("optim.learning_rate", -1.0, r"optim\.learning_rate=-1"),
         ("pretrain.train.batch_size", 0, r"pretrain\.train\.batch_size=0"),
         ("pretrain.optim.warmup_steps", -1, r"pretrain\.optim\.warmup_steps=-1"),
+        ("grpo.ratio", "sequence", r"ratio='sequence' \(GSPO\) with grpo.eps_low=0.2"),
     ],
 )
 def test_bad_config_fails_before_compiling(key, value, message):
@@ -201,10 +218,11 @@ def test_every_variant_runs_together(base_dir, tmp_path, monkeypatch):
             "grpo.overlong_filter": True,
             "grpo.overlong_buffer": 4,
             "grpo.ratio": "sequence",
+            "grpo.eps_low": 3e-4,  # GSPO's clip range for sequence ratios
+            "grpo.eps_high": 4e-4,
             "grpo.kl": "k1_reward",
             "grpo.advantage": "rloo",
             "grpo.aggregation": "token_mean",
-            "grpo.eps_high": 0.28,
             "grpo.bias_update_rate": 1e-3,
         },
     )

@@ -64,14 +64,20 @@ class Rollout:
     stats: dict[str, float]
 
 
-def pack_groups(prompt_QP, prompt_len_Q, tokens_QGN):
-    """(tokens, segment ids, positions) [Q, P + G*N] of the shared-prefix layout."""
+def pack_groups(prompt_QP, prompt_len_Q, tokens_QGN, lengths_QG=None):
+    """(tokens, segment ids, positions) [Q, P + G*N] of the shared-prefix layout. With
+    `lengths_QG`, the padding after each completion's end gets segment 0 like the prompt's
+    padding: it is then not a token of the batch (MoE expert loads count real tokens only),
+    and the real tokens, which never attend to later slots, compute exactly as before."""
     Q, P = prompt_QP.shape
     _, G, N = tokens_QGN.shape
     pad_Q1 = (P - prompt_len_Q)[:, None]
     seg_prompt = (np.arange(P)[None] >= pad_Q1).astype(np.int32)
     pos_prompt = np.maximum(np.arange(P)[None] - pad_Q1, 0)
-    seg_comp = np.broadcast_to(np.repeat(np.arange(2, G + 2), N)[None], (Q, G * N))
+    seg_QGN = np.broadcast_to(np.arange(2, G + 2)[None, :, None], (Q, G, N))
+    if lengths_QG is not None:
+        seg_QGN = np.where(np.arange(N) < np.asarray(lengths_QG)[..., None], seg_QGN, 0)
+    seg_comp = seg_QGN.reshape(Q, G * N)
     pos_comp = prompt_len_Q[:, None] + np.tile(np.arange(N), G)[None]
     tokens = np.concatenate([prompt_QP, tokens_QGN.reshape(Q, G * N)], axis=1)
     segments = np.concatenate([seg_prompt, seg_comp], axis=1).astype(np.int32)
@@ -261,7 +267,9 @@ class Roller:
         )  # fmt: skip
         stack = lambda key: np.stack([gr[key] for gr in groups])
         tokens_QGN, lengths_QG = stack("tokens"), stack("lengths")
-        tokens_QL, seg_QL, pos_QL = pack_groups(prompt_QP, stack("prompt_len"), tokens_QGN)
+        tokens_QL, seg_QL, pos_QL = pack_groups(
+            prompt_QP, stack("prompt_len"), tokens_QGN, lengths_QG
+        )
         rew = {k: np.concatenate([gr["rewards"][k] for gr in groups]) for k in r}
         N = tokens_QGN.shape[-1]
         mask_QGN = (np.arange(N) < lengths_QG[..., None]).astype(np.float32)
@@ -302,6 +310,9 @@ class Roller:
 # Config.
 
 
+GSPO_MAX_EPS = 0.01  # the widest clip range accepted for sequence ratios
+
+
 def validate_grpo_config(config: ml_collections.ConfigDict) -> None:
     """Every check that needs no compilation; errors name the key and the allowed values."""
     g, t = config.grpo, config.task
@@ -331,6 +342,14 @@ def validate_grpo_config(config: ml_collections.ConfigDict) -> None:
         if not ok:
             raise ValueError(f"config.{key}={config[key.split('.')[0]][key.split('.')[1]]!r}; "
                              f"allowed: {allowed}")  # fmt: skip
+    if g.ratio == "sequence" and max(g.eps_low, g.eps_high) > GSPO_MAX_EPS:
+        # A sequence ratio is exp(mean token log-ratio): within ~1e-3 of 1 after one update,
+        # so a token-level clip range never clips it.
+        raise ValueError(
+            f"config.grpo.ratio='sequence' (GSPO) with grpo.eps_low={g.eps_low}, "
+            f"grpo.eps_high={g.eps_high}: a sequence ratio that wide clips nothing; allowed: "
+            f"<= {GSPO_MAX_EPS} (GSPO, Zheng et al. 2025, uses eps_low=3e-4, eps_high=4e-4)"
+        )
     lm.validate_optim(config.optim, "optim")
     evaluate.validate_eval_block(config.eval, "eval")
     if not config.init_checkpoint and "pretrain" in config:  # the base is pretrained first

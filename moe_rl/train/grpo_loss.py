@@ -20,14 +20,16 @@ AGGREGATIONS = ("seq_mean", "token_mean", "constant")
 
 @dataclasses.dataclass(frozen=True)
 class LossConfig:
-    # (r - mean) / (std + eps), DeepSeekMath eq. 4 | r - mean, Dr. GRPO (Liu et al. 2025) |
+    # (r - mean) / (std + eps), DeepSeekMath sec. 4.1.2 (outcome supervision) | r - mean,
+    # Dr. GRPO (Liu et al. 2025) |
     # r - mean of the other G-1, RLOO (Ahmadian et al. 2024).
     advantage: str = "grpo"
     adv_eps: float = 1e-4
     # Clipping range [1 - eps_low, 1 + eps_high]; eps_high > eps_low is DAPO's clip-higher.
     eps_low: float = 0.2
     eps_high: float = 0.2
-    # Importance ratio per token (PPO/GRPO) or one per sequence, exp(mean log-ratio) (GSPO).
+    # Importance ratio per token (PPO/GRPO) or one per sequence, exp(mean log-ratio) (GSPO,
+    # whose clip range is ~1e-3 wide: grpo.validate_grpo_config refuses a token-level one).
     ratio: str = "token"
     # KL to the reference: k3 estimator in the loss (DeepSeekMath eq. 4) or k1 in the reward.
     beta: float = 0.04
