@@ -6,12 +6,24 @@ partial one is skipped with a warning, never loaded.
 
 from __future__ import annotations
 
+import logging as py_logging
 import os
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
 from absl import logging
+
+
+class _QuietReadOnly(py_logging.Filter):
+    """Drops Orbax's warning that a directory opened read-only is read-only: moe_rl opens
+    every checkpoint it only reads that way, on purpose."""
+
+    def filter(self, record: py_logging.LogRecord) -> bool:
+        return "Given directory is read only" not in record.getMessage()
+
+
+py_logging.getLogger("absl").addFilter(_QuietReadOnly())
 
 
 class Checkpointer:
@@ -24,7 +36,8 @@ class Checkpointer:
         a mistyped path stays absent on disk."""
         self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=keep,
+            max_to_keep=None if read_only else keep,
+            save_interval_steps=0 if read_only else 1,
             enable_async_checkpointing=async_save and not read_only,
             create=not read_only,
             read_only=read_only,
