@@ -205,6 +205,17 @@ def test_r1_mix_leans_to_the_think_format_and_is_named_in_the_config():
     assert 0.45 < np.mean(short) < 0.75  # (some worked answers are one sentence too)
     columns = [d for d in thinks if "by columns." in d]
     assert len(columns) > 50
+    # Most additions go by columns (the rest by a running sum of place parts), each column
+    # stating the digits written so far; the last line's number is the answer.
+    rng = arithmetic.Random(0)
+    sums = [arithmetic.addition(rng, False, column=0.8, so_far=True) for _ in range(400)]
+    by_columns = [p for p in sums if p.steps[0].startswith("Ones:")]
+    assert 0.72 < len(by_columns) / len(sums) < 0.88
+    for p in by_columns:
+        assert all(", so far " in line for line in p.steps if not line.startswith("Carried"))
+        assert re.search(r"(\d+)\.$", p.steps[-1]).group(1) == p.answer
+    assert any(p.steps[-1].startswith("Carried 1:") for p in by_columns)
+    assert all("so far" in d for d in columns)
     for d in columns:
         a, b = re.search(r"<think> (\d+) \+ (\d+) by columns\.", d).groups()
         assert re.search(rf"\b{a}\b.*\b{b}\b", d.rsplit("<think>", 1)[0])  # the question's operands
@@ -246,7 +257,7 @@ def test_corpus_prepares_offline_deterministically(tmp_path, no_downloads):
     valid = corpus.load_text_dataset(
         corpus.ARITHMETIC, "validation", str(tmp_path / "a"), config=config
     )
-    assert list(tmp_path.glob("a/moe_rl_arithmetic/*/1.1.0/*train.array_record*"))
+    assert list(tmp_path.glob("a/moe_rl_arithmetic/*/1.2.0/*train.array_record*"))
     assert (len(train), len(valid)) == (120, 30)
     assert list(train) == list(again) == list(arithmetic.documents(120, [3, 0]))
     assert train.__getitems__([5, 2]) == [train[5], train[2]] and train[-1] == train[119]

@@ -122,12 +122,19 @@ def _place_parts(n: int) -> list[int]:
 _PLACES = ("ones", "tens", "hundreds", "thousands", "ten-thousands")
 
 
-def _column_addition(rng: Random, a: int, b: int, wrong: bool) -> tuple[list[str], int]:
-    """School column addition, right to left; if wrong, one column is miscounted."""
+def _column_addition(
+    rng: Random, a: int, b: int, wrong: bool, so_far: bool = False
+) -> tuple[list[str], int]:
+    """School column addition, right to left; if wrong, one column is miscounted.
+
+    so_far: each column also states the digits written so far ("..., write 2 carry 1, so far
+    32."), and a final carry its own step ("Carried 1: 132."): every step then copies from the
+    line before it, and the answer is the last line's number, instead of the written digits
+    read back in reverse order (the step a small model gets wrong most)."""
     da, db = str(a)[::-1], str(b)[::-1]
     columns = max(len(da), len(db))
     bad = rng.below(columns) if wrong else -1
-    steps, carry, total = [], 0, 0
+    steps, carry, total, written = [], 0, 0, ""
     for i in range(columns):
         x = int(da[i]) if i < len(da) else 0
         y = int(db[i]) if i < len(db) else 0
@@ -136,17 +143,25 @@ def _column_addition(rng: Random, a: int, b: int, wrong: bool) -> tuple[list[str
             s = s + 1 if s < 18 else s - 1
         terms = f"{x} + {y}" + (f" + {carry}" if carry else "")
         digit, carry = s % 10, s // 10
+        written = f"{digit}{written}"
         note = f"write {digit} carry {carry}" if carry else f"write {digit}"
+        if so_far:
+            note += f", so far {written}"
         steps.append(f"{_PLACES[i].capitalize()}: {terms} = {s}, {note}.")
         total += digit * 10**i
     total += carry * 10**columns
+    if so_far and carry:
+        steps.append(f"Carried {carry}: {total}.")
     return steps, total
 
 
-def addition(rng: Random, wrong: bool, restate: bool = False) -> Solved:
+def addition(
+    rng: Random, wrong: bool, restate: bool = False, column: float = 0.5, so_far: bool = False
+) -> Solved:
+    """a + b worked by columns (probability `column`) or by a running sum of b's place parts."""
     a, b = _number(rng, rng.integers(1, 5)), _number(rng, rng.integers(1, 4))
-    if rng.random() < 0.5:
-        steps, result = _column_addition(rng, a, b, wrong)
+    if rng.random() < column:
+        steps, result = _column_addition(rng, a, b, wrong, so_far)
         if restate:  # copy the operands next to the work: easier for a small model to attend
             steps.insert(0, f"{a} + {b} by columns.")
     else:
@@ -431,6 +446,10 @@ class Mix:
       find easy. A model that cannot add in its head gets these wrong more often than the
       worked ones: the choice between a short guess and worked steps is there for RL to learn.
     restate: column additions begin by restating the operands ("47 + 38 by columns.").
+    column: the fraction of additions worked by columns; the rest add b's place parts to a
+      ("47 + 30 = 77. 77 + 8 = 85.").
+    so_far: column additions state the digits written so far in every column (see
+      `_column_addition`).
     template: the fraction of think-style documents inside the R1-Zero prompt; the rest use
       "Question: ... Answer:" labels. The prompt is ~120 tokens that a model learns to predict
       within a hundred steps, so beyond that it only costs compute.
@@ -440,20 +459,27 @@ class Mix:
     styles: dict[str, float]
     short_think: float = 0.0
     restate: bool = False
+    column: float = 0.5
+    so_far: bool = False
     template: float = 0.5
 
 
 # Named document mixes. 'r1' is the base model's corpus for experiments/r1_zero.py: mostly
 # additions (the RL task), more than half in the think/answer format, with short and worked
-# thinks.
+# thinks. Most additions go by columns: a base's R1-Zero run learns only if its column method
+# is more accurate than its guesses, and with half the additions by columns some seeds' bases
+# got 3% of train-split questions right by columns and 10% by a short guess (docs/results/
+# r1_zero/README.md); GRPO then made them better guessers.
 MIXES = {
     "default": Mix(KINDS, STYLES),
     "r1": Mix(
         {"addition": 0.6, "facts": 0.1, "subtraction": 0.1, "chain": 0.05,
          "multiplication": 0.05, "expression": 0.04, "missing": 0.03, "countdown": 0.03},
-        {"answer": 0.15, "worked": 0.2, "think": 0.55, "prose": 0.05, "worksheet": 0.05},
+        {"answer": 0.1, "worked": 0.25, "think": 0.55, "prose": 0.05, "worksheet": 0.05},
         short_think=0.5,
         restate=True,
+        column=0.8,
+        so_far=True,
         template=0.15,
     ),
 }  # fmt: skip
@@ -464,8 +490,8 @@ def document(rng: Random, mix: str = "default") -> str:
     m = MIXES[mix]
     kind = _weighted(rng, m.kinds)
     make = _MAKERS[kind]
-    if kind == "addition" and m.restate:
-        make = functools.partial(addition, restate=True)
+    if kind == "addition":
+        make = functools.partial(addition, restate=m.restate, column=m.column, so_far=m.so_far)
     if kind == "facts":  # a drill is its own document, in no style
         return make(rng, rng.random() < WRONG_RATE).fact
     style = _weighted(rng, m.styles)
