@@ -1,6 +1,8 @@
 """Tasks: registry, disjoint train/test splits, knobs, verifiers, templates, rg and tfds loaders."""
 
+import random
 import socket
+import string
 import sys
 
 import pytest
@@ -174,6 +176,56 @@ def test_reasoning_gym_errors():
         get_task("rg:chain_summ")
     with pytest.raises(ValueError, match="allow_eval_verifier"):
         get_task("rg:spiral_matrix")
+
+
+# Datasets whose reference answer is an example, not the one solution (their scorer checks a
+# solution's validity), or that need a config of their own.
+RG_NO_REFERENCE = {"boxnet", "graph_color", "propositional_logic", "rubiks_cube", "rush_hour"}
+RG_NEEDS_CONFIG = {"composite"}
+
+
+def _garbage(n: int = 200) -> list[str]:
+    rng = random.Random(0)
+    alphabet = string.ascii_letters + string.punctuation + " "
+    fixed = ["", " ", "nan", "NaN", "inf", "-inf", "None", "null", "[]", "{}", "?", "...",
+             "<answer>", "\\boxed{}", "x" * 50, "nan + nanj"]  # fmt: skip
+    return fixed + ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 40)))
+                    for _ in range(n)]  # fmt: skip
+
+
+def test_reasoning_gym_scorers_give_garbage_zero():
+    """Every dataset we allow: a few hundred garbage strings score 0, its reference answer 1,
+    and its stream builds quickly (chunks of rg.CHUNK items, not one endless dataset)."""
+    from moe_rl.data.tasks import rg
+
+    garbage = _garbage()
+    skipped = rg.EVAL_VERIFIERS | rg.COUNTDOWN_LIKE | set(rg.REFUSED_SCORERS) | RG_NEEDS_CONFIG
+    allowed = [name for name in rg.available() if name not in skipped]
+    assert len(allowed) > 80
+    for name in allowed:
+        task = get_task(f"rg:{name}")
+        example = task.examples("train", 1, seed=0)[0]
+        if name not in RG_NO_REFERENCE:
+            assert task.verify(example.answer, example) == 1.0, name
+        scores = {g: task.verify(g, example) for g in garbage if g != example.answer}
+        assert not any(scores.values()), (name, {g: v for g, v in scores.items() if v})
+
+
+def test_reasoning_gym_refused_and_wrapped_scorers():
+    from moe_rl.data.tasks import rg
+
+    with pytest.raises(ValueError, match="game_of_life_halting.*any non-empty answer"):
+        get_task("rg:game_of_life_halting")
+    task = get_task("rg:complex_arithmetic")
+    example = task.examples("test", 1)[0]
+    assert task.verify(example.answer, example) == 1.0
+    assert task.verify("nan", example) == task.verify("inf + 2i", example) == 0.0
+    # Partial credit on request: spell_backward's similarity score for a near miss.
+    near = get_task("rg:spell_backward", partial_credit=True)
+    ex = near.examples("test", 1)[0]
+    assert 0.0 < near.verify(ex.answer[:-1] + "#", ex) < 1.0
+    assert get_task("rg:spell_backward").verify(ex.answer[:-1] + "#", ex) == 0.0
+    assert rg.CHUNK <= 256
 
 
 def test_reasoning_gym_countdown_is_verified_without_eval(monkeypatch):
