@@ -311,9 +311,23 @@ def score_answer(answer: str, example: Example, task: Task, use_math_verify: boo
         logging.getLogger(__name__).debug("verifier raised", exc_info=True)
         score = 0.0
     score = min(max(score, 0.0), 1.0) if math.isfinite(score) else 0.0
-    if score < 1.0 and use_math_verify and task.math_answer and math_equal(answer, example.answer):
+    symbolic = use_math_verify and task.math_answer
+    if symbolic and getattr(task, "numeric_answer", False) and not is_number(answer):
+        symbolic = False  # "49 + 5" equals 54 but is the question, not an answer
+    if score < 1.0 and symbolic and math_equal(answer, example.answer):
         score = 1.0
     return score
+
+
+_NUMBER = re.compile(
+    r"[-+]?(\d+(\.\d*)?|\.\d+)(/\d+)?"  # 54, -4, 46.0, .5, 3/4
+    r"|[-+]?\\frac\{\d+\}\{\d+\}"  # \frac{3}{4}
+)
+
+
+def is_number(answer: str) -> bool:
+    """An answer written as one number (integer, decimal, fraction), spaces ignored."""
+    return _NUMBER.fullmatch(answer.replace(" ", "")) is not None
 
 
 def compute_rewards(

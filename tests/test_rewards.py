@@ -296,6 +296,20 @@ def test_accuracy_reward_math_verify_option():
     assert rewards.accuracy_reward("no answer", example, ExactTask(), True) == 0.0
 
 
+def test_math_verify_does_not_reward_the_question_copied():
+    """Arithmetic answers are numbers: an expression equal to the answer (the question itself)
+    is not one, with or without the symbolic check; another form of the number still is."""
+    task = get_task("arithmetic", num_terms=3)
+    example = Example("Compute 49 + 5 + 65", "119")
+    for copied in ("49 + 5 + 65", "49+5+65", "65 + 54", "(49 + 5) + 65"):
+        response = f"<think>r</think><answer>{copied}</answer>"
+        assert rewards.accuracy_reward(response, example, task, use_math_verify=True) == 0.0
+    assert rewards.accuracy_reward("<answer>119</answer>", example, task, True) == 1.0
+    assert rewards.accuracy_reward("<answer>119.0</answer>", example, task, True) == 1.0
+    assert rewards.accuracy_reward("<answer>238/2</answer>", example, task, True) == 1.0
+    assert rewards.is_number("\\frac{3}{4}") and not rewards.is_number("1 + 1")
+
+
 def test_math_verify_not_used_for_non_math_tasks():
     task = get_task("countdown")
     example = Example("q", "3 * 5 + 7", {"numbers": [3, 5, 7], "target": 22})

@@ -23,6 +23,7 @@ class ArithmeticTask(GeneratedTask):
 
     name = "arithmetic"
     math_answer = True
+    numeric_answer = True
 
     def __init__(
         self,

@@ -41,11 +41,15 @@ class Task(abc.ABC):
 
     `math_answer` says whether the reference answer is a mathematical value, so that a symbolic
     check (math-verify) may accept other forms of it; it is False where the answer is, e.g., an
-    expression whose form matters (Countdown) or free text.
+    expression whose form matters (Countdown) or free text. `numeric_answer`: the answer must be
+    a number, so a symbolic check compares only answers written as numbers ("0.75", "3/4",
+    "\\frac{3}{4}"); an expression equal to it, such as the question copied ("49 + 5"), is not
+    an answer.
     """
 
     name: str
     math_answer: bool = False
+    numeric_answer: bool = False
 
     @abc.abstractmethod
     def stream(self, split: str, seed: int = 0) -> Iterator[Example]:
