@@ -25,6 +25,11 @@ MAX_EXPRESSION_CHARS = 256  # longer answers are not parsed at all
 MAX_EXPRESSION_DEPTH = 32  # nesting of parentheses and unary minus
 MAX_LITERAL_DIGITS = 30  # one number literal, e.g. no 10**1000-digit integers
 MAX_MATH_VERIFY_CHARS = 256  # math-verify (sympy) is only given short answers
+# ... and shallow ones: an 80-deep parenthesised answer of 163 characters parsed for 13 s, and
+# math-verify's SIGALRM timeout can fire inside a JAX gc callback and be swallowed, so the work
+# is bounded before parsing instead.
+MAX_MATH_VERIFY_DEPTH = 8  # brackets of any kind nested deeper are not parsed
+MAX_MATH_VERIFY_POWERS = 3  # '^' or '**' operators
 
 _THINK_OPEN, _THINK_CLOSE = "<think>", "</think>"
 _ANSWER_OPEN, _ANSWER_CLOSE = "<answer>", "</answer>"
@@ -220,6 +225,20 @@ def _as_latex(answer: str) -> str:
     return answer if "$" in answer else f"${answer}$"
 
 
+def _bounded(text: str) -> bool:
+    """Whether an answer is shallow enough for sympy to parse in bounded time: brackets nested
+    at most MAX_MATH_VERIFY_DEPTH deep, at most MAX_MATH_VERIFY_POWERS powers."""
+    depth = deepest = 0
+    for c in text:
+        if c in "([{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif c in ")]}":
+            depth -= 1
+    powers = text.count("^") + text.count("**")
+    return deepest <= MAX_MATH_VERIFY_DEPTH and powers <= MAX_MATH_VERIFY_POWERS
+
+
 def math_equal(pred: str, gold: str) -> bool:
     """Symbolic equality by math-verify (`math_verify.parse` / `verify`), guarded.
 
@@ -229,6 +248,8 @@ def math_equal(pred: str, gold: str) -> bool:
     """
     pred, gold = _as_text(pred).strip(), _as_text(gold).strip()
     if not pred or not gold or max(len(pred), len(gold)) > MAX_MATH_VERIFY_CHARS:
+        return False
+    if not (_bounded(pred) and _bounded(gold)):
         return False
     if gold.replace(" ", "").isalpha() or threading.current_thread() is not threading.main_thread():
         return False

@@ -268,6 +268,13 @@ def test_math_equal_adversarial_is_bounded():
     start = time.perf_counter()
     assert rewards.math_equal("9^{9^{9}}", "5") is False
     assert time.perf_counter() - start < 10
+    # 80 nested parentheses (163 characters) parsed for 13 s: now refused before parsing.
+    deep = "(" * 80 + "1" + ")" * 80
+    start = time.perf_counter()
+    assert rewards.math_equal(deep, "1") is False
+    assert rewards.math_equal("2^2^2^2^2", "65536") is False
+    assert time.perf_counter() - start < 1.0
+    assert rewards.math_equal("((1/2))", "0.5") is True  # shallow nesting still works
 
 
 def test_math_equal_skipped_off_main_thread():
