@@ -35,6 +35,7 @@ class Checkpointer:
         """read_only: only restore (e.g. an init_checkpoint): nothing is created or written, so
         a mistyped path stays absent on disk."""
         self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+        self.read_only = read_only
         options = ocp.CheckpointManagerOptions(
             max_to_keep=None if read_only else keep,
             save_interval_steps=0 if read_only else 1,
@@ -70,7 +71,24 @@ class Checkpointer:
                 logging.warning(
                     "Skipping unreadable checkpoint at step %d in %s: %s", step, self.directory, e
                 )
+                self._set_aside(step)
         return None
+
+    def _set_aside(self, step: int) -> None:
+        """Renames an unreadable step to '<step>.unreadable[.n]' (kept, not deleted), so that a
+        run resumed from an older step can save this step again (Orbax refuses an existing
+        one). Read-only readers leave it where it is."""
+        if self.read_only or jax.process_index() != 0:
+            return
+        path = os.path.join(self.directory, str(step))
+        if not os.path.isdir(path):
+            return
+        target, n = f"{path}.unreadable", 1
+        while os.path.exists(target):
+            target, n = f"{path}.unreadable.{n}", n + 1
+        os.replace(path, target)
+        logging.warning("Moved the unreadable checkpoint of step %d to %s", step, target)
+        self.manager.reload()
 
     def restore_latest_model(self, abstract_model: Any) -> tuple[Any, int] | None:
         """The newest readable checkpoint's {'params', 'model_state'} as in `abstract_model`.

@@ -50,6 +50,24 @@ def test_corrupt_latest_is_skipped_with_a_warning(tmp_path, caplog):
     assert step == 1 and extra["data"]["position"] == 1
     jax.tree.map(np.testing.assert_array_equal, got, state(1))
     assert "Skipping unreadable checkpoint at step 2" in caplog.text
+    # Set aside, not deleted: the resumed run can save step 2 again.
+    assert os.path.isdir(os.path.join(workdir, "checkpoints", "2.unreadable"))
+    ckpt = Checkpointer(workdir, async_save=False)
+    ckpt.save(2, state(2))
+    ckpt.close()
+    got, _, step = Checkpointer(workdir).restore_latest(abstract())
+    assert step == 2
+    jax.tree.map(np.testing.assert_array_equal, got, state(2))
+
+
+def test_read_only_reader_leaves_an_unreadable_checkpoint_in_place(tmp_path):
+    workdir = str(tmp_path)
+    save_steps(workdir, [1, 2])
+    for path in files_under(os.path.join(workdir, "checkpoints", "2", "state")):
+        with open(path, "wb") as f:
+            f.write(b"\x00garbage")
+    _, _, step = Checkpointer(workdir, read_only=True).restore_latest(abstract())
+    assert step == 1 and os.path.isdir(os.path.join(workdir, "checkpoints", "2"))
 
 
 def test_partial_save_is_never_loaded(tmp_path):

@@ -536,3 +536,25 @@ def test_kill_and_resume_gives_identical_params(cli_runs, tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     assert f"already finished at step {num_steps}" in out.stdout
     assert {f: (resumed / f).read_bytes() for f in before} == before
+
+
+def test_a_corrupt_final_checkpoint_is_set_aside_and_retrained(tmp_path):
+    """The final checkpoint of a finished run no longer reads: the rerun resumes from the one
+    before, trains the last step again and saves it (it used to fail on every rerun with
+    Orbax's StepAlreadyExistsError); the unreadable files are kept beside."""
+    from tests.utils import tiny_pretrain_config
+
+    workdir = tmp_path / "run"
+    lm.run(tiny_pretrain_config(3, data=1), str(workdir))
+    for root, _, files in os.walk(workdir / "checkpoints" / "3" / "state"):
+        for name in files:
+            with open(os.path.join(root, name), "r+b") as f:
+                f.truncate(3)
+    summary = lm.run(tiny_pretrain_config(3, data=1), str(workdir))
+    assert summary["steps"] == 3 and math.isfinite(summary["final_val_loss"])
+    assert (workdir / "checkpoints" / "3.unreadable").is_dir()
+    cfg = ModelConfig.from_config(tiny_pretrain_config(3).model)
+    params, model_state = jax.eval_shape(lambda: transformer.init(cfg, jax.random.key(0)))
+    reader = Checkpointer(str(workdir), read_only=True)
+    _, step = reader.restore_latest_model({"params": params, "model_state": model_state})
+    assert step == 3

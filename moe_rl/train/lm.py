@@ -396,10 +396,6 @@ def run(config: ml_collections.ConfigDict, workdir: str, loss_fn: Callable | Non
         )
     cfg = ModelConfig.from_config(config.model)
     validate_train_config(config, cfg)
-    done = loop.finished_summary(workdir, config.train.num_steps)
-    if done is not None:
-        print(f"{workdir}: already finished at step {done['steps']}; its results are unchanged")
-        return {**done, "plots": sorted(glob.glob(os.path.join(workdir, "*.png")))}
     mesh = sharding.mesh_from_config(config)
     if mesh is None:
         return _run(config, workdir, loss_fn, cfg, None)
@@ -424,6 +420,13 @@ def _run(config, workdir: str, loss_fn, cfg: ModelConfig, mesh) -> dict:
 
     tx = make_optimizer(config.optim, t.num_steps)
     state, checkpointer, data_state = restore_or_init(config, cfg, tx, workdir, mesh)
+    # A finished run is not trained or summarised again. (A final checkpoint that does not
+    # read was set aside by the restore: the run then resumes from the one before.)
+    done = loop.finished_summary(workdir, t.num_steps) if int(state.step) >= t.num_steps else None
+    if done is not None:
+        checkpointer.close()
+        print(f"{workdir}: already finished at step {done['steps']}; its results are unchanged")
+        return {**done, "plots": sorted(glob.glob(os.path.join(workdir, "*.png")))}
     if data_state is not None:
         batches.set_state(data_state)
     lc = LossConfig.from_config(t)
