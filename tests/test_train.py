@@ -328,6 +328,23 @@ def fake_run(tmp_path, checkpointer, nan_at=None, num_steps=6, **kwargs):
     )
 
 
+def test_array_metrics_are_written_every_array_every_steps(tmp_path):
+    def step_fn(state, batch):
+        step = state.step + 1
+        load = np.full((2, 4), 0.25, np.float32)
+        return types.SimpleNamespace(step=step), {"loss": np.float32(1 / step), "load": load}
+
+    loop.train_loop(
+        state=types.SimpleNamespace(step=0), step_fn=step_fn, batches=iter(range(100)),
+        num_steps=25, workdir=str(tmp_path), checkpointer=None, checkpoint_every=100,
+        data_state=dict, array_every=10,
+    )  # fmt: skip
+    rows = loop.read_metrics(str(tmp_path))
+    assert [r["step"] for r in rows] == list(range(1, 26))  # every step's scalars
+    assert [r["step"] for r in rows if "load" in r] == [10, 20, 25]
+    assert rows[9]["load"] == [[0.25] * 4] * 2
+
+
 def test_nan_stops_training_naming_step_and_metric(tmp_path):
     with pytest.raises(loop.NonFiniteError, match=r"Non-finite loss=nan at step 3"):
         fake_run(tmp_path, FakeCheckpointer(), nan_at=3, checkpoint_every=2)

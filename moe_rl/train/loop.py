@@ -131,8 +131,13 @@ def train_loop(
     log_every: int = 1,
     progress_keys: tuple[str, ...] = ("loss",),
     extra_metrics: Callable[[int, dict], dict] | None = None,
+    array_every: int = 10,
 ) -> tuple[Any, list[dict]]:
     """Runs steps from state.step to num_steps; returns the final state and the logged rows.
+
+    Array metrics (per-expert loads, routing biases: [layers, E] each) are written every
+    `array_every` steps and at the last, scalars every `log_every` steps: the arrays of every
+    step made metrics.jsonl ~1 KB a line (2.4 MB for 2,400 steps of the tiny MoE).
 
     `data_state()` returns the iterator position *after* the batches consumed so far; it is
     saved with each checkpoint as extra['data'] so a resumed run sees exactly the same batches.
@@ -151,6 +156,8 @@ def train_loop(
         if extra_metrics is not None:
             metrics.update(extra_metrics(step, metrics))
         if step % log_every == 0 or step == num_steps:
+            if step % array_every and step != num_steps:
+                metrics = {k: v for k, v in metrics.items() if np.ndim(v) == 0}
             writer.write(step, metrics)
             rows.append({"step": step, **{k: _to_python(v) for k, v in metrics.items()}})
         bar.set_postfix(format_metrics(metrics, progress_keys), refresh=False)
