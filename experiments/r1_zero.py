@@ -6,18 +6,15 @@ Command:  python -m moe_rl.main --config=experiments/r1_zero.py
           any task: --config.task.name=rg:chain_sum (or countdown, rg:<dataset>, ...) with
                     its own knobs in --config.task.options ('' = its defaults)
           own base: --config.init_checkpoint=runs/pretrain_moe --config.model.vocab_size=264
-Runtime:  on the shared 2-core EPYC VM, loaded by other jobs (load average 5-7): the base model
-          16-32 min (corpus, BPE, 3600 pretraining steps; reused on re-runs), GRPO 9-14 min
-          (60 steps, 10-14 s each), two evaluations of ~30 s; per-seed splits in
-          docs/results/r1_zero/seeds.md. On the quieter machine of the previous measurement
-          2400 base steps took 4.4 min, so this default needs ~7 there. Over the 15-minute
-          goal on this machine.
-Result:   held-out 2-digit addition (128 test questions x 4 samples, T=0.6), seeds 0-4
-          (`--seeds=0-4`, docs/results/r1_zero/seeds.md): four of five seeds go from pass@1
-          0.08-0.34 to 0.78-0.98, their responses growing from ~35 to ~61 tokens (column
-          addition replaces guessing); seed 1 stays a guesser (0.084 -> 0.301, length 37 ->
-          34). Written: the table (printed and in runs/r1_zero/summary.json); r1_zero.png
-          (accuracy, format, length, reward, KL, entropy over steps); samples.txt
+                    --config.model.num_nextn_predict_layers=1 (that base has an MTP module)
+Runtime:  on the 2-core EPYC VM: the base model ~11 min (corpus, BPE, 3600 pretraining steps of
+          ~0.17 s; reused on re-runs), GRPO ~9-10 min (40 steps of 12-17 s), two evaluations of ~30 s;
+          per-seed times in docs/results/r1_zero/seeds.md. Over the 15-minute goal.
+Result:   held-out 2-digit addition (128 test questions x 4 samples, T=0.6), every seed measured
+          (`--seeds=0-4`, docs/results/r1_zero/seeds.md): pass@1 from 0.10-0.28 to 0.64-0.96
+          (+54 to +68 points), the responses growing to ~78 tokens (column addition with the
+          digits so far replaces guessing). Written: the table (printed and in runs/r1_zero/summary.json);
+          r1_zero.png (accuracy, format, length, reward, KL, entropy over steps); samples.txt
           (completions during training), eval_samples.txt; metrics.jsonl and TensorBoard
           events. Re-running resumes (the base model and GRPO checkpoints).
 """
@@ -43,12 +40,13 @@ def get_config(model: str = "tiny") -> ConfigDict:
             # blocks as experiments/pretrain_moe.py.
             pretrain=dict(
                 recipe="pretrain",
-                # Mostly additions, half the thinks worked and half a bare guess (data/arithmetic.py
-                # MIXES['r1']); a BPE learned on it (digits split) encodes the 450-byte R1-Zero
-                # prompt in ~120 tokens. Small batches, many steps: the model learns to copy the
-                # question's digits (a loss drop near step 1000) and to add them column by column.
-                # 2400 steps left some seeds' bases near 4% pass@1 (most GRPO groups all wrong,
-                # no learning signal); 3600 gave seed 2's base 16% on the first GRPO batch.
+                # Mostly additions, half the thinks worked (by columns, with the digits so far) and
+                # half a bare guess (data/arithmetic.py MIXES['r1']); a BPE learned on it (digits
+                # split) encodes the 450-byte R1-Zero prompt in ~120 tokens. Small batches, many
+                # steps: the model learns to copy the question's digits (a loss drop near step
+                # 1000-1400) and to add them column by column. With fewer steps or without the
+                # digits so far, some seeds' bases guess more often right than they add, and GRPO
+                # then reinforces guessing (docs/results/r1_zero/README.md).
                 data=configs.data(mix="r1", tokenizer="bpe:384"),
                 train=configs.train(seq_len=256, batch_size=8, num_steps=3600),
                 optim=configs.optim(),
