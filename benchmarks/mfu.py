@@ -40,10 +40,11 @@ def matmul_peak(repeats: int) -> dict[int, float]:
     return {n: perf.measure_matmul_peak(n, repeats) for n in PEAK_SIZES}
 
 
-def pretrain_step(name: str, batch: int, seq_len: int, steps: int) -> dict:
+def pretrain_step(name: str, batch: int, seq_len: int, steps: int, **overrides) -> dict:
     """Median seconds of the jitted pretraining step (lm.make_train_step, the pretraining
-    recipe's optimizer and loss) on random tokens, one document per row."""
-    cfg = ModelConfig.from_config(preset(name))
+    recipe's optimizer and loss) on random tokens, one document per row; `overrides` change
+    the preset's model fields."""
+    cfg = ModelConfig.from_config(preset(name, **overrides))
     t = configs.train(batch_size=batch, seq_len=seq_len)
     tx = lm.make_optimizer(configs.optim(), t.num_steps)
     state = lm.init_state(cfg, tx, 0)
