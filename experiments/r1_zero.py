@@ -7,16 +7,18 @@ Command:  python -m moe_rl.main --config=experiments/r1_zero.py
                     its own knobs in --config.task.options ('' = its defaults)
           own base: --config.init_checkpoint=runs/pretrain_moe --config.model.vocab_size=264
                     --config.model.num_nextn_predict_layers=1 (that base has an MTP module)
-Runtime:  on the 2-core EPYC VM: the base model ~11 min (corpus, BPE, 3600 pretraining steps of
-          ~0.17 s; reused on re-runs), GRPO ~9-10 min (40 steps of 12-17 s), two evaluations of ~30 s;
-          per-seed times in docs/results/r1_zero/seeds.md. Over the 15-minute goal.
+Runtime:  on the 2-core EPYC VM: the base model ~11 min (corpus, BPE, 3600 pretraining steps
+          of ~0.17 s; reused on re-runs), GRPO ~9-10 min (40 steps of 12-17 s), two
+          evaluations of ~30 s; per-seed times in docs/results/r1_zero/seeds.md. Over the
+          15-minute goal.
 Result:   held-out 2-digit addition (128 test questions x 4 samples, T=0.6), every seed measured
-          (`--seeds=0-4`, docs/results/r1_zero/seeds.md): pass@1 from 0.10-0.28 to 0.64-0.96
-          (+54 to +68 points), the responses growing to ~78 tokens (column addition with the
-          digits so far replaces guessing). Written: the table (printed and in runs/r1_zero/summary.json);
-          r1_zero.png (accuracy, format, length, reward, KL, entropy over steps); samples.txt
-          (completions during training), eval_samples.txt; metrics.jsonl and TensorBoard
-          events. Re-running resumes (the base model and GRPO checkpoints).
+          (`--seeds=0-4`, docs/results/r1_zero/seeds.md): pass@1 from 0.10-0.37 to 0.64-0.96
+          (+48 to +68 points), the responses growing to ~78 tokens (column addition with the
+          digits so far replaces guessing). Written: the table (printed and in
+          runs/r1_zero/summary.json); r1_zero.png (accuracy, format, length, reward, KL,
+          entropy over steps); samples.txt (completions during training), eval_samples.txt;
+          metrics.jsonl and TensorBoard events. Re-running resumes (the base model and GRPO
+          checkpoints).
 """
 
 from ml_collections import ConfigDict
@@ -33,7 +35,8 @@ def get_config(model: str = "tiny") -> ConfigDict:
             seed=0,
             init_checkpoint="",  # a workdir with a pretrained checkpoint; '' = pretrain one now
             # No MTP module: at this size it is one more transformer block, a third of every
-            # pretraining step (146 vs 214 ms measured), and the R1-Zero policy never uses it.
+            # pretraining step (docs/results/r1_zero/train_step_parts.md); the policy never
+            # uses it.
             model=preset(model, vocab_size=384, num_nextn_predict_layers=0),
             tokenizer="base",  # 'base': the base model's own (its learned BPE), or a name/path
             # The base model's pretraining (used only when init_checkpoint is ''); the same
