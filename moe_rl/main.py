@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -80,10 +81,36 @@ def main(argv):
     workdir = _WORKDIR.value or default_workdir(
         config, config_flags.get_config_filename(flags.FLAGS["config"])
     )
+    print(banner(config, config_flags.get_config_filename(flags.FLAGS["config"]), workdir, seeds))
     if seeds is None:
         module.run(config, workdir)
     else:
         sweep.run(config, workdir, seeds, module)
+    print(f"\nDone. Files in {os.path.abspath(workdir)}: {', '.join(written(workdir))}")
+
+
+def banner(config, config_path: str | None, workdir: str, seeds=None) -> str:
+    """What is about to run, in a few lines: recipe, config file and overrides, workdir, devices."""
+    import jax
+
+    overrides = [a for a in sys.argv[1:] if a.startswith("--config.")]
+    devices = jax.devices()
+    lines = [
+        f"moe_rl: recipe {config.recipe} from {config_path}"
+        + (f" with {' '.join(overrides)}" if overrides else ""),
+        f"workdir: {os.path.abspath(workdir)}"
+        + (f" (seeds {', '.join(map(str, seeds))}: seed_<n>/ each)" if seeds else ""),
+        f"devices: {len(devices)} x {devices[0].device_kind} ({jax.default_backend()})",
+    ]
+    return "\n".join(lines)
+
+
+def written(workdir: str) -> list[str]:
+    """The top-level files and folders of a workdir (folders with a trailing /)."""
+    if not os.path.isdir(workdir):
+        return []
+    names = sorted(os.listdir(workdir))
+    return [n + "/" if os.path.isdir(os.path.join(workdir, n)) else n for n in names]
 
 
 if __name__ == "__main__":

@@ -33,6 +33,12 @@ def test_cli_runs_summary_with_overrides(tmp_path):
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "activated params" in out.stdout
+    # The banner names the recipe, the config file with its overrides, the workdir and devices;
+    # the last line the files written.
+    assert "moe_rl: recipe summary from experiments/tiny.py with " in out.stdout
+    assert "--config.model.num_hidden_layers=2" in out.stdout.split("\n")[0]
+    assert f"workdir: {workdir}" in out.stdout and "devices: 1 x " in out.stdout
+    assert f"Done. Files in {workdir}: " in out.stdout and "summary.json" in out.stdout
     summary = json.loads((workdir / "summary.json").read_text())
     assert summary["total"] == summary["params_in_tree"]
 

@@ -463,9 +463,15 @@ def _run(config, workdir: str, loss_fn, cfg: ModelConfig, mesh) -> dict:
     flops = counting.flops_per_token(cfg, t.seq_len)
     peak = perf.measure_matmul_peak()
 
+    schedule = make_schedule(config.optim, t.num_steps)
+
     def throughput(step, metrics):
         tokens_per_s = float(metrics["tokens"]) / max(metrics["step_seconds"], 1e-9)
-        return {"tokens_per_s": tokens_per_s, "mfu": flops * tokens_per_s / peak}
+        return {
+            "tokens_per_s": tokens_per_s,
+            "mfu": flops * tokens_per_s / peak,
+            "learning_rate": float(schedule(step - 1)),  # the rate of this step's update
+        }
 
     start_step = int(state.step)
     state, rows = loop.train_loop(

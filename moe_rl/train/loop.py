@@ -144,12 +144,20 @@ def train_loop(
     """
     writer = MetricWriter(workdir)
     start = int(state.step)
-    pending: tuple[int, dict, float] | None = None
+    if 0 < start < num_steps and jax.process_index() == 0:
+        print(f"Resuming {workdir} from step {start} of {num_steps}")
+    pending: tuple[int, dict] | None = None
     rows: list[dict] = []
+    # step_seconds: between two steps' *completions* (their metrics fetched), not between two
+    # launches: a launch returns at once, and timing launches gave throughputs 30-100x too high.
+    clock = {"done": time.perf_counter()}
+    shown: dict[str, str] = {}  # the progress bar's last values (val_loss stays in view)
 
     def flush(item):
-        step, metrics, seconds = item
-        metrics = jax.device_get(metrics)
+        step, metrics = item
+        metrics = jax.device_get(metrics)  # waits for the step to complete
+        now = time.perf_counter()
+        seconds, clock["done"] = now - clock["done"], now
         check_finite(step, metrics)
         metrics = {k: v for k, v in metrics.items()}
         metrics["step_seconds"] = seconds
@@ -160,7 +168,8 @@ def train_loop(
                 metrics = {k: v for k, v in metrics.items() if np.ndim(v) == 0}
             writer.write(step, metrics)
             rows.append({"step": step, **{k: _to_python(v) for k, v in metrics.items()}})
-        bar.set_postfix(format_metrics(metrics, progress_keys), refresh=False)
+        shown.update(format_metrics(metrics, progress_keys))
+        bar.set_postfix(shown, refresh=False)
 
     bar = tqdm(
         total=num_steps,
@@ -170,15 +179,12 @@ def train_loop(
         disable=jax.process_index() != 0,  # one progress bar per run, not one per process
     )
     try:
-        last = time.perf_counter()
         for step in range(start + 1, num_steps + 1):
             batch = next(batches)
             state, metrics = step_fn(state, batch)
-            now = time.perf_counter()
             if pending is not None:
                 flush(pending)  # the previous step's metrics: ready by now, no device stall
-            pending = (step, metrics, now - last)
-            last = now
+            pending = (step, metrics)
             bar.update(1)
             evaluate = step == num_steps or (eval_every and step % eval_every == 0)
             checkpoint = step % checkpoint_every == 0 or step == num_steps
@@ -192,8 +198,12 @@ def train_loop(
                 writer.write(step, eval_metrics)
                 rows.append({"step": step, **eval_metrics})
                 logging.info("step %d eval %s", step, eval_metrics)
+                shown.update(format_metrics(eval_metrics, progress_keys))
+                bar.set_postfix(shown, refresh=False)
             if checkpointer is not None and checkpoint:
                 checkpointer.save(step, state, {"data": data_state()}, force=step == num_steps)
+            if (eval_fn is not None and evaluate) or (checkpointer is not None and checkpoint):
+                clock["done"] = time.perf_counter()  # the next step's time leaves these out
         if pending is not None:
             flush(pending)
     finally:
