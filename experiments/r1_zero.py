@@ -65,49 +65,11 @@ def get_config(model: str = "tiny") -> ConfigDict:
                 seed=0,  # question order (train) and the held-out questions (test)
             ),
             # A column addition of two 2-digit numbers takes ~80 tokens.
-            sampling=dict(temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=112),
-            grpo=dict(
-                num_steps=40,
-                num_questions=8,  # questions per step (B)
-                # G=16 with DAPO dynamic sampling: a group is all wrong with probability
-                # (1-p)^G, so at base accuracy p=0.1 G=16 loses 19% of groups where G=8 loses 43%,
-                # and the refills replace those.
-                num_generations=16,  # completions per question (G)
-                num_iterations=1,  # mu: passes over each batch of rollouts
-                minibatch_size=32,  # sequences per optimizer update
-                advantage="grpo",  # grpo | dr_grpo (Liu et al. 2025) | rloo (Ahmadian 2024)
-                adv_eps=1e-4,
-                eps_low=0.2,  # PPO clip range; eps_high > eps_low is DAPO's clip-higher
-                eps_high=0.2,
-                # token (GRPO) | sequence (GSPO, Zheng et al. 2025: with eps 3e-4 / 4e-4)
-                ratio="token",
-                beta=0.04,  # KL weight (DeepSeekMath); 0 skips the reference model
-                kl="k3_loss",  # k3_loss (DeepSeekMath) | k1_reward (PPO-style reward penalty)
-                aggregation="seq_mean",  # seq_mean (GRPO) | token_mean (DAPO) | constant (Dr.)
-                dynamic_sampling=True,  # DAPO: replace zero-variance groups
-                max_refills=2,  # extra sampling rounds per step with dynamic sampling
-                overlong_filter=False,  # DAPO: truncated completions carry no gradient
-                overlong_buffer=0,  # DAPO soft overlong penalty over the last N tokens; 0 off
-                accuracy_weight=1.0,
-                format_weight=0.1,  # TinyZero's format score
-                use_math_verify=False,
-                bias_update_rate=0.0,  # aux-loss-free MoE balancing during RL; 0 freezes it
-                checkpoint_every=10,
-                keep_checkpoints=2,
-                samples_every=5,  # append completions to samples.txt every N steps
-                samples_per_write=2,
-            ),
+            sampling=configs.sampling(max_new_tokens=112),
+            grpo=configs.grpo(num_steps=40),
             optim=configs.optim(learning_rate=3e-4, warmup_steps=5, weight_decay=0.0),
             # GRPO's devices (the base's pretraining has its own, pretrain.mesh)
             mesh=configs.mesh(),
-            eval=dict(
-                num_questions=128,  # held-out (test split) questions
-                num_samples=4,  # k samples per question
-                batch_size=64,
-                use_math_verify=False,
-                extract="tags",
-                num_printed=8,
-                sampling=dict(temperature=0.6, top_p=0.95, top_k=0, max_new_tokens=112),
-            ),
+            eval=configs.r1_eval(max_new_tokens=112),
         )
     )

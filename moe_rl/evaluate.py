@@ -242,6 +242,24 @@ def write_samples(path, examples, prompts, texts, scores, k: int, num_printed: i
                 )
 
 
+def write_completions(path, examples, texts, scores, k: int) -> None:
+    """Every sampled answer as a JSON line (question, reference, response, accuracy, format,
+    tokens), for analyses of what a policy writes (e.g. docs/results/r1_zero_countdown)."""
+    with open(path, "w") as f:
+        for q, ex in enumerate(examples):
+            s = scores[q]
+            for j in range(k):
+                line = {
+                    "question": ex.question,
+                    "reference": ex.answer,
+                    "response": texts[q * k + j],
+                    "accuracy": float(s["accuracy"][j]),
+                    "format": float(s["format"][j]),
+                    "tokens": int(s["lengths"][j]),
+                }
+                f.write(json.dumps(line) + "\n")
+
+
 def check_tokenizer(tokenizer, cfg: ModelConfig) -> None:
     if tokenizer.vocab_size > cfg.vocab_size:
         raise ValueError(

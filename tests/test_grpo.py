@@ -175,6 +175,13 @@ def test_grpo_resumes_exactly(base_dir, tmp_path):
     assert os.path.exists(os.path.join(work, "r1_zero.png"))
     summary = json.load(open(os.path.join(work, "summary.json")))
     assert set(summary["after"]) >= {"pass@1", "maj@2", "format_rate", "mean_length"}
+    # Every held-out answer of both evaluations, one JSON line each, scored as in the summary.
+    for name, metrics in (("eval_base.jsonl", "before"), ("eval_policy.jsonl", "after")):
+        lines = [json.loads(line) for line in open(os.path.join(work, name))]
+        assert len(lines) == config.eval.num_questions * config.eval.num_samples
+        assert {"question", "reference", "response", "accuracy", "format"} <= set(lines[0])
+        accuracy = np.mean([line["accuracy"] for line in lines])
+        np.testing.assert_allclose(accuracy, summary[metrics]["pass@1"], atol=1e-6)
 
 
 @pytest.mark.parametrize(

@@ -104,3 +104,67 @@ def skills_data(**overrides) -> ConfigDict:
     c.zipf = 1.0  # skill k is drawn with weight 1 / (k + 1)^zipf; 0: uniform
     c.update(overrides)
     return c
+
+
+def sampling(**overrides) -> ConfigDict:
+    """How the policy samples its rollouts (and, in `r1_eval`, its held-out answers)."""
+    c = ConfigDict(dict(temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=112))
+    c.update(overrides)
+    return c
+
+
+def grpo(**overrides) -> ConfigDict:
+    """The GRPO block of an R1-Zero recipe (moe_rl/train/grpo.py)."""
+    c = ConfigDict(
+        dict(
+            num_steps=40,
+            num_questions=8,  # questions per step (B)
+            # G=16 with DAPO dynamic sampling: a group is all wrong with probability (1-p)^G,
+            # so at base accuracy p=0.1 G=16 loses 19% of groups where G=8 loses 43%, and the
+            # refills replace those.
+            num_generations=16,  # completions per question (G)
+            num_iterations=1,  # mu: passes over each batch of rollouts
+            minibatch_size=32,  # sequences per optimizer update
+            advantage="grpo",  # grpo | dr_grpo (Liu et al. 2025) | rloo (Ahmadian 2024)
+            adv_eps=1e-4,
+            eps_low=0.2,  # PPO clip range; eps_high > eps_low is DAPO's clip-higher
+            eps_high=0.2,
+            # token (GRPO) | sequence (GSPO, Zheng et al. 2025: with eps 3e-4 / 4e-4)
+            ratio="token",
+            beta=0.04,  # KL weight (DeepSeekMath); 0 skips the reference model
+            kl="k3_loss",  # k3_loss (DeepSeekMath) | k1_reward (PPO-style reward penalty)
+            aggregation="seq_mean",  # seq_mean (GRPO) | token_mean (DAPO) | constant (Dr.)
+            dynamic_sampling=True,  # DAPO: replace zero-variance groups
+            max_refills=2,  # extra sampling rounds per step with dynamic sampling
+            overlong_filter=False,  # DAPO: truncated completions carry no gradient
+            overlong_buffer=0,  # DAPO soft overlong penalty over the last N tokens; 0 off
+            accuracy_weight=1.0,
+            format_weight=0.1,  # TinyZero's format score
+            use_math_verify=False,
+            bias_update_rate=0.0,  # aux-loss-free MoE balancing during RL; 0 freezes it
+            checkpoint_every=10,
+            keep_checkpoints=2,
+            samples_every=5,  # append completions to samples.txt every N steps
+            samples_per_write=2,
+        )
+    )
+    c.update(overrides)
+    return c
+
+
+def r1_eval(max_new_tokens: int = 112, **overrides) -> ConfigDict:
+    """The held-out evaluation of an R1-Zero recipe (moe_rl/evaluate.py): pass@1 and maj@k
+    over k samples of each test-split question."""
+    c = ConfigDict(
+        dict(
+            num_questions=128,  # held-out (test split) questions
+            num_samples=4,  # k samples per question
+            batch_size=64,
+            use_math_verify=False,
+            extract="tags",
+            num_printed=8,
+            sampling=sampling(temperature=0.6, top_p=0.95, max_new_tokens=max_new_tokens),
+        )
+    )
+    c.update(overrides)
+    return c

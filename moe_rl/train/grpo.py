@@ -31,7 +31,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from absl import logging
 from tqdm.auto import tqdm
 
 from moe_rl import checkpoint, evaluate, hf, plots, rewards, sampling, sharding
@@ -564,7 +563,11 @@ def _run(config: ml_collections.ConfigDict, workdir: str, mesh, on_step=None) ->
             saved = json.load(f)
         before = saved["metrics"] if saved.get("of") == what else None
     if before is None:
-        before = evaluate_on_test(params, model_state, "base")[0]
+        before, texts, scores, _ = evaluate_on_test(params, model_state, "base")
+        evaluate.write_completions(
+            os.path.join(workdir, "eval_base.jsonl"), test_examples, texts, scores,
+            config.eval.num_samples,
+        )  # fmt: skip
         with open(before_path, "w") as f:
             json.dump({"of": what, "metrics": before}, f, indent=2)
 
@@ -594,7 +597,7 @@ def _run(config: ml_collections.ConfigDict, workdir: str, mesh, on_step=None) ->
         state, extra, _ = restored
         questions.set_position(extra["questions"])
         grpo_step = extra["grpo_step"]
-        logging.info("Resuming GRPO from step %d", grpo_step)
+        print(f"Resuming GRPO in {rl_dir} from step {grpo_step} of {g.num_steps}")
     else:
         state = lm.TrainState(
             step=jnp.zeros((), jnp.int32),
@@ -679,6 +682,9 @@ def _run(config: ml_collections.ConfigDict, workdir: str, mesh, on_step=None) ->
         os.path.join(workdir, "eval_samples.txt"), test_examples, prompts, texts, scores, k,
         config.eval.num_printed,
     )  # fmt: skip
+    evaluate.write_completions(
+        os.path.join(workdir, "eval_policy.jsonl"), test_examples, texts, scores, k
+    )
     all_rows = loop.read_metrics(workdir)
     plot = plots.plot_grpo(all_rows, os.path.join(workdir, "r1_zero.png"), f"GRPO on {t.name}")
     result: dict[str, Any] = {
