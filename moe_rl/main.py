@@ -113,5 +113,59 @@ def written(workdir: str) -> list[str]:
     return [n + "/" if os.path.isdir(os.path.join(workdir, n)) else n for n in names]
 
 
+def _config_path(argv: list[str]) -> str | None:
+    for i, arg in enumerate(argv):
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1]
+        if arg == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+    return None
+
+
+def _override_error(path: str, argv: list[str]) -> str | None:
+    """The first --config.<key>=... naming no field of the config, with the fields there."""
+    import difflib
+    import runpy
+
+    file, _, arg = path.partition(":")
+    get_config = runpy.run_path(file)["get_config"]
+    node = get_config(arg) if arg else get_config()
+    for a in argv:
+        if not a.startswith("--config."):
+            continue
+        key = a[len("--config.") :].split("=", 1)[0]
+        value = node
+        for i, part in enumerate(key.split(".")):
+            fields = list(value.keys()) if hasattr(value, "keys") else []
+            if part not in fields:
+                where = ".".join(key.split(".")[:i]) or "config"
+                close = difflib.get_close_matches(part, fields, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else "."
+                listed = ", ".join(sorted(fields)) if fields else "none (it is a value)"
+                return f"--config.{key}: {where} has no field {part!r}{hint} Its fields: {listed}"
+            value = value[part]
+    return None
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing with one-line errors for the usual mistakes (a missing config file, a
+    misspelt key, a bad value) instead of a 30-50 line traceback."""
+    path = _config_path(argv)
+    if path is not None and not os.path.exists(path.partition(":")[0]):
+        here = "experiments" if os.path.isdir("experiments") else None
+        known = sorted(os.listdir(here)) if here else []
+        sys.exit(
+            f"moe_rl: --config={path}: no such file"
+            + (f" (experiments/ holds {', '.join(f for f in known if f.endswith('.py'))})"
+               if known else "")
+        )  # fmt: skip
+    try:
+        return flags.FLAGS(argv)
+    except (KeyError, AttributeError, flags.Error, ValueError, TypeError) as e:
+        message = _override_error(path, argv) if path else None
+        text = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        sys.exit(f"moe_rl: {message or ' '.join(str(text).split())}")
+
+
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -56,3 +57,27 @@ def test_cli_bad_model_value_fails_before_compiling(tmp_path):
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode != 0
     assert "n_routed_experts=6 is not divisible by model.n_group=4" in out.stderr
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--config=experiments/nope.py"], r"--config=experiments/nope.py: no such file \("),
+        (
+            ["--config=experiments/tiny.py", "--config.modle.x=1"],
+            r"--config.modle.x: config has no field 'modle'; did you mean 'model'\?",
+        ),
+        (
+            ["--config=experiments/tiny.py", "--config.model.hidden_size=abc"],
+            r"--config.model.hidden_size=abc: invalid literal",
+        ),
+    ],
+)
+def test_cli_config_mistakes_are_one_line(args, message):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    cmd = [sys.executable, "-m", "moe_rl.main", *args]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode != 0
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("moe_rl: "), out.stderr[-2000:]
+    assert re.search(message, lines[0]), lines[0]
