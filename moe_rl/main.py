@@ -82,10 +82,13 @@ def main(argv):
         config, config_flags.get_config_filename(flags.FLAGS["config"])
     )
     print(banner(config, config_flags.get_config_filename(flags.FLAGS["config"]), workdir, seeds))
-    if seeds is None:
-        module.run(config, workdir)
-    else:
-        sweep.run(config, workdir, seeds, module)
+    try:
+        if seeds is None:
+            module.run(config, workdir)
+        else:
+            sweep.run(config, workdir, seeds, module)
+    except KeyboardInterrupt:
+        sys.exit(f"moe_rl: interrupted; rerun the same command to resume in {workdir}")
     print(f"\nDone. Files in {os.path.abspath(workdir)}: {', '.join(written(workdir))}")
 
 

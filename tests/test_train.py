@@ -376,6 +376,27 @@ def test_step_seconds_time_completed_steps_not_launches(tmp_path):
     assert len(seconds) == 8 and min(seconds) >= 0.7 * min(alone), (seconds, alone)
 
 
+def test_ctrl_c_saves_the_last_completed_step_with_its_data_position(tmp_path):
+    checkpointer = FakeCheckpointer()
+
+    def step_fn(state, batch):
+        if state.step == 4:  # Ctrl-C while step 5 runs
+            raise KeyboardInterrupt
+        return types.SimpleNamespace(step=state.step + 1), {"loss": np.float32(1.0)}
+
+    consumed = []
+    with pytest.raises(KeyboardInterrupt):
+        loop.train_loop(
+            state=types.SimpleNamespace(step=0), step_fn=step_fn,
+            batches=(consumed.append(i) or i for i in range(100)), num_steps=10,
+            workdir=str(tmp_path), checkpointer=checkpointer, checkpoint_every=3,
+            data_state=lambda: {"batches": len(consumed)},
+        )  # fmt: skip
+    assert checkpointer.saved == [3, 4]  # the periodic save, then the interrupted run's last
+    assert checkpointer.extras[-1] == {"data": {"batches": 4}}  # step 5's batch is not counted
+    assert [r["step"] for r in loop.read_metrics(str(tmp_path))] == [1, 2, 3, 4]
+
+
 def test_nan_stops_training_naming_step_and_metric(tmp_path):
     with pytest.raises(loop.NonFiniteError, match=r"Non-finite loss=nan at step 3"):
         fake_run(tmp_path, FakeCheckpointer(), nan_at=3, checkpoint_every=2)

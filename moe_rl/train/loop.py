@@ -178,10 +178,12 @@ def train_loop(
         dynamic_ncols=True,
         disable=jax.process_index() != 0,  # one progress bar per run, not one per process
     )
+    done = {"step": start, "data": None}  # the last step whose state we hold, for Ctrl-C
     try:
         for step in range(start + 1, num_steps + 1):
             batch = next(batches)
             state, metrics = step_fn(state, batch)
+            done.update(step=step, data=data_state() if checkpointer is not None else None)
             if pending is not None:
                 flush(pending)  # the previous step's metrics: ready by now, no device stall
             pending = (step, metrics)
@@ -206,9 +208,26 @@ def train_loop(
                 clock["done"] = time.perf_counter()  # the next step's time leaves these out
         if pending is not None:
             flush(pending)
+    except KeyboardInterrupt:
+        _save_on_interrupt(checkpointer, state, done, pending, flush)
+        raise
     finally:
         bar.close()
         writer.close()
         if checkpointer is not None:
             checkpointer.wait()
     return state, rows
+
+
+def _save_on_interrupt(checkpointer, state, done: dict, pending, flush) -> None:
+    """Ctrl-C: save the last completed step (NaN-checked first), so the rerun resumes there."""
+    if checkpointer is None or done["data"] is None:
+        return
+    try:
+        if pending is not None:
+            flush(pending)
+        checkpointer.save(done["step"], state, {"data": done["data"]}, force=True)
+        checkpointer.wait()
+        print(f"\nInterrupted: saved step {done['step']}; the same command resumes from it.")
+    except Exception as e:  # noqa: BLE001 - an interrupt mid-step: the last periodic save stays
+        print(f"\nInterrupted mid-step ({type(e).__name__}); the rerun resumes from the last save.")
