@@ -29,6 +29,22 @@ RECIPES = {
     "r1": "moe_rl.train.r1",
 }
 
+
+def _listing() -> str:
+    """What --help shows after the docstring: the recipes and the experiment files."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    folder = os.path.join(root, "experiments")
+    files = (
+        sorted(f for f in os.listdir(folder) if f.endswith(".py")) if os.path.isdir(folder) else []
+    )
+    lines = ["", "Recipes (config.recipe): " + ", ".join(RECIPES)]
+    if files:
+        lines.append("Experiments: " + ", ".join(f"experiments/{f}" for f in files))
+    return "\n".join(lines) + "\n"
+
+
+__doc__ = (__doc__ or "") + _listing()
+
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file.", lock_config=True
 )

@@ -81,3 +81,10 @@ def test_cli_config_mistakes_are_one_line(args, message):
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("moe_rl: "), out.stderr[-2000:]
     assert re.search(message, lines[0]), lines[0]
+
+
+def test_help_lists_recipes_and_experiments():
+    cmd = [sys.executable, "-m", "moe_rl.main", "--help"]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert "Recipes (config.recipe): " in out.stdout and "r1_zero" in out.stdout
+    assert "experiments/r1_zero.py" in out.stdout and "experiments/moe_vs_dense.py" in out.stdout
