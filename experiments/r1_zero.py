@@ -8,10 +8,10 @@ Command:  python -m moe_rl.main --config=experiments/r1_zero.py
           own base: --config.init_checkpoint=runs/pretrain_moe --config.model.vocab_size=264
                     --config.model.num_nextn_predict_layers=1 (that base has an MTP module)
 Runtime:  on the 2-core EPYC VM: the base model ~11 min (corpus, BPE, 3600 pretraining steps
-          of ~0.17 s; reused on re-runs), GRPO ~9-10 min (40 steps of 12-17 s), two
+          of ~0.17 s; reused on re-runs), GRPO 6-10 min (40 steps of 8-17 s), two
           evaluations of ~30 s; per-seed times in docs/results/r1_zero/seeds.md. Over the
           15-minute goal.
-Result:   held-out 2-digit addition (128 test questions x 4 samples, T=0.6), every seed measured
+Result:   held-out 2-digit addition (128 test questions x 4 samples, T=0.6), seeds 0-4
           (`--seeds=0-4`, docs/results/r1_zero/seeds.md): pass@1 from 0.10-0.37 to 0.64-0.96
           (+48 to +68 points), the responses growing to ~78 tokens (column addition with the
           digits so far replaces guessing). Written: the table (printed and in
