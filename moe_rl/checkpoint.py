@@ -138,10 +138,32 @@ def _conform(tree: Any, abstract: Any, where: str) -> Any:
     missing, unexpected = sorted(set(want) - set(got)), sorted(set(got) - set(want))
     wrong = [k for k in set(want) & set(got) if tuple(got[k].shape) != tuple(want[k].shape)]
     if missing or unexpected or wrong:
+        shapes = [
+            f"{k} saved {tuple(got[k].shape)} vs config {tuple(want[k].shape)}"
+            for k in sorted(wrong)[:5]
+        ]
         raise ValueError(
             f"the checkpoint in {where} holds another model than config.model: "
-            f"missing {missing[:5]}, unexpected {unexpected[:5]}, "
-            f"other shapes {sorted(wrong)[:5]}"
+            f"missing {missing[:5]}, unexpected {unexpected[:5]}, other shapes {shapes}"
+            + _vocab_hint(got, want, where)
         )
     leaves = [jax.numpy.asarray(got[k], want[k].dtype) for k in want]
     return jax.tree.unflatten(jax.tree.structure(abstract), leaves)
+
+
+def _vocab_hint(got: dict, want: dict, where: str) -> str:
+    """If the embeddings differ in their number of rows: the vocab_size and tokenizer to use."""
+    for k in want:
+        if k in got and "embed" in k and got[k].ndim == 2 and got[k].shape[0] != want[k].shape[0]:
+            workdir = os.path.dirname(where)
+            folders = [
+                os.path.join(workdir, *sub, "tokenizer")
+                for sub in ((), ("base",))
+                if os.path.exists(os.path.join(workdir, *sub, "tokenizer", "tokenizer.json"))
+            ]
+            tok = f" and --config.tokenizer={folders[0]}" if folders else ""
+            return (
+                f". Its vocabulary has {got[k].shape[0]} tokens, config.model.vocab_size="
+                f"{want[k].shape[0]}: set --config.model.vocab_size={got[k].shape[0]}{tok}"
+            )
+    return ""

@@ -5,6 +5,7 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from moe_rl.checkpoint import Checkpointer
 
@@ -100,3 +101,27 @@ def test_read_only_never_writes(tmp_path):
     got, _, step = Checkpointer(str(tmp_path / "run"), read_only=True).restore_latest(abstract())
     assert step == 3
     jax.tree.map(np.testing.assert_array_equal, got, state(3))
+
+
+def test_another_vocabulary_says_which_vocab_size_and_tokenizer_to_use(tmp_path):
+    """E.g. experiments/eval.py (vocab 264) on an R1-Zero run (its BPE has 384 tokens)."""
+
+    def model(vocab):
+        return {
+            "params": {"embed": {"embedding": jnp.ones((vocab, 8))}, "w": jnp.ones((8, 8))},
+            "model_state": {},
+        }
+
+    ckpt = Checkpointer(str(tmp_path), async_save=False)
+    ckpt.save(3, {"step": np.int32(3), **model(384)})
+    ckpt.close()
+    os.makedirs(tmp_path / "base" / "tokenizer")
+    (tmp_path / "base" / "tokenizer" / "tokenizer.json").write_text("{}")
+    reader = Checkpointer(str(tmp_path), read_only=True)
+    with pytest.raises(ValueError) as error:
+        reader.restore_latest_model(jax.eval_shape(lambda: model(264)))
+    message = str(error.value)
+    assert "['params']['embed']['embedding'] saved (384, 8) vs config (264, 8)" in message
+    assert f"--config.model.vocab_size=384 and --config.tokenizer={tmp_path}/base/tokenizer" in (
+        message
+    )
