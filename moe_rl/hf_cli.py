@@ -51,8 +51,14 @@ def tiny_tokenizer(folder: str, vocab_size: int = 384, documents: int = 2000):
 
 def tiny_model(arch: str, vocab_size: int, seed: int = 0):
     """A small random `transformers` model of `arch` (~0.2M parameters)."""
-    import torch
-    import transformers
+    try:
+        import torch
+        import transformers
+    except ModuleNotFoundError as e:
+        raise SystemExit(
+            f"moe_rl.hf_cli tiny needs {e.name}, which the 'hf' extra installs: "
+            "pip install torch==2.13.0 (the CPU build) -e '.[hf]'"
+        ) from None
 
     torch.manual_seed(seed)
     common = dict(

@@ -534,3 +534,20 @@ def test_public_checkpoint_configs_map_to_their_architectures():
     assert (v3.n_group, v3.topk_group, v3.first_k_dense_replace) == (8, 4, 3)
     counts = counting.param_counts(v3)
     assert 660e9 < counts["total"] < 690e9 and 36e9 < counts["activated"] < 40e9  # 671B/37B
+
+
+def test_hf_cli_tiny_without_the_hf_extra_says_how_to_install_it(monkeypatch):
+    import builtins
+
+    from moe_rl import hf_cli
+
+    real_import = builtins.__import__
+
+    def no_transformers(name, *args, **kwargs):
+        if name in ("torch", "transformers"):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_transformers)
+    with pytest.raises(SystemExit, match=r"needs torch, which the 'hf' extra installs"):
+        hf_cli.tiny_model("qwen2", 64)
