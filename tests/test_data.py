@@ -237,6 +237,76 @@ def test_r1_mix_leans_to_the_think_format_and_is_named_in_the_config():
         corpus.arithmetic_config(mix="x")
 
 
+def test_countdown_search_tries_until_a_checked_hit():
+    rng = arithmetic.Random(2)
+    step = re.compile(r"(\d+) ([-+*/]) (\d+) = (\d+)")
+    found = tries_seen = 0
+    for _ in range(400):
+        p = arithmetic.countdown_search(rng, wrong=False, max_tries=6)
+        numbers, target = _countdown_question(p.question)
+        tries = [w for w in p.steps if w.startswith("Try ")]
+        assert 1 <= len(tries) <= 6
+        texts = [w[4:].split(":", 1)[0] for w in tries]
+        assert len(set(texts)) == len(texts)  # no expression tried twice (3 numbers: enough)
+        for text, w in zip(texts, tries, strict=True):
+            for x, op, y, z in step.findall(w):  # every step right
+                assert _evaluate(f"{x} {op} {y}") == int(z)
+            value = int(step.findall(w)[-1][3])
+            assert value == _evaluate(text)  # the steps evaluate the expression tried
+            assert w.endswith("found it.") == (value == target)
+            assert sorted(map(int, re.findall(r"\d+", text))) == sorted(numbers)
+        # It stops at the first hit, which is the answer; a search that runs out says so.
+        assert all(w.endswith(f"not {target}.") for w in tries[:-1])
+        if tries[-1].endswith("found it."):
+            found += 1
+            assert p.answer == texts[-1] and len(p.steps) == len(tries)
+        else:
+            assert p.steps[-1] == "I stop here." and p.answer == texts[-1]
+        tries_seen += len(tries)
+    assert 0.15 < found / 400 < 0.6 and 2 < tries_seen / 400 < 4
+    # Wrong searches: a try's last step slips or claims the target (a false hit).
+    wrong = [arithmetic.countdown_search(rng, wrong=True) for _ in range(300)]
+    claims = [p for p in wrong if p.steps[-1].endswith("found it.")]
+    assert any(_evaluate(p.answer) != _countdown_question(p.question)[1] for p in claims)
+
+
+def _countdown_question(question: str) -> tuple[list[int], int]:
+    m = re.search(r"numbers \[?([\d, ]+?)\]?,? (?:create an equation that equals|with) ", question)
+    numbers = [int(n) for n in m.group(1).split(",")]
+    target = re.search(r"(?:equals|Reach) (\d+)", question).group(1)
+    return numbers, int(target)
+
+
+def test_step_facts_are_the_steps_of_tries_and_right_unless_wrong():
+    rng = arithmetic.Random(3)
+    for wrong in (False, True):
+        facts_ = [arithmetic.step_facts(rng, wrong) for _ in range(200)]
+        lines = [line for f in facts_ for line in f.fact.split("\n")[1:]]
+        assert len(lines) >= 6 * 200
+        right = np.mean([_fact_holds(line) for line in lines])
+        assert right == 1.0 if not wrong else 0.8 < right < 1.0
+
+
+def test_countdown_mix_is_mostly_searches_in_the_think_format():
+    docs = list(arithmetic.documents(2000, seed=0, mix="countdown"))
+    thinks = [d for d in docs if "<think>" in d and "</answer>" in d]
+    assert 0.3 < len(thinks) / len(docs) < 0.5
+    searches = [d for d in thinks if "<think> Try " in d]
+    assert 0.55 < len(searches) / len(thinks) < 0.8  # the rest are bare claims
+    assert np.mean([d.count("Try ") > 1 for d in searches]) > 0.4
+    assert (
+        0.15
+        < np.mean(
+            [
+                d.split("\n")[0] in ("Steps:", "Practice:", "Mental math:", "Quick ones:")
+                for d in docs
+            ]
+        )
+        < 0.35
+    )
+    assert corpus.arithmetic_config(mix="countdown").name.endswith("_mixcountdown")
+
+
 @pytest.fixture
 def no_downloads(monkeypatch):
     """Any attempt to download or prepare a non-embedded dataset fails the test."""
@@ -248,6 +318,19 @@ def no_downloads(monkeypatch):
 
     original = tfds.core.DatasetBuilder.download_and_prepare
     monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", refuse)
+
+
+def test_corpus_preparation_says_where_in_one_line(tmp_path, capfd, caplog):
+    config = corpus.arithmetic_config(num_train=40, num_validation=8, seed=5)
+    corpus.load_text_dataset(corpus.ARITHMETIC, "train", str(tmp_path), config=config)
+    out, err = capfd.readouterr()
+    said = out + err + caplog.text
+    assert "Generated the embedded corpus moe_rl_arithmetic/train40_validation8_seed5" in out
+    assert str(tmp_path) in out
+    for noise in ("Downloading and preparing", "Unknown size", "Using custom data configuration"):
+        assert noise not in said
+    corpus.load_text_dataset(corpus.ARITHMETIC, "validation", str(tmp_path), config=config)
+    assert "Generated" not in capfd.readouterr().out  # prepared once
 
 
 def test_corpus_prepares_offline_deterministically(tmp_path, no_downloads):

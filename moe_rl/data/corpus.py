@@ -10,8 +10,12 @@ skills corpora with the kinds of their bytes (`labelled`).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
+import logging as py_logging
 import re
+import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -284,12 +288,46 @@ def is_labelled(name: str) -> bool:
 def _labelled_builder(name: str, data_dir: str | None) -> _LabelledBuilder:
     config = _labelled_config(name)
     cls = MoeRlFacts if isinstance(config, FactsConfig) else MoeRlSkills
-    builder = cls(data_dir=data_dir, config=config, file_format="array_record")
-    if not builder.is_prepared():
-        builder.download_and_prepare(
-            file_format="array_record", download_config=OFFLINE_DOWNLOAD_CONFIG
-        )
+    with _quiet_tfds():
+        builder = cls(data_dir=data_dir, config=config, file_format="array_record")
+    _prepare_embedded(builder)
     return builder
+
+
+@contextlib.contextmanager
+def _quiet_tfds():
+    """TFDS's messages for a corpus we generate ourselves ("Using custom data configuration",
+    "Downloading and preparing dataset Unknown size", its progress bars) say nothing true about
+    it: they are silenced, and `_prepare_embedded` says instead where the corpus was written."""
+    logger = py_logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(py_logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def _prepare_embedded(builder) -> None:
+    """Generates an embedded corpus on first use (offline), with one line saying where."""
+    with _quiet_tfds():
+        if builder.is_prepared():
+            return
+    start = time.perf_counter()
+    with _quiet_tfds():
+        tfds.disable_progress_bar()
+        try:
+            builder.download_and_prepare(
+                file_format="array_record", download_config=OFFLINE_DOWNLOAD_CONFIG
+            )
+        finally:
+            tfds.enable_progress_bar()
+    splits = ", ".join(f"{n} {s.num_examples:,}" for n, s in builder.info.splits.items())
+    print(
+        f"Generated the embedded corpus {builder.name}/{builder.builder_config.name} "
+        f"({splits} documents) in {time.perf_counter() - start:.0f} s: {builder.data_dir}"
+    )
 
 
 def load_labelled(name: str, split: str, data_dir: str | None = None) -> LabelledSource:
@@ -378,13 +416,11 @@ def load_text_dataset(
     Raises DatasetNotPreparedError (with the offline recipe) when the data is missing.
     """
     if name == ARITHMETIC:
-        builder = MoeRlArithmetic(
-            data_dir=data_dir, config=config or arithmetic_config(), file_format="array_record"
-        )
-        if not builder.is_prepared():
-            builder.download_and_prepare(
-                file_format="array_record", download_config=OFFLINE_DOWNLOAD_CONFIG
+        with _quiet_tfds():
+            builder = MoeRlArithmetic(
+                data_dir=data_dir, config=config or arithmetic_config(), file_format="array_record"
             )
+        _prepare_embedded(builder)
     elif is_labelled(name):
         builder = _labelled_builder(name, data_dir)
     else:
