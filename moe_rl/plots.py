@@ -17,7 +17,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from moe_rl.train.loop import read_metrics  # noqa: E402
+from moe_rl.metrics import read_metrics  # noqa: E402
 
 Rows = list[dict]
 GRPO_KEYS = ("reward", "accuracy", "format", "response_length", "kl", "entropy")

@@ -424,8 +424,84 @@ def countdown(rng: Random, wrong: bool) -> Solved:
     return Solved(question, work, solution, fact)
 
 
+def _attempt(
+    rng: Random, numbers: list[int], seen: set[str], tries: int = 8
+) -> tuple[int, str, list[str]]:
+    """A random expression over all the numbers (see `_combine`) not in `seen`, if one is found
+    in `tries` draws: a searcher does not try the same expression twice."""
+    for _ in range(tries):
+        value, text, steps = _combine(rng, numbers)
+        if text not in seen:
+            break
+    seen.add(text)
+    return value, text, steps
+
+
+def countdown_search(rng: Random, wrong: bool, max_tries: int = 6) -> Solved:
+    """Countdown solved by trial and checking, as a person without a method does it.
+
+    The writer is willing to try 1..max_tries expressions (uniform). Each try is a new random
+    expression over the numbers, worked step by step and compared with the target: "Try
+    (7 + 5) * 3: 7 + 5 = 12, 12 * 3 = 36, not 22." The search stops at the first expression that
+    reaches the target ("3 * 5 = 15, 15 + 7 = 22, found it."), which is the answer; a writer
+    whose tries run out answers the last one anyway ("I stop here."), a wrong answer. So success
+    grows with the number of tries, and the corpus has short and long searches: what RL can
+    learn is to keep trying. If wrong, one try's last step slips (off by a little), or claims
+    the target when it does not reach it (half each); either is carried to the end.
+    3 numbers from 1..10, targets up to 100, as the Countdown RL task draws them.
+    """
+    numbers, target, _, _ = countdown_puzzle(rng, 3, 10, 100)
+    budget = rng.integers(1, max_tries + 1)
+    bad = rng.below(budget) if wrong else -1
+    seen: set[str] = set()
+    work, text = [], ""
+    for k in range(budget):
+        value, text, steps = _attempt(rng, numbers, seen)
+        if k == bad:
+            value = target if rng.random() < 0.5 else _slip(rng, value)
+            steps[-1] = steps[-1].rsplit("=", 1)[0] + f"= {value}"
+        hit = value == target
+        verdict = "found it" if hit else f"not {target}"
+        work.append(f"Try {text}: {', '.join(steps)}, {verdict}.")
+        if hit:
+            break
+    else:
+        work.append("I stop here.")
+    listed = ", ".join(map(str, numbers))
+    question = _choice(
+        rng,
+        (
+            f"Using the numbers [{listed}], create an equation that equals {target}. You can use "
+            "+ - * / and each number at most once",
+            f"Using the numbers [{listed}], create an equation that equals {target}. You can use "
+            "basic arithmetic operations (+, -, *, /) and each number can only be used once.",
+            f"Reach {target} using the numbers {listed} with +, -, * and /. "
+            "Each number may be used at most once.",
+        ),
+    )
+    fact = f"With {listed}: {text} = {target}."  # a short think: a bare claim
+    return Solved(question, work, text, fact)
+
+
+def step_facts(rng: Random, wrong: bool) -> Solved:
+    """A drill of the steps Countdown tries are made of ("12 * 3 = 36"): the steps of random
+    expressions over 3 numbers from 1..10. If wrong, one of them slips."""
+    lines: list[str] = []
+    while len(lines) < 6:
+        lines += _combine(rng, [rng.integers(1, 11) for _ in range(3)])[2]
+    if wrong:
+        i = rng.below(len(lines))
+        left, right = lines[i].rsplit("= ", 1)
+        lines[i] = f"{left}= {_slip(rng, int(right))}"
+    title = _choice(rng, ("Steps:", "Practice:", "Mental math:", "Quick ones:"))
+    text = title + "\n" + "\n".join(lines)
+    return Solved(text, [], lines[-1].rsplit(" ", 1)[-1], text)
+
+
 _MAKERS = {
     "facts": facts,
+    "step_facts": step_facts,
+    "countdown_search": countdown_search,
     "addition": addition,
     "subtraction": subtraction,
     "multiplication": multiplication,
@@ -482,6 +558,15 @@ MIXES = {
         so_far=True,
         template=0.15,
     ),
+    # The Countdown base's corpus (experiments/r1_zero_countdown.py): puzzles of the RL task's
+    # size solved by trial (`countdown_search`: 1-6 tries, each worked and checked against the
+    # target), a third of the thinks a bare claim instead, and drills of the tries' steps.
+    "countdown": Mix(
+        {"countdown_search": 0.65, "step_facts": 0.25, "addition": 0.05, "subtraction": 0.05},
+        {"answer": 0.1, "worked": 0.2, "think": 0.6, "prose": 0.05, "worksheet": 0.05},
+        short_think=0.3,
+        template=0.15,
+    ),
 }  # fmt: skip
 
 
@@ -492,7 +577,7 @@ def document(rng: Random, mix: str = "default") -> str:
     make = _MAKERS[kind]
     if kind == "addition":
         make = functools.partial(addition, restate=m.restate, column=m.column, so_far=m.so_far)
-    if kind == "facts":  # a drill is its own document, in no style
+    if kind in ("facts", "step_facts"):  # a drill is its own document, in no style
         return make(rng, rng.random() < WRONG_RATE).fact
     style = _weighted(rng, m.styles)
     if style == "worksheet":

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
-from moe_rl import sharding
+from moe_rl import mesh as mesh_axes
 from moe_rl.models import dispatch
 from moe_rl.models.config import ModelConfig
 from moe_rl.models.layers import MLP, logical_param, normal_init
@@ -50,7 +50,7 @@ def routed_output(impl: str, x_TD, ids_TK, gates_TK, w_gate_EDF, w_up_EDF, w_dow
         raise ValueError(f"model.n_routed_experts={E} is not divisible by mesh.expert={ep}")
     mesh = jax.sharding.get_abstract_mesh()
     sizes = dict(mesh.shape)
-    axes = tuple(a for a in sharding.BATCH_AXES if sizes.get(a, 1) > 1)  # the rows' split
+    axes = tuple(a for a in mesh_axes.BATCH_AXES if sizes.get(a, 1) > 1)  # the rows' split
     shards = math.prod(sizes[a] for a in axes)
     gather = x_TD.shape[0] % shards == 0
     tok = P(axes, None) if gather else P(None, None)

@@ -41,10 +41,10 @@ from moe_rl import plots
 from moe_rl.checkpoint import Checkpointer
 from moe_rl.data import corpus, labelled
 from moe_rl.data.tokenizers import ByteTokenizer
+from moe_rl.metrics import read_metrics
 from moe_rl.models import counting, moe, transformer
 from moe_rl.models.config import ModelConfig
 from moe_rl.train import lm, loop
-from moe_rl.train.loop import read_metrics
 
 NAMES = ("moe", "dense")
 EVAL_ROWS = 64  # validation documents per forward pass of the value-loss evaluation

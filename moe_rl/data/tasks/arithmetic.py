@@ -6,7 +6,7 @@ import random
 from collections.abc import Iterator
 
 from moe_rl.data.tasks.base import Example, GeneratedTask
-from moe_rl.rewards import (
+from moe_rl.verify import (
     MAX_EXPRESSION_CHARS,
     MAX_LITERAL_DIGITS,
     evaluate_expression,

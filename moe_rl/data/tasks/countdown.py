@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from fractions import Fraction
 
 from moe_rl.data.tasks.base import Example, GeneratedTask
-from moe_rl.rewards import check_countdown
+from moe_rl.verify import check_countdown
 
 _OPS = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv}
 

@@ -11,7 +11,7 @@ import re
 from collections.abc import Iterator
 
 from moe_rl.data.tasks.base import Example, GeneratedTask
-from moe_rl.rewards import check_countdown
+from moe_rl.verify import check_countdown
 
 # Audited for reasoning-gym 0.1.25: these datasets' `score_answer` pass the model's answer to
 # eval() or sympy.parse_expr (which evals), so they are refused unless explicitly allowed.

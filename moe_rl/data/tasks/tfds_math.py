@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from moe_rl.data.tasks.base import SPLITS, Example, Task, check_split
-from moe_rl.rewards import parse_number
+from moe_rl.verify import parse_number
 
 
 def _text(value) -> str:
