@@ -292,18 +292,10 @@ def test_countdown_mix_is_mostly_searches_in_the_think_format():
     thinks = [d for d in docs if "<think>" in d and "</answer>" in d]
     assert 0.3 < len(thinks) / len(docs) < 0.5
     searches = [d for d in thinks if "<think> Try " in d]
-    assert 0.55 < len(searches) / len(thinks) < 0.8  # the rest are bare claims
+    assert len(searches) / len(thinks) > 0.85  # the rest are additions and subtractions
     assert np.mean([d.count("Try ") > 1 for d in searches]) > 0.4
-    assert (
-        0.15
-        < np.mean(
-            [
-                d.split("\n")[0] in ("Steps:", "Practice:", "Mental math:", "Quick ones:")
-                for d in docs
-            ]
-        )
-        < 0.35
-    )
+    titles = ("Steps:", "Practice:", "Mental math:", "Quick ones:")
+    assert 0.2 < np.mean([d.split("\n")[0] in titles for d in docs]) < 0.4
     assert corpus.arithmetic_config(mix="countdown").name.endswith("_mixcountdown")
 
 

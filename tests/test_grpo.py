@@ -261,3 +261,26 @@ def test_a_missing_init_checkpoint_is_an_error_that_writes_nothing(tmp_path):
     with pytest.raises(ValueError, match="config.init_checkpoint=.*no_such_base.* no readable"):
         grpo.base_model(config, ModelConfig.from_config(config.model), str(tmp_path / "run"))
     assert not missing.exists()
+
+
+def test_countdown_experiment_is_r1_zero_with_its_own_task_corpus_and_lengths():
+    load = lambda name: runpy.run_path(os.path.join(ROOT, "experiments", name))["get_config"]()
+    countdown, r1_zero = load("r1_zero_countdown.py"), load("r1_zero.py")
+    grpo.validate_grpo_config(countdown)
+    a, b = _flatten(countdown.to_dict()), _flatten(r1_zero.to_dict())
+    differ = {k for k in set(a) | set(b) if a.get(k) != b.get(k)}
+    assert differ <= {
+        "name", "task.name", "task.options", "pretrain.data.mix", "sampling.max_new_tokens",
+        "eval.sampling.max_new_tokens", "grpo.num_steps",
+    }, differ  # fmt: skip
+    assert countdown.task.name == "countdown" and countdown.pretrain.data.mix == "countdown"
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out

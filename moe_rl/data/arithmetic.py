@@ -526,6 +526,7 @@ class Mix:
       ("47 + 30 = 77. 77 + 8 = 85.").
     so_far: column additions state the digits written so far in every column (see
       `_column_addition`).
+    wrong_rate: the fraction of documents with a mistake carried to the end.
     template: the fraction of think-style documents inside the R1-Zero prompt; the rest use
       "Question: ... Answer:" labels. The prompt is ~120 tokens that a model learns to predict
       within a hundred steps, so beyond that it only costs compute.
@@ -538,6 +539,7 @@ class Mix:
     column: float = 0.5
     so_far: bool = False
     template: float = 0.5
+    wrong_rate: float = WRONG_RATE
 
 
 # Named document mixes. 'r1' is the base model's corpus for experiments/r1_zero.py: mostly
@@ -560,12 +562,15 @@ MIXES = {
     ),
     # The Countdown base's corpus (experiments/r1_zero_countdown.py): puzzles of the RL task's
     # size solved by trial (`countdown_search`: 1-6 tries, each worked and checked against the
-    # target), a third of the thinks a bare claim instead, and drills of the tries' steps.
+    # target) and drills of the tries' steps. No bare claims in the thinks, and fewer mistakes
+    # than the other mixes: with a third of the thinks a bare claim and a quarter of the
+    # documents wrong, a base got 76% of its steps right, checked its tries wrongly and GRPO
+    # moved it to the shorter bare claims (docs/results/r1_zero_countdown/README.md).
     "countdown": Mix(
-        {"countdown_search": 0.65, "step_facts": 0.25, "addition": 0.05, "subtraction": 0.05},
+        {"countdown_search": 0.6, "step_facts": 0.3, "addition": 0.05, "subtraction": 0.05},
         {"answer": 0.1, "worked": 0.2, "think": 0.6, "prose": 0.05, "worksheet": 0.05},
-        short_think=0.3,
         template=0.15,
+        wrong_rate=0.1,
     ),
 }  # fmt: skip
 
@@ -578,13 +583,13 @@ def document(rng: Random, mix: str = "default") -> str:
     if kind == "addition":
         make = functools.partial(addition, restate=m.restate, column=m.column, so_far=m.so_far)
     if kind in ("facts", "step_facts"):  # a drill is its own document, in no style
-        return make(rng, rng.random() < WRONG_RATE).fact
+        return make(rng, rng.random() < m.wrong_rate).fact
     style = _weighted(rng, m.styles)
     if style == "worksheet":
-        lines = [make(rng, rng.random() < WRONG_RATE).fact for _ in range(rng.integers(3, 7))]
+        lines = [make(rng, rng.random() < m.wrong_rate).fact for _ in range(rng.integers(3, 7))]
         title = _choice(rng, ("Practice:", "Worksheet", "Exercises", "Check these:"))
         return title + "\n" + "\n".join(lines)
-    p = make(rng, rng.random() < WRONG_RATE)
+    p = make(rng, rng.random() < m.wrong_rate)
     if style == "prose":
         return p.fact
     if style == "think":
