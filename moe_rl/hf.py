@@ -721,6 +721,10 @@ def save_pretrained(
         for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
             if os.path.exists(os.path.join(source, name)) and source != os.path.abspath(folder):
                 shutil.copy(os.path.join(source, name), os.path.join(folder, name))
+    for name in os.listdir(folder):  # readable by others, as a model folder is meant to be
+        path = os.path.join(folder, name)
+        if os.path.isfile(path):
+            os.chmod(path, 0o644)
     return folder
 
 

@@ -288,6 +288,8 @@ def test_dense_gqa_model_exports_as_llama_or_qwen2(tmp_path):
     assert hf.hf_config(biased)["architectures"] == ["Qwen2ForCausalLM"]
     params, state = jax.jit(lambda: transformer.init(biased, jax.random.key(0)))()
     folder = hf.save_pretrained(str(tmp_path), biased, params, state)
+    modes = {f: os.stat(os.path.join(folder, f)).st_mode & 0o777 for f in os.listdir(folder)}
+    assert modes and set(modes.values()) == {0o644}, modes  # others can read the export
     loaded_cfg, loaded, _ = hf.load_pretrained(folder)
     # Qwen2/Llama have no MTP: the tiny_dense preset has none, so every array comes back.
     chex.assert_trees_all_equal(loaded, params)
