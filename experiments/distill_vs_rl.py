@@ -13,16 +13,13 @@ Result:   a table: the student base, (a) distilled and (b) GRPO-trained: held-ou
           teacher's own cost listed beside it; <workdir>/distill_vs_rl.json.
 """
 
-import os
-import runpy
-
 from ml_collections import ConfigDict
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+from moe_rl.train import configs
 
 
 def get_config() -> ConfigDict:
-    config = runpy.run_path(os.path.join(HERE, "distill.py"))["get_config"]()
+    config = configs.distill()
     config.name = "distill"  # the same workdir as experiments/distill.py: its stages are reused
     config.recipe = "distill_vs_rl"
     # (b): the teacher's R1-Zero GRPO settings on the student, 300 steps: about the FLOPs of

@@ -16,19 +16,14 @@ Result:   measured from experiments/r1_zero.py's base (seed 0, 128 held-out ques
           plots; data/ holds the cold-start examples and the kept RL answers.
 """
 
-import os
-import runpy
-
 from ml_collections import ConfigDict
 
 from moe_rl.train import configs
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-
 
 def get_config() -> ConfigDict:
     # The R1-Zero config: model, base pretraining, task, sampling, GRPO and eval settings.
-    config = runpy.run_path(os.path.join(HERE, "r1_zero.py"))["get_config"]()
+    config = configs.r1_zero()
     config.name = "r1"
     config.recipe = "r1"
     config.grpo.num_steps = 60  # stage 2 (from a model that already writes worked sums)

@@ -23,53 +23,9 @@ Result:   held-out 2-digit addition (128 test questions x 4 samples, T=0.6), see
 
 from ml_collections import ConfigDict
 
-from moe_rl.models.config import preset
 from moe_rl.train import configs
 
 
 def get_config(model: str = "tiny") -> ConfigDict:
-    return ConfigDict(
-        dict(
-            name="r1_zero" if model == "tiny" else f"r1_zero_{model}",
-            recipe="r1_zero",
-            seed=0,
-            init_checkpoint="",  # a workdir with a pretrained checkpoint; '' = pretrain one now
-            # No MTP module: at this size it is one more transformer block, a third of every
-            # pretraining step (docs/results/r1_zero/train_step_parts.md); the policy never
-            # uses it.
-            model=preset(model, vocab_size=384, num_nextn_predict_layers=0),
-            tokenizer="base",  # 'base': the base model's own (its learned BPE), or a name/path
-            # The base model's pretraining (used only when init_checkpoint is ''); the same
-            # blocks as experiments/pretrain_moe.py.
-            pretrain=dict(
-                recipe="pretrain",
-                # Mostly additions, half the thinks worked (by columns, with the digits so far) and
-                # half a bare guess (data/arithmetic.py MIXES['r1']); a BPE learned on it (digits
-                # split) encodes the 450-byte R1-Zero prompt in ~120 tokens. Small batches, many
-                # steps: the model learns to copy the question's digits (a loss drop near step
-                # 1000-1400) and to add them column by column. With fewer steps or without the
-                # digits so far, some seeds' bases guess more often right than they add, and GRPO
-                # then reinforces guessing (docs/results/r1_zero/README.md).
-                data=configs.data(mix="r1", tokenizer="bpe:384"),
-                train=configs.train(seq_len=256, batch_size=8, num_steps=3600),
-                optim=configs.optim(),
-                mesh=configs.mesh(),
-            ),
-            task=dict(
-                name="arithmetic",  # a built-in task, rg:<name> or tfds:<name>
-                # The task's knobs, "name=value,...", e.g. "num_digits=3,operators='+-'";
-                # '' = its defaults (arithmetic: a + b with numbers of up to 2 digits).
-                options="",
-                template="r1_zero",  # r1_zero | plain | chat
-                think_opened=False,  # prompt ends with '<think>' (TinyZero style)
-                seed=0,  # question order (train) and the held-out questions (test)
-            ),
-            # A column addition of two 2-digit numbers takes ~80 tokens.
-            sampling=configs.sampling(max_new_tokens=112),
-            grpo=configs.grpo(num_steps=40),
-            optim=configs.optim(learning_rate=3e-4, warmup_steps=5, weight_decay=0.0),
-            # GRPO's devices (the base's pretraining has its own, pretrain.mesh)
-            mesh=configs.mesh(),
-            eval=configs.r1_eval(max_new_tokens=112),
-        )
-    )
+    # The blocks and the reasons for each value: moe_rl/train/configs.py r1_zero().
+    return configs.r1_zero(model)

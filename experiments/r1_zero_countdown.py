@@ -19,7 +19,6 @@ Result:   docs/results/r1_zero_countdown/: held-out pass@1 before and after, per
 
 from ml_collections import ConfigDict
 
-from moe_rl.models.config import preset
 from moe_rl.train import configs
 
 # A try ("Try (7 + 5) * 3: 7 + 5 = 12, 12 * 3 = 36, not 22.") is ~35 tokens: room for 6.
@@ -27,32 +26,12 @@ MAX_NEW_TOKENS = 224
 
 
 def get_config() -> ConfigDict:
-    return ConfigDict(
-        dict(
-            name="r1_zero_countdown",
-            recipe="r1_zero",
-            seed=0,
-            init_checkpoint="",  # a workdir with a pretrained checkpoint; '' = pretrain one now
-            model=preset("tiny", vocab_size=384, num_nextn_predict_layers=0),
-            tokenizer="base",
-            pretrain=dict(
-                recipe="pretrain",
-                data=configs.data(mix="countdown", tokenizer="bpe:384"),
-                train=configs.train(seq_len=256, batch_size=8, num_steps=3600),
-                optim=configs.optim(),
-                mesh=configs.mesh(),
-            ),
-            task=dict(
-                name="countdown",
-                options="",  # its defaults: 3 numbers in 1..10, target <= 100, at most once
-                template="r1_zero",
-                think_opened=False,
-                seed=0,
-            ),
-            sampling=configs.sampling(max_new_tokens=MAX_NEW_TOKENS),
-            grpo=configs.grpo(num_steps=40),
-            optim=configs.optim(learning_rate=3e-4, warmup_steps=5, weight_decay=0.0),
-            mesh=configs.mesh(),
-            eval=configs.r1_eval(max_new_tokens=MAX_NEW_TOKENS),
-        )
-    )
+    # experiments/r1_zero.py's recipe (moe_rl/train/configs.py r1_zero) with its own task, corpus
+    # and lengths; nothing else differs (tests/test_grpo.py checks it).
+    config = configs.r1_zero()
+    config.name = "r1_zero_countdown"
+    config.task.name = "countdown"  # its defaults: 3 numbers in 1..10, target <= 100, at most once
+    config.pretrain.data.mix = "countdown"
+    config.sampling.max_new_tokens = MAX_NEW_TOKENS
+    config.eval.sampling.max_new_tokens = MAX_NEW_TOKENS
+    return config

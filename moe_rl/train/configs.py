@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from ml_collections import ConfigDict
 
+from moe_rl.models.config import preset
+
 
 def optim(**overrides) -> ConfigDict:
     c = ConfigDict(
@@ -168,3 +170,140 @@ def r1_eval(max_new_tokens: int = 112, **overrides) -> ConfigDict:
     )
     c.update(overrides)
     return c
+
+
+# ---------------------------------------------------------------- whole experiment configs
+# Experiments that build on another (distillation on R1-Zero, R1 on R1-Zero) start from these.
+
+
+def r1_zero(model: str = "tiny") -> ConfigDict:
+    """experiments/r1_zero.py: pretrain a base on the embedded corpus, GRPO, evaluate (its
+    docstring says what each choice measured)."""
+    return ConfigDict(
+        dict(
+            name="r1_zero" if model == "tiny" else f"r1_zero_{model}",
+            recipe="r1_zero",
+            seed=0,
+            init_checkpoint="",  # a workdir with a pretrained checkpoint; '' = pretrain one now
+            # No MTP module: at this size it is one more transformer block, a third of every
+            # pretraining step (docs/results/r1_zero/train_step_parts.md); the policy never
+            # uses it.
+            model=preset(model, vocab_size=384, num_nextn_predict_layers=0),
+            tokenizer="base",  # 'base': the base model's own (its learned BPE), or a name/path
+            # The base model's pretraining (used only when init_checkpoint is ''); the same
+            # blocks as experiments/pretrain_moe.py.
+            pretrain=dict(
+                recipe="pretrain",
+                # Mostly additions, half the thinks worked (by columns, with the digits so far) and
+                # half a bare guess (data/arithmetic.py MIXES['r1']); a BPE learned on it (digits
+                # split) encodes the 450-byte R1-Zero prompt in ~120 tokens. Small batches, many
+                # steps: the model learns to copy the question's digits (a loss drop near step
+                # 1000-1400) and to add them column by column. With fewer steps or without the
+                # digits so far, some seeds' bases guess more often right than they add, and GRPO
+                # then reinforces guessing (docs/results/r1_zero/README.md).
+                data=data(mix="r1", tokenizer="bpe:384"),
+                train=train(seq_len=256, batch_size=8, num_steps=3600),
+                optim=optim(),
+                mesh=mesh(),
+            ),
+            task=dict(
+                name="arithmetic",  # a built-in task, rg:<name> or tfds:<name>
+                # The task's knobs, "name=value,...", e.g. "num_digits=3,operators='+-'";
+                # '' = its defaults (arithmetic: a + b with numbers of up to 2 digits).
+                options="",
+                template="r1_zero",  # r1_zero | plain | chat
+                think_opened=False,  # prompt ends with '<think>' (TinyZero style)
+                seed=0,  # question order (train) and the held-out questions (test)
+            ),
+            # A column addition of two 2-digit numbers takes ~80 tokens.
+            sampling=sampling(max_new_tokens=112),
+            grpo=grpo(num_steps=40),
+            optim=optim(learning_rate=3e-4, warmup_steps=5, weight_decay=0.0),
+            # GRPO's devices (the base's pretraining has its own, pretrain.mesh)
+            mesh=mesh(),
+            eval=r1_eval(max_new_tokens=112),
+        )
+    )
+
+
+def distill() -> ConfigDict:
+    """experiments/distill.py: an R1-Zero teacher, rejection sampling, a dense student's SFT."""
+    # The teacher's whole R1-Zero config: used to run it when teacher_workdir is '', and for its
+    # model, task and tokenizer in any case.
+    teacher = r1_zero()
+    # Every sampling here (the teacher's answers, the student's own, the evaluations) gets the
+    # teacher's budget: its column additions with the digits so far run to ~80 tokens (the 80
+    # used with the previous teachers would cut many of them).
+    answer_tokens = teacher.sampling.max_new_tokens
+    teacher.name = "distill_teacher"
+    # ~3x fewer activated parameters than the teacher's 160k (6x fewer in total), tied
+    # embeddings: the same vocabulary (the teacher's BPE) on a 32-wide, 3-layer dense model.
+    student = preset(
+        "tiny_dense",
+        vocab_size=teacher.model.vocab_size,
+        hidden_size=32,
+        intermediate_size=96,
+        head_dim=8,
+        tie_word_embeddings=True,
+    )
+    return ConfigDict(
+        dict(
+            name="distill",
+            recipe="distill",
+            seed=0,
+            # A finished experiments/r1_zero.py workdir or a Hugging Face model folder (its
+            # config.json, weights and tokenizer); '' = run the R1-Zero recipe here.
+            teacher_workdir="",
+            teacher=teacher,
+            student=dict(
+                # A pretrained student: a moe_rl workdir (its newest checkpoint; the model block
+                # below must match it) or a Hugging Face model folder (its architecture replaces
+                # the model block, its tokenizer reads the teacher's answers); '' = pretrain it.
+                init_checkpoint="",
+                model=student,
+                # Pretraining like the teacher's base (same corpus mix, the teacher's tokenizer).
+                pretrain=dict(
+                    recipe="pretrain",
+                    data=data(mix="r1"),
+                    train=train(seq_len=256, batch_size=8, num_steps=2400),
+                    optim=optim(),
+                ),
+                sft=dict(
+                    data=data(),
+                    # ~9 epochs of the ~1100 kept answers: 300 steps reach pass@1 0.12,
+                    # 1200 reach 0.80 (measured; README "Distillation").
+                    train=train(seq_len=256, batch_size=8, num_steps=1200),
+                    optim=optim(learning_rate=1e-3, warmup_steps=20),
+                ),
+            ),
+            distill=dict(
+                # sft: SFT on the teacher's kept answers (R1) | logit_kd: + the teacher's logits
+                # (forward KL at `temperature`) | gkd: on-policy, generalized JSD (Agarwal 2023)
+                mode="sft",
+                temperature=1.0,  # logit_kd, gkd: softmax temperature of both models
+                ce_weight=0.0,  # logit_kd, gkd: weight of the hard-label cross-entropy term
+                beta=0.5,  # gkd: 0 = forward KL, 1 = reverse KL, between = generalized JSD
+                lmbda=0.5,  # gkd: fraction of batches whose completions the student samples
+                # gkd: the student's sampling of its own completions
+                student_sampling=sampling(max_new_tokens=answer_tokens),
+                num_questions=1024,  # training questions the teacher answers
+                question_seed=1,
+                samples_per_question=4,
+                shortest_only=False,  # keep only the shortest verified answer per question
+                # True: keep only verified answers (R1's rejection sampling); False: every
+                # sample (sequence-level KD, Kim & Rush 2016; a pipeline check with a weak teacher)
+                rejection=True,
+                validation_fraction=0.05,  # questions held out of SFT for its validation loss
+                sampling=sampling(max_new_tokens=answer_tokens),
+            ),
+            eval=dict(
+                num_questions=128,
+                num_samples=4,
+                batch_size=64,
+                use_math_verify=False,
+                extract="tags",
+                num_printed=8,
+                sampling=sampling(temperature=0.6, top_p=0.95, max_new_tokens=answer_tokens),
+            ),
+        )
+    )
