@@ -1,0 +1,78 @@
+"""Hugging Face checkpoints in and out: DeepSeek-V3/V2 (MLA + DeepSeekMoE), Qwen2 and Llama.
+
+A Hugging Face model folder (config.json + *.safetensors + tokenizer.json) can stand wherever
+a run reads a model (`config.init_checkpoint`, `config.checkpoint`):
+
+    cfg = hf.model_config(folder)                           # config.json -> ModelConfig
+    params, state = hf.load_params(folder, cfg, shardings)  # safetensors -> our pytrees
+    hf.save_pretrained(out, cfg, params, state, tokenizer)  # and back, for transformers
+
+Conventions mapped exactly:
+- Linear weights are [out, in] in torch, [in, ...heads] here: transposed, then reshaped.
+- Routed experts `mlp.experts.{j}.*_proj` are stacked on our leading expert axis; the router
+  `mlp.gate.weight` is [E, D]; DeepSeek-V3's `e_score_correction_bias` is our `moe_bias`
+  state (selection only, never the gate values), so balancing continues from it.
+- RoPE: DeepSeek rotates interleaved pairs (x0, x1), (x2, x3)... (`rope_interleave`, default
+  true in V3; always in V2's complex form); Qwen2/Llama rotate halves (x_i, x_{i+d/2}). Our
+  `rope_interleave` selects the same rotation, so no weight is permuted.
+- YaRN: `rope_scaling`/`rope_parameters` of type yarn with DeepSeek's mscale/mscale_all_dim;
+  without mscale_all_dim transformers ignores mscale, and so do we.
+- Multi-token prediction: DeepSeek-V3's MTP module is stored as extra layers after the last
+  one (`model.layers.{L+k-1}`: enorm, hnorm, eh_proj acting on [emb; h], shared_head.norm).
+  It is read when present (transformers drops it, so its folders have none) and written for
+  DeepseekV3 exports.
+
+Loading streams tensor by tensor: every parameter is built by `jax.make_array_from_callback`
+for the slices its devices hold, reading only the stored tensors those slices cover (an expert
+shard reads only its experts, a slice of a scanned stack only its layers), cast to the
+configured `model.param_dtype`. Missing, unexpected or misshapen tensors are one ValueError
+that names each of them, raised before anything is read.
+
+One idea per file: config.py (config.json <-> ModelConfig), names.py (tensor names and
+layouts), reader.py (the safetensors files of a folder), load.py (streamed, sharded loading),
+save.py (export).
+"""
+
+from moe_rl.hf.config import (
+    ARCHITECTURES,
+    HARMLESS_FIELDS,
+    NON_WEIGHTS,
+    READ_FIELDS,
+    RUNTIME_FIELDS,
+    _fields_of,
+    architecture_fields,
+    hf_config,
+    is_hf_folder,
+    model_block,
+    model_config,
+    read_config,
+    with_hf_model,
+)
+from moe_rl.hf.load import check_tensors, load_params, load_pretrained
+from moe_rl.hf.names import Placement, Rule, placements
+from moe_rl.hf.reader import _Reader
+from moe_rl.hf.save import save_pretrained
+
+__all__ = [
+    "ARCHITECTURES",
+    "HARMLESS_FIELDS",
+    "NON_WEIGHTS",
+    "READ_FIELDS",
+    "RUNTIME_FIELDS",
+    "Placement",
+    "Rule",
+    "_Reader",
+    "_fields_of",
+    "architecture_fields",
+    "check_tensors",
+    "hf_config",
+    "is_hf_folder",
+    "load_params",
+    "load_pretrained",
+    "model_block",
+    "model_config",
+    "placements",
+    "read_config",
+    "save_pretrained",
+    "with_hf_model",
+]
