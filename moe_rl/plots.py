@@ -38,13 +38,40 @@ def _series(rows: Rows, key: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _smooth(values: np.ndarray) -> np.ndarray:
-    """Moving average over ~1/20 of the run (noisy per-step metrics); short runs unchanged."""
-    window = len(values) // 20
-    if window < 2:
+    """Centred moving average over ~1/20 of the run (noisy per-step metrics), the window
+    shrinking at both ends: a trailing average would lag the curve by half its window. Short
+    runs unchanged."""
+    half = len(values) // 40
+    if half < 1:
         return values
-    kernel = np.ones(window) / window
-    padded = np.concatenate([np.full(window - 1, values[0]), values])
-    return np.convolve(padded, kernel, mode="valid")
+    csum = np.concatenate([[0.0], np.cumsum(values)])
+    i = np.arange(len(values))
+    lo, hi = np.maximum(i - half, 0), np.minimum(i + half + 1, len(values))
+    return (csum[hi] - csum[lo]) / (hi - lo)
+
+
+# y-axis labels: what each metric is, in which unit.
+UNITS = {
+    "loss": "nats / token",
+    "ce": "nats / token",
+    "val_loss": "nats / token",
+    "mtp_ce": "nats / token",
+    "val_ppl": "perplexity",
+    "entropy": "nats / token",
+    "kl": "nats / token",
+    "reward": "mean reward",
+    "accuracy": "fraction right",
+    "sampled_accuracy": "fraction right",
+    "format": "fraction well-formed",
+    "response_length": "tokens",
+    "tokens_per_s": "tokens / s",
+    "step_seconds": "s",
+    "mfu": "fraction of matmul peak",
+    "grad_norm": "global L2 norm",
+    "learning_rate": "lr",
+    "load_imbalance": "max / mean expert load",
+    "balance_loss": "loss",
+}
 
 
 def _plot_line(ax, steps, values, label=None, color=None):
@@ -94,6 +121,7 @@ def plot_runs(
             if steps.size:
                 _plot_line(ax, steps, values, label=name or None, color=f"C{i}")
         ax.set_xlabel("step")
+        ax.set_ylabel(UNITS.get(key, key))
         ax.set_title(key)
         ax.grid(alpha=0.3)
         if len(runs) > 1:

@@ -2,6 +2,7 @@
 when there is nothing to draw."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -120,3 +121,14 @@ def test_first_and_last_samples(tmp_path):
 def test_routing_bias_is_layers_by_experts(tiny):
     cfg, _, state = tiny
     assert lm.routing_bias(state).shape == (cfg.num_moe_layers, cfg.n_routed_experts)
+
+
+def test_smoothing_does_not_lag_and_axes_say_their_units(tmp_path):
+    ramp = np.arange(200, dtype=float)
+    smooth = plots._smooth(ramp + np.where(np.arange(200) % 2, 1.0, -1.0))  # noisy ramp
+    np.testing.assert_allclose(smooth[10:-10], ramp[10:-10], atol=0.2)  # centred: no lag
+    assert plots._smooth(ramp[:30]) is not None and len(plots._smooth(ramp[:30])) == 30
+    rows = [{"step": s, "loss": 1.0 / (s + 1), "response_length": 40.0 + s} for s in range(50)]
+    path = plots.plot_curves(rows, ["loss", "response_length"], str(tmp_path / "c.png"))
+    assert path and os.path.exists(path)
+    assert plots.UNITS["loss"] == "nats / token" and plots.UNITS["response_length"] == "tokens"
