@@ -1,5 +1,6 @@
 """Tasks: registry, disjoint train/test splits, knobs, verifiers, templates, rg and tfds loaders."""
 
+import json
 import random
 import socket
 import string
@@ -295,3 +296,79 @@ def test_tfds_prepared_source(tmp_path, no_network):
     example = by_answer["x**2 + 2*x + 1"]
     assert rewards.accuracy_reward(response, example, task) == 0.0
     assert rewards.accuracy_reward(response, example, task, use_math_verify=True) == 1.0
+
+
+def _write_gsm8k_like(path, n=60):
+    rows = [
+        {
+            "question": f"Ann has {i} apples and buys {i + 3}. How many now?",
+            "answer": f"She has {i} + {i + 3} = {2 * i + 3} apples.\n#### {2 * i + 3:,}",
+        }
+        for i in range(n)
+    ]
+    rows[5]["answer"] = "#### 1,234"
+    with open(path, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    return rows
+
+
+def test_jsonl_task_reads_gsm8k_answers_and_splits_by_hash(tmp_path):
+    path = tmp_path / "gsm8k.jsonl"
+    _write_gsm8k_like(path)
+    task = get_task(f"jsonl:{path}")
+    train, test = task.examples("train", 500), task.examples("test", 200)
+    questions = {e.question for e in train} | {e.question for e in test}
+    assert len(questions) == 60 and not {e.question for e in train} & {e.question for e in test}
+    by_question = {e.question: e for e in train + test}
+    assert by_question["Ann has 5 apples and buys 8. How many now?"].answer == "1234"
+    assert by_question["Ann has 7 apples and buys 10. How many now?"].answer == "17"
+    assert task.numeric_answer and task.math_answer
+    ex = by_question["Ann has 7 apples and buys 10. How many now?"]
+    assert task.verify("17", ex) == 1.0 and task.verify(" 17.0 ", ex) == 1.0
+    assert task.verify("18", ex) == 0.0 and task.verify("seventeen", ex) == 0.0
+    assert task.verify("1,234", by_question["Ann has 5 apples and buys 8. How many now?"]) == 1.0
+    # The same stream for the same seed; another order for another.
+    assert task.examples("train", 20, seed=1) == task.examples("train", 20, seed=1)
+    assert task.examples("train", 20, seed=1) != task.examples("train", 20, seed=2)
+
+
+def test_parquet_task_reads_math_boxed_solutions_with_a_test_file(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    def write(path, n, start):
+        rows = [
+            {"problem": f"Simplify {i}/{2 * i}.", "solution": "$\\boxed{\\frac{1}{2}}$"}
+            for i in range(start, start + n)
+        ]
+        pq.write_table(pa.Table.from_pylist(rows), path)
+
+    write(tmp_path / "train.parquet", 8, 1)
+    write(tmp_path / "test.parquet", 3, 100)
+    task = get_task(
+        f"parquet:{tmp_path / 'train.parquet'}", test_path=str(tmp_path / "test.parquet")
+    )
+    test = task.examples("test", 3)
+    assert {e.question for e in test} == {f"Simplify {i}/{2 * i}." for i in (100, 101, 102)}
+    assert test[0].answer == "\\frac{1}{2}" and task.numeric_answer  # a fraction is a number
+    assert task.verify("\\frac{1}{2}", test[0]) == 1.0 and task.verify("1/3", test[0]) == 0.0
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (
+            {"question_key": "q"},
+            r"question_key='q' is not a field; fields: \['question', 'answer'\]",
+        ),
+        ({"answer_format": "latex"}, r"answer_format='latex'; allowed"),
+        ({"answer_format": "boxed"}, r"no train example with a boxed answer in field 'answer'"),
+    ],
+)
+def test_file_task_errors_name_the_option(tmp_path, options, message):
+    path = tmp_path / "q.jsonl"
+    _write_gsm8k_like(path, 20)
+    with pytest.raises(ValueError, match=message):
+        get_task(f"jsonl:{path}", **options)
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        get_task(f"jsonl:{tmp_path / 'missing.jsonl'}")

@@ -1,4 +1,5 @@
-"""Verifiable tasks by name: built-in generators, `rg:<name>` (reasoning-gym), `tfds:<name>`.
+"""Verifiable tasks by name: built-in generators, `rg:<name>` (reasoning-gym), `tfds:<name>`,
+and question files `jsonl:<path>` / `parquet:<path>` (GSM8K, MATH or your own).
 
 task = get_task("countdown", num_numbers=3)
 train = task.stream("train", seed=0)           # endless
@@ -33,11 +34,16 @@ def get_task(name: str, **kwargs) -> Task:
         from moe_rl.data.tasks.tfds_math import TfdsMathTask
 
         return TfdsMathTask(name.removeprefix("tfds:"), **kwargs)
+    if name.startswith(("jsonl:", "parquet:")):
+        from moe_rl.data.tasks.files import FileTask
+
+        kind, _, path = name.partition(":")
+        return FileTask(kind, path, **kwargs)
     if name not in TASKS:
         raise ValueError(
             f"unknown task {name!r}; registered: {', '.join(sorted(TASKS))}, or a prefix "
-            "'rg:<reasoning-gym dataset>' (e.g. rg:chain_sum) or 'tfds:<dataset>' "
-            "(e.g. tfds:math_dataset/arithmetic__add_or_sub)"
+            "'rg:<reasoning-gym dataset>' (e.g. rg:chain_sum), 'tfds:<dataset>' "
+            "(e.g. tfds:math_dataset/arithmetic__add_or_sub), 'jsonl:<path>' or 'parquet:<path>'"
         )
     return TASKS[name](**kwargs)
 
