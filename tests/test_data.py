@@ -128,6 +128,17 @@ def test_get_tokenizer_rejects_unknown_names(tmp_path):
             get_tokenizer(bad)
 
 
+def test_a_truncated_tokenizer_file_is_named_with_what_to_do(hf_folder, tmp_path):
+    folder = tmp_path / "cut"
+    folder.mkdir()
+    text = (hf_folder / "tokenizer.json").read_text()
+    (folder / "tokenizer.json").write_text(text[: len(text) // 2])  # a killed write
+    with pytest.raises(
+        ValueError, match=r"cut/tokenizer.json is not a readable tokenizer .*delete"
+    ):
+        get_tokenizer(str(folder))
+
+
 # --- the embedded corpus ----------------------------------------------------------------------
 
 _OPS = {

@@ -78,12 +78,23 @@ class HFTokenizer:
         if not os.path.isdir(path):
             folder, file = os.path.dirname(path), path
         self.path = file
-        self._tok = tokenizers.Tokenizer.from_file(file)
+        try:
+            self._tok = tokenizers.Tokenizer.from_file(file)
+        except Exception as e:  # the tokenizers library says only "expected value at line 1"
+            raise ValueError(
+                f"{file} is not a readable tokenizer ({' '.join(str(e).split())}); it may be "
+                "truncated by a killed run: delete it (a pretraining run learns it again)"
+            ) from None
         config = {}
         config_path = os.path.join(folder, "tokenizer_config.json")
         if os.path.exists(config_path):
-            with open(config_path) as f:
-                config = json.load(f)
+            try:
+                with open(config_path) as f:
+                    config = json.load(f)
+            except json.JSONDecodeError as e:
+                raise ValueError(
+                    f"{config_path} is not JSON ({e}); it may be truncated: delete it or fix it"
+                ) from None
         self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
         self.bos_id = self._special_id(config.get("bos_token"), _BOS_NAMES)
         self.eos_id = self._special_id(config.get("eos_token"), _EOS_NAMES)
