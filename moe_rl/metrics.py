@@ -40,6 +40,11 @@ class MetricWriter:
                 if isinstance(v, int | float):
                     self._tb.add_scalar(k, v, step)
 
+    def text(self, tag: str, markdown: str, step: int) -> None:
+        """A text panel in TensorBoard (e.g. a before/after table); not in metrics.jsonl."""
+        if self._tb is not None:
+            self._tb.add_text(tag, markdown, step)
+
     def close(self) -> None:
         if self._file is not None:
             self._file.close()

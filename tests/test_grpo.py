@@ -13,7 +13,7 @@ from moe_rl import checkpoint, evaluate, sampling
 from moe_rl.data import tokenizers
 from moe_rl.data.tasks import get_task
 from moe_rl.models.config import ModelConfig
-from moe_rl.train import grpo
+from moe_rl.train import grpo, loop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -175,6 +175,11 @@ def test_grpo_resumes_exactly(base_dir, tmp_path):
     assert os.path.exists(os.path.join(work, "r1_zero.png"))
     summary = json.load(open(os.path.join(work, "summary.json")))
     assert set(summary["after"]) >= {"pass@1", "maj@2", "format_rate", "mean_length"}
+    # The held-out results are metrics too (metrics.jsonl and TensorBoard), at the last step.
+    last = [r for r in loop.read_metrics(work) if "eval_pass@1" in r]
+    assert last and last[-1]["step"] == 4
+    assert last[-1]["eval_pass@1"] == summary["after"]["pass@1"]
+    assert last[-1]["eval_base_pass@1"] == summary["before"]["pass@1"]
     # Every held-out answer of both evaluations, one JSON line each, scored as in the summary.
     for name, metrics in (("eval_base.jsonl", "before"), ("eval_policy.jsonl", "after")):
         lines = [json.loads(line) for line in open(os.path.join(work, name))]

@@ -685,6 +685,15 @@ def _run(config: ml_collections.ConfigDict, workdir: str, mesh, on_step=None) ->
     evaluate.write_completions(
         os.path.join(workdir, "eval_policy.jsonl"), test_examples, texts, scores, k
     )
+    # The held-out results beside the training curves: scalars (metrics.jsonl, TensorBoard)
+    # and the before/after table as TensorBoard text.
+    writer = loop.MetricWriter(workdir)
+    scalars = lambda m, prefix: {  # noqa: E731
+        f"{prefix}{key}": v for key, v in m.items() if isinstance(v, int | float)
+    }
+    writer.write(grpo_step, {**scalars(before, "eval_base_"), **scalars(after, "eval_")})
+    writer.text("eval/before_after", before_after_table(before, after, k), grpo_step)
+    writer.close()
     all_rows = loop.read_metrics(workdir)
     plot = plots.plot_grpo(all_rows, os.path.join(workdir, "r1_zero.png"), f"GRPO on {t.name}")
     result: dict[str, Any] = {
