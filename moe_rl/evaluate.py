@@ -21,7 +21,7 @@ import numpy as np
 import tqdm
 from absl import logging
 
-from moe_rl import checkpoint, eval_metrics, hf, rewards, sampling
+from moe_rl import eval_metrics, hf, loading, rewards, sampling
 from moe_rl.data import tokenizers
 from moe_rl.data.tasks import TEMPLATES, Example, Task, format_prompt, task_from_config
 from moe_rl.models import transformer
@@ -42,21 +42,7 @@ def load_model(config: ml_collections.ConfigDict, cfg: ModelConfig):
         logging.warning("config.checkpoint is empty: evaluating a freshly initialised model")
         model = init()
         return model["params"], model["model_state"], "fresh init"
-    if hf.is_hf_folder(config.checkpoint):
-        params, model_state = hf.load_params(config.checkpoint, cfg)
-        return params, model_state, f"{config.checkpoint} (Hugging Face)"
-    if not os.path.isdir(os.path.join(config.checkpoint, "checkpoints")):
-        raise ValueError(
-            f"config.checkpoint={config.checkpoint!r} is not a workdir with checkpoints/ "
-            "(train one first, e.g. experiments/pretrain_moe.py writes runs/pretrain_moe)"
-        )
-    restored = checkpoint.Checkpointer(config.checkpoint, read_only=True).restore_latest_model(
-        jax.eval_shape(init)
-    )
-    if restored is None:
-        raise ValueError(f"config.checkpoint={config.checkpoint!r} has no readable checkpoint")
-    model, step = restored
-    return model["params"], model["model_state"], f"{config.checkpoint} step {step}"
+    return loading.load_model(config.checkpoint, cfg, key="config.checkpoint")
 
 
 def validate_eval_config(config: ml_collections.ConfigDict) -> None:

@@ -33,7 +33,7 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from moe_rl import checkpoint, evaluate, hf, plots, rewards, sampling, sharding
+from moe_rl import checkpoint, evaluate, hf, loading, plots, rewards, sampling, sharding
 from moe_rl.data import tokenizers
 from moe_rl.data.tasks import TEMPLATES, Example, Task, task_from_config
 from moe_rl.models import moe, transformer
@@ -365,9 +365,6 @@ def base_model(config, cfg: ModelConfig, workdir: str, shardings=None):
     checkpoint (or a Hugging Face model folder), else a model pretrained now with
     config.pretrain into <workdir>/base."""
     source = config.init_checkpoint
-    if hf.is_hf_folder(source):  # streamed straight into the (params, state) shardings
-        params, model_state = hf.load_params(source, cfg, shardings)
-        return params, model_state, f"{source} (Hugging Face)"
     if not source:
         source = os.path.join(workdir, "base")
         pre = ml_collections.ConfigDict(config.pretrain.to_dict())
@@ -378,12 +375,8 @@ def base_model(config, cfg: ModelConfig, workdir: str, shardings=None):
         if done is None or done < pre.train.num_steps:
             print(f"Pretraining the base model into {source} ({pre.train.num_steps} steps)")
             lm.run(pre, source)
-    abstract = jax.eval_shape(lambda: evaluate.init_model(cfg, config.seed))
-    restored = checkpoint.Checkpointer(source, read_only=True).restore_latest_model(abstract)
-    if restored is None:
-        raise ValueError(f"config.init_checkpoint={source!r} has no readable checkpoint")
-    model, step = restored
-    return model["params"], model["model_state"], f"{source} step {step}"
+    # Streamed straight into the (params, state) shardings.
+    return loading.load_model(source, cfg, shardings, key="config.init_checkpoint")
 
 
 def base_tokenizer(config, workdir: str) -> str:

@@ -23,7 +23,7 @@ import numpy as np
 import optax
 from absl import logging
 
-from moe_rl import hf, perf, plots, sharding
+from moe_rl import hf, loading, perf, plots, sharding
 from moe_rl.checkpoint import Checkpointer
 from moe_rl.data import corpus, packing, tokenizers
 from moe_rl.models import counting, moe, transformer
@@ -344,20 +344,13 @@ def restore_or_init(config, cfg: ModelConfig, tx, workdir: str, mesh=None):
         logging.info("Resuming %s from step %d", workdir, step)
         return state, checkpointer, extra.get("data")
     state = init()
-    if hf.is_hf_folder(config.get("init_checkpoint")):
-        model_sh = None if shardings is None else (shardings.params, shardings.model_state)
-        params, model_state = hf.load_params(config.init_checkpoint, cfg, model_sh)
-        state = state.replace(params=params, model_state=model_state)
-    elif config.get("init_checkpoint"):
+    if config.get("init_checkpoint"):
         # Only the model is read: any train state (pretraining, SFT, GRPO) is a valid start.
-        source = Checkpointer(config.init_checkpoint, read_only=True).restore_latest_model(
-            {"params": abstract.params, "model_state": abstract.model_state}
+        model_sh = None if shardings is None else (shardings.params, shardings.model_state)
+        params, model_state, _ = loading.load_model(
+            config.init_checkpoint, cfg, model_sh, key="config.init_checkpoint"
         )
-        if source is None:
-            raise ValueError(f"config.init_checkpoint={config.init_checkpoint!r} has no checkpoint")
-        state = state.replace(params=source[0]["params"], model_state=source[0]["model_state"])
-        if shardings is not None:
-            state = jax.device_put(state, shardings)
+        state = state.replace(params=params, model_state=model_state)
     return state, checkpointer, None
 
 
