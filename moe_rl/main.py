@@ -171,13 +171,13 @@ def parse_flags(argv: list[str]) -> list[str]:
     misspelt key, a bad value) instead of a 30-50 line traceback."""
     path = _config_path(argv)
     if path is not None and not os.path.exists(path.partition(":")[0]):
-        here = "experiments" if os.path.isdir("experiments") else None
-        known = sorted(os.listdir(here)) if here else []
-        sys.exit(
-            f"moe_rl: --config={path}: no such file"
-            + (f" (experiments/ holds {', '.join(f for f in known if f.endswith('.py'))})"
-               if known else "")
-        )  # fmt: skip
+        known = (
+            sorted(f for f in os.listdir("experiments") if f.endswith(".py"))
+            if os.path.isdir("experiments")
+            else []
+        )
+        listing = f" (experiments/ holds {', '.join(known)})" if known else ""
+        sys.exit(f"moe_rl: --config={path}: no such file{listing}")
     try:
         return flags.FLAGS(argv)
     except (KeyError, AttributeError, flags.Error, ValueError, TypeError) as e:

@@ -681,10 +681,13 @@ def _run(config: ml_collections.ConfigDict, workdir: str, mesh, on_step=None) ->
     # The held-out results beside the training curves: scalars (metrics.jsonl, TensorBoard)
     # and the before/after table as TensorBoard text.
     writer = loop.MetricWriter(workdir)
-    scalars = lambda m, prefix: {  # noqa: E731
-        f"{prefix}{key}": v for key, v in m.items() if isinstance(v, int | float)
+    held_out = {
+        f"{prefix}{key}": v
+        for prefix, m in (("eval_base_", before), ("eval_", after))
+        for key, v in m.items()
+        if isinstance(v, int | float)
     }
-    writer.write(grpo_step, {**scalars(before, "eval_base_"), **scalars(after, "eval_")})
+    writer.write(grpo_step, held_out)
     writer.text("eval/before_after", before_after_table(before, after, k), grpo_step)
     writer.close()
     all_rows = loop.read_metrics(workdir)
