@@ -32,7 +32,7 @@ import numpy as np  # noqa: E402
 
 from moe_rl import perf, sharding  # noqa: E402
 from moe_rl.models.config import ModelConfig, preset  # noqa: E402
-from moe_rl.train import configs, lm  # noqa: E402
+from moe_rl.train import configs, lm, train_state  # noqa: E402
 
 DEVICES = 8
 MIB = 2**20
@@ -52,9 +52,9 @@ class Setup:
         self.ep = ep
         self.mesh = sharding.make_mesh(dict(data=DEVICES // ep, expert=ep))
         sharding.check_batch(batch["tokens"].shape[1], self.mesh, "--batch")
-        tx = lm.make_optimizer(configs.optim(warmup_steps=0), 100)
+        tx = train_state.make_optimizer(configs.optim(warmup_steps=0), 100)
         step = lm.make_train_step(cfg, lm.LossConfig(), tx, 1e-3)
-        make = lambda: lm.init_state(cfg, tx, seed)
+        make = lambda: train_state.init(cfg, tx, seed)
         with jax.set_mesh(self.mesh):
             state_sh = sharding.state_shardings(jax.eval_shape(make), cfg, self.mesh)
             self.state = jax.jit(make, out_shardings=state_sh)()

@@ -21,7 +21,7 @@ import numpy as np
 from moe_rl import sampling
 from moe_rl.models import transformer
 from moe_rl.models.config import ModelConfig, preset
-from moe_rl.train import grpo, grpo_loss, lm
+from moe_rl.train import grpo_loss, grpo_step, rollout, train_state
 from moe_rl.train.configs import optim
 
 EOS, PAD = 263, 0
@@ -34,16 +34,16 @@ def make_step(cfg: ModelConfig, params, model_state, args, reward_fn=None, eos_i
     eos_id=-1 makes every completion exactly args.new tokens long."""
     ref = jax.tree.map(jax.numpy.copy, (params, model_state))
     lc = grpo_loss.LossConfig(beta=0.04)
-    tx = lm.make_optimizer(optim(learning_rate=1e-5, warmup_steps=0), 1000)
-    state = lm.TrainState(
+    tx = train_state.make_optimizer(optim(learning_rate=1e-5, warmup_steps=0), 1000)
+    state = train_state.TrainState(
         step=jax.numpy.zeros((), jax.numpy.int32),
         params=jax.tree.map(jax.numpy.copy, params),
         opt_state=tx.init(params),
         model_state=jax.tree.map(jax.numpy.copy, model_state),
         rng=jax.random.key(0),
     )
-    update = grpo.make_update(cfg, lc, tx, 1.0, 0.0)
-    ref_fn = jax.jit(grpo.completion_logprobs, static_argnums=(0, 6, 7, 8))
+    update = grpo_step.make_update(cfg, lc, tx, 1.0, 0.0)
+    ref_fn = jax.jit(grpo_step.completion_logprobs, static_argnums=(0, 6, 7, 8))
     sp = sampling.SamplingParams(temperature=1.0, max_new_tokens=args.new)
     rng = np.random.default_rng(0)
     Q, G = args.prompts, args.generations
@@ -61,7 +61,7 @@ def make_step(cfg: ModelConfig, params, model_state, args, reward_fn=None, eos_i
         P = sampling.bucket(args.prompt_len)
         prompt_QP, plen = sampling.left_pad(prompts, PAD, P, Q)
         N = args.new
-        seq, seg, pos = grpo.pack_groups(prompt_QP, plen, tokens.reshape(Q, G, N))
+        seq, seg, pos = rollout.pack_groups(prompt_QP, plen, tokens.reshape(Q, G, N))
         ref_logp = np.asarray(ref_fn(cfg, *ref, seq, seg, pos, P, G, 1.0))
         t2 = time.perf_counter()
         if reward_fn is None:

@@ -26,7 +26,7 @@ import numpy as np
 from moe_rl import perf
 from moe_rl.models import counting
 from moe_rl.models.config import ModelConfig, preset
-from moe_rl.train import configs, lm
+from moe_rl.train import configs, lm, train_state
 from moe_rl.train.distill_vs_rl import estimate
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -46,8 +46,8 @@ def pretrain_step(name: str, batch: int, seq_len: int, steps: int, **overrides) 
     the preset's model fields."""
     cfg = ModelConfig.from_config(preset(name, **overrides))
     t = configs.train(batch_size=batch, seq_len=seq_len)
-    tx = lm.make_optimizer(configs.optim(), t.num_steps)
-    state = lm.init_state(cfg, tx, 0)
+    tx = train_state.make_optimizer(configs.optim(), t.num_steps)
+    state = train_state.init(cfg, tx, 0)
     step = jax.jit(
         lm.make_train_step(cfg, lm.LossConfig.from_config(t), tx, t.bias_update_rate),
         donate_argnums=0,

@@ -7,7 +7,7 @@ Nothing is allocated. The train state is traced with `jax.eval_shape` and placed
 `sharding.state_shardings` the trainer uses, so the params / optimizer-state / model-state rows
 are exact: each is the sum over arrays of `NamedSharding.shard_shape` x itemsize (the tests
 compare them with the bytes one device holds after creating the sharded state). The optimizer
-is the real one (`lm.make_optimizer`: AdamW moments, clipping and schedule counters).
+is the real one (`train_state.make_optimizer`: AdamW moments, clipping and schedule counters).
 
 Gradients and activations are ESTIMATES from a closed-form count of the tensors a train step
 keeps for its backward pass (see `activation_bytes`); XLA may fuse some away or keep extra
@@ -208,7 +208,7 @@ def plan(
     (their sum), 'kv cache'. `cache_rows` / `cache_len` override `sampling_shape`.
     """
     from moe_rl import hf
-    from moe_rl.train import lm  # the training stack (optax, data) only when planning
+    from moe_rl.train import train_state  # the training stack (optax, data) only when planning
 
     config = hf.with_hf_model(config)  # a Hugging Face init_checkpoint's own architecture
     cfg = ModelConfig.from_config(config.model)
@@ -217,8 +217,8 @@ def plan(
     micro = t.batch_size // accum
     sharding.check_batch(micro, mesh, "config.train.batch_size/grad_accum")
 
-    tx = lm.make_optimizer(config.optim, int(t.get("num_steps", 1)))
-    abstract = jax.eval_shape(lambda: lm.init_state(cfg, tx, 0))
+    tx = train_state.make_optimizer(config.optim, int(t.get("num_steps", 1)))
+    abstract = jax.eval_shape(lambda: train_state.init(cfg, tx, 0))
     shardings = sharding.state_shardings(abstract, cfg, mesh)
     part = lambda name: shard_bytes(getattr(abstract, name), getattr(shardings, name))
 

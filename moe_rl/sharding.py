@@ -106,8 +106,8 @@ def like_params(tree, param_specs, params_abstract):
 
 
 def state_shardings(abstract_state, cfg, mesh: Mesh, rules=RULES):
-    """NamedShardings of a `lm.TrainState` (params, optimizer state, model state; step and rng
-    replicated), checked for divisibility."""
+    """NamedShardings of a `train_state.TrainState` (params, optimizer state, model state; step
+    and rng replicated), checked for divisibility."""
     param_specs, state_specs = model_specs(cfg, rules)
     check_divisible(abstract_state.params, param_specs, mesh)
     specs = abstract_state.replace(

@@ -12,7 +12,16 @@ from moe_rl import checkpoint, evaluate, sampling
 from moe_rl.data import tokenizers
 from moe_rl.data.tasks import get_task
 from moe_rl.models.config import ModelConfig
-from moe_rl.train import configs, distill, distill_data, distill_loss, distill_vs_rl, lm, loop
+from moe_rl.train import (
+    configs,
+    distill,
+    distill_data,
+    distill_loss,
+    distill_vs_rl,
+    lm,
+    loop,
+    train_state,
+)
 from tests.utils import make_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -297,9 +306,9 @@ def test_kd_loss_decreases_on_a_fixed_batch(mode, metric):
     teacher = evaluate.init_model(teacher_cfg, 1)
     c = distill_loss.DistillLossConfig(mode=mode, temperature=2.0)
     loss_fn = distill.kd_loss_fn(teacher_cfg, teacher["params"], teacher["model_state"], c)
-    tx = lm.make_optimizer(configs.optim(learning_rate=3e-3, warmup_steps=0), 20)
+    tx = train_state.make_optimizer(configs.optim(learning_rate=3e-3, warmup_steps=0), 20)
     step = jax.jit(lm.make_train_step(student_cfg, None, tx, 0.0, loss_fn))
-    state = lm.init_state(student_cfg, tx, 0)
+    state = train_state.init(student_cfg, tx, 0)
     tokens = jax.random.randint(jax.random.key(2), (1, 2, 16), 3, 64)
     batch = {
         "tokens": tokens,

@@ -13,7 +13,7 @@ from moe_rl import checkpoint, evaluate, sampling
 from moe_rl.data import tokenizers
 from moe_rl.data.tasks import get_task
 from moe_rl.models.config import ModelConfig
-from moe_rl.train import grpo, loop
+from moe_rl.train import grpo, grpo_step, loop, rollout
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -65,6 +65,14 @@ def digits(self, texts, examples, lengths):
             "total": frac}  # fmt: skip
 
 
+def training_rows(workdir) -> list[dict]:
+    """The GRPO steps' lines of metrics.jsonl, as written (the held-out results share the last step
+    in a line of their own)."""
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        rows = [json.loads(line) for line in f]
+    return [r for r in rows if "reward" in r]
+
+
 def test_rollout_masks_hold_the_first_eos_and_no_padding(base_dir):
     config = small_config(base_dir)
     cfg = ModelConfig.from_config(config.model)
@@ -72,19 +80,20 @@ def test_rollout_masks_hold_the_first_eos_and_no_padding(base_dir):
     sp = sampling.SamplingParams(temperature=1.0, max_new_tokens=8)
     task = get_task("arithmetic")
 
-    def rollout(eos_id):
+    def sample(eos_id):
         class Tok(tokenizers.ByteTokenizer):
             pass
 
         Tok.eos_id = eos_id
-        roller = grpo.Roller(config, cfg, Tok(), task, sp)
-        return roller.rollout(params, model_state, grpo.QuestionStream(task, 0), jax.random.key(1))
+        roller = rollout.Roller(config, cfg, Tok(), task, sp)
+        questions = rollout.QuestionStream(task, 0)
+        return roller.rollout(params, model_state, questions, jax.random.key(1))
 
     # EOS = the token row 0 samples third, so that (same key, same tokens) it stops there.
-    free = rollout(263)
+    free = sample(263)
     tok = tokenizers.ByteTokenizer()
     tok.eos_id = int(free.tokens_QL[0, free.prompt_len + 2])
-    ro = rollout(tok.eos_id)
+    ro = sample(tok.eos_id)
     P, N, G = ro.prompt_len, 8, 4
     assert ro.tokens_QL.shape == (2, P + G * N) and ro.mask_QGN.shape == (2, G, N)
     np.testing.assert_array_equal(ro.mask_QGN.sum(-1), ro.lengths_QG)
@@ -99,7 +108,7 @@ def test_rollout_masks_hold_the_first_eos_and_no_padding(base_dir):
     want = np.where(ro.mask_QGN > 0, np.arange(2, G + 2)[None, :, None], 0).reshape(2, G * N)
     np.testing.assert_array_equal(ro.segment_ids_QL[:, P:], want)
     # The sampler's log-probs are the policy's: ratios start at 1.
-    fresh = grpo.completion_logprobs(
+    fresh = grpo_step.completion_logprobs(
         cfg, params, model_state, ro.tokens_QL, ro.segment_ids_QL, ro.positions_QL, P, G, 1.0
     )
     np.testing.assert_allclose(np.asarray(fresh) * ro.mask_QGN, ro.old_logp_QGN, atol=2e-5)
@@ -114,8 +123,8 @@ def test_shared_prefix_packing_equals_separate_rows(tiny):
     prompts = rng.integers(3, 259, (Q, P)).astype(np.int32)
     prompts[1, :3] = 0
     completions = rng.integers(3, 259, (Q, G, N)).astype(np.int32)
-    tokens, seg, pos = grpo.pack_groups(prompts, prompt_len, completions)
-    packed = grpo.completion_logprobs(cfg, params, state, tokens, seg, pos, P, G, 1.0)
+    tokens, seg, pos = rollout.pack_groups(prompts, prompt_len, completions)
+    packed = grpo_step.completion_logprobs(cfg, params, state, tokens, seg, pos, P, G, 1.0)
     rows = np.concatenate([np.repeat(prompts, G, 0), completions.reshape(Q * G, N)], axis=1)
     rows_seg = np.concatenate(
         [np.repeat((prompts != 0).astype(np.int32), G, 0), np.ones((Q * G, N), np.int32)], axis=1
@@ -126,11 +135,11 @@ def test_shared_prefix_packing_equals_separate_rows(tiny):
     # With the completions' lengths, the padding after each end leaves the batch: the real
     # tokens' log-probs are unchanged and the expert loads count exactly the real tokens.
     lengths = np.array([[5, 2, 3], [1, 4, 5]])
-    t2, seg2, p2 = grpo.pack_groups(prompts, prompt_len, completions, lengths)
+    t2, seg2, p2 = rollout.pack_groups(prompts, prompt_len, completions, lengths)
     np.testing.assert_array_equal(t2, tokens)
     np.testing.assert_array_equal(p2, pos)
     real = np.arange(N) < lengths[..., None]  # [Q, G, N]
-    logits2, _, aux = grpo.completion_logits(cfg, params, state, t2, seg2, p2, P, G)
+    logits2, _, aux = grpo_step.completion_logits(cfg, params, state, t2, seg2, p2, P, G)
     logp2 = sampling.token_logprobs(logits2, t2[:, P:].reshape(Q, G, N), 1.0)
     np.testing.assert_allclose(np.asarray(logp2)[real], np.asarray(packed)[real], atol=1e-6)
     counted = np.asarray(aux["expert_counts"]).sum(-1)  # [n_moe_layers]
@@ -140,7 +149,7 @@ def test_shared_prefix_packing_equals_separate_rows(tiny):
 
 
 def test_grpo_learns_a_trivial_reward(base_dir, tmp_path, monkeypatch):
-    monkeypatch.setattr(grpo.Roller, "score", digits)
+    monkeypatch.setattr(rollout.Roller, "score", digits)
     config = small_config(
         base_dir,
         **{
@@ -154,7 +163,7 @@ def test_grpo_learns_a_trivial_reward(base_dir, tmp_path, monkeypatch):
         },
     )
     grpo.run(config, str(tmp_path))
-    rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    rows = training_rows(tmp_path)
     rewards = [r["reward"] for r in rows]
     assert len(rows) == 12
     assert np.mean(rewards[-3:]) > np.mean(rewards[:3]) + 0.05, rewards  # ~0.05 -> ~0.15
@@ -220,7 +229,7 @@ def test_bad_config_fails_before_compiling(key, value, message):
 def test_every_variant_runs_together(base_dir, tmp_path, monkeypatch):
     """DAPO dynamic sampling + overlong filter/penalty, GSPO ratio, k1-in-reward KL, RLOO,
     token-mean loss, clip-higher and MoE bias updates, in one short run."""
-    monkeypatch.setattr(grpo.Roller, "score", digits)
+    monkeypatch.setattr(rollout.Roller, "score", digits)
     config = small_config(
         base_dir,
         **{
@@ -239,7 +248,7 @@ def test_every_variant_runs_together(base_dir, tmp_path, monkeypatch):
         },
     )
     grpo.run(config, str(tmp_path))
-    rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    rows = training_rows(tmp_path)
     assert [r["step"] for r in rows] == [1, 2]
     for r in rows:
         assert 0 <= r["refills"] <= 1 and r["questions_sampled"] in (2, 4)

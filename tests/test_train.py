@@ -29,7 +29,7 @@ from moe_rl.checkpoint import Checkpointer
 from moe_rl.data import packing, tokenizers
 from moe_rl.models import moe, transformer
 from moe_rl.models.config import ModelConfig
-from moe_rl.train import configs, lm, loop
+from moe_rl.train import configs, lm, loop, train_state
 from tests.utils import make_config, random_batch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -60,9 +60,9 @@ def setup():
     # No warmup, so step 1 already moves the weights; Adam's eps raised from 1e-8 so that
     # weights with a near-zero first gradient (update ~ lr * g / (|g| + eps)) do not turn
     # float32 rounding noise into lr-sized differences (see test_grad_accumulation...).
-    tx = lm.make_optimizer(configs.optim(warmup_steps=0, eps=1e-6), num_steps=30)
+    tx = train_state.make_optimizer(configs.optim(warmup_steps=0, eps=1e-6), num_steps=30)
     lc = lm.LossConfig()
-    state = lm.init_state(cfg, tx, seed=0)
+    state = train_state.init(cfg, tx, seed=0)
     step = jax.jit(lm.make_train_step(cfg, lc, tx, bias_rate=1e-3))
     return types.SimpleNamespace(cfg=cfg, tx=tx, lc=lc, state=state, step=step)
 
@@ -96,7 +96,7 @@ def test_first_step_golden_metrics(setup):
     _, metrics = setup.step(setup.state, micro(golden_batch(setup.cfg)))
     metrics = jax.device_get(metrics)
     # Recorded once by running this step on CPU (jax 0.10.2, XLA_FLAGS from conftest) and
-    # printing the metrics: tiny preset with num_hidden_layers=2, lm.init_state(seed=0),
+    # printing the metrics: tiny preset with num_hidden_layers=2, train_state.init(seed=0),
     # tests.utils.random_batch(seed=1) of [4, 32], LossConfig defaults.
     golden = {"loss": 7.298452, "ce": 5.624906, "mtp_ce": 5.578151, "grad_norm": 1.330418}
     for key, value in golden.items():
@@ -373,7 +373,8 @@ def test_step_seconds_time_completed_steps_not_launches(tmp_path):
         workdir=str(tmp_path), checkpointer=None, checkpoint_every=100, data_state=dict,
     )  # fmt: skip
     seconds = [r["step_seconds"] for r in loop.read_metrics(str(tmp_path))]
-    assert len(seconds) == 8 and min(seconds) >= 0.7 * min(alone), (seconds, alone)
+    # Under load (pytest -n 2) a step takes 0.7-1.5x its time alone; a launch takes ~1%.
+    assert len(seconds) == 8 and min(seconds) >= 0.3 * min(alone), (seconds, alone)
 
 
 def test_ctrl_c_saves_the_last_completed_step_with_its_data_position(tmp_path):
@@ -541,8 +542,8 @@ def metric_steps(workdir) -> list[int]:
 def restore_latest(workdir, config):
     """(state, extra, step) of the newest checkpoint of a CLI run with this config."""
     cfg = ModelConfig.from_config(config.model)
-    tx = lm.make_optimizer(config.optim, config.train.num_steps)
-    abstract = jax.eval_shape(lambda: lm.init_state(cfg, tx, config.seed))
+    tx = train_state.make_optimizer(config.optim, config.train.num_steps)
+    abstract = jax.eval_shape(lambda: train_state.init(cfg, tx, config.seed))
     checkpointer = Checkpointer(str(workdir), async_save=False)
     restored = checkpointer.restore_latest(abstract)
     checkpointer.close()

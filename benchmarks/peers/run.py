@@ -33,7 +33,7 @@ import numpy as np
 from moe_rl import hf, perf, sampling
 from moe_rl.models import transformer
 from moe_rl.models.config import ModelConfig, preset
-from moe_rl.train import configs, lm
+from moe_rl.train import configs, lm, train_state
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
@@ -96,8 +96,8 @@ class MoeRL:
         cfg = self.cfgs[model]
         params, state = self.weights[model]
         t = configs.train(batch_size=batch, seq_len=seq_len)
-        tx = lm.make_optimizer(configs.optim(learning_rate=1e-4, warmup_steps=0), 1000)
-        ts = lm.TrainState(
+        tx = train_state.make_optimizer(configs.optim(learning_rate=1e-4, warmup_steps=0), 1000)
+        ts = train_state.TrainState(
             step=jax.numpy.zeros((), jax.numpy.int32),
             params=jax.tree.map(jax.numpy.copy, params),
             opt_state=tx.init(params),

@@ -22,7 +22,7 @@ from moe_rl.data import packing, tokenizers
 from moe_rl.data.tasks import Example, Task, task_from_config
 from moe_rl.models import counting, transformer
 from moe_rl.models.config import ModelConfig
-from moe_rl.train import distill_data, distill_loss, grpo, lm, loop
+from moe_rl.train import distill_data, distill_loss, grpo, lm, loop, train_state
 
 
 def verify(task: Task, examples: list[Example], texts: list[str], k: int, think_opened: bool):
@@ -249,7 +249,7 @@ def run_gkd(
     (cfg, params, model_state)."""
     t = config.train
     lm.validate_train_config(config, student_cfg)
-    tx = lm.make_optimizer(config.optim, t.num_steps)
+    tx = train_state.make_optimizer(config.optim, t.num_steps)
     state, checkpointer, data_state = lm.restore_or_init(config, student_cfg, tx, workdir)
     batches = GKDBatches(train_rows, t.batch_size, lmbda, config.seed)
     if data_state is not None:

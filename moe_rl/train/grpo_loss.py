@@ -31,7 +31,8 @@ class LossConfig:
     # Importance ratio per token (PPO/GRPO) or one per sequence, exp(mean log-ratio) (GSPO,
     # whose clip range is ~1e-3 wide: grpo.validate_grpo_config refuses a token-level one).
     ratio: str = "token"
-    # KL to the reference: k3 estimator in the loss (DeepSeekMath eq. 4) or k1 in the reward.
+    # KL to the reference: k3 estimator in the loss (DeepSeekMath eq. 4) or k1 in the reward
+    # (`kl_penalized_rewards`).
     beta: float = 0.04
     kl: str = "k3_loss"
     # Loss aggregation: mean per sequence then over the batch (GRPO) | mean over all tokens
@@ -85,6 +86,15 @@ def k3(logp_BN: jax.Array, ref_logp_BN: jax.Array) -> jax.Array:
     (Schulman 2020; DeepSeekMath eq. 4)."""
     d = ref_logp_BN - logp_BN
     return jnp.exp(d) - d - 1.0
+
+
+def kl_penalized_rewards(rewards_B, old_logp_BN, ref_logp_BN, mask_BN, beta: float):
+    """kl='k1_reward': r - beta * sum_t (log pi_old - log pi_ref) over each completion's
+    tokens, the KL penalty folded into the reward (the sampled sequence's k1 estimate of
+    KL(pi_old || ref)), as PPO for language models does (Ziegler et al. 2019, Ouyang et al.
+    2022) instead of DeepSeekMath's k3 term in the loss. The advantages are then computed from
+    these rewards. Works on NumPy or JAX arrays alike."""
+    return rewards_B - beta * ((old_logp_BN - ref_logp_BN) * mask_BN).sum(-1)
 
 
 def completion_mask(lengths_B: jax.Array, N: int) -> jax.Array:

@@ -13,9 +13,7 @@ import glob
 import json
 import os
 from collections.abc import Callable
-from typing import Any
 
-import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -28,18 +26,7 @@ from moe_rl.checkpoint import Checkpointer
 from moe_rl.data import corpus, packing, tokenizers
 from moe_rl.models import counting, moe, transformer
 from moe_rl.models.config import ModelConfig
-from moe_rl.train import loop
-
-
-@flax.struct.dataclass
-class TrainState:
-    """Everything a step reads and writes; checkpointed as one pytree."""
-
-    step: jax.Array
-    params: Any
-    opt_state: Any
-    model_state: dict  # {'moe_bias': ...}: not trained by the optimizer
-    rng: jax.Array
+from moe_rl.train import loop, train_state
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,37 +38,6 @@ class LossConfig:
     @classmethod
     def from_config(cls, c: ml_collections.ConfigDict) -> LossConfig:
         return cls(mtp_weight=c.mtp_weight, balance_alpha=c.balance_alpha, z_loss=c.z_loss)
-
-
-def _no_decay_mask(params):
-    """Weight decay only on matrices: norms' scales and biases (ndim < 2) are exempt."""
-    return jax.tree.map(lambda p: p.ndim >= 2, params)
-
-
-def make_schedule(c: ml_collections.ConfigDict, num_steps: int) -> optax.Schedule:
-    """Linear warmup then cosine decay to end_lr_ratio * learning_rate."""
-    return optax.warmup_cosine_decay_schedule(
-        init_value=0.0,
-        peak_value=c.learning_rate,
-        warmup_steps=c.warmup_steps,
-        decay_steps=max(num_steps, c.warmup_steps + 1),
-        end_value=c.learning_rate * c.end_lr_ratio,
-    )
-
-
-def make_optimizer(c: ml_collections.ConfigDict, num_steps: int) -> optax.GradientTransformation:
-    """AdamW with global-norm clipping and the warmup-cosine schedule."""
-    return optax.chain(
-        optax.clip_by_global_norm(c.grad_clip),
-        optax.adamw(
-            make_schedule(c, num_steps),
-            b1=c.b1,
-            b2=c.b2,
-            eps=c.eps,
-            weight_decay=c.weight_decay,
-            mask=_no_decay_mask,
-        ),
-    )
 
 
 def masked_cross_entropy(logits_BLV, targets_BL, mask_BL):
@@ -155,7 +111,7 @@ def make_train_step(
     `loss_fn(params, model_state, microbatch, cfg, lc) -> (loss, (metrics, counts or None))`,
     metrics holding 'tokens' (e.g. a distillation loss instead of `lm_loss`)."""
 
-    def step(state: TrainState, batch):
+    def step(state: train_state.TrainState, batch):
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
         def micro(carry, mb):
@@ -174,19 +130,10 @@ def make_train_step(
         metrics = jax.tree.map(lambda m: m.mean(0), metrics)  # over microbatches
         metrics["tokens"] = tokens
         metrics["grad_norm"] = optax.global_norm(grads)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        model_state = state.model_state
-        if cfg.is_moe and bias_rate:
-            model_state = jax.tree.map(
-                lambda b, c: moe.update_bias(b, c, bias_rate), state.model_state, counts
-            )
-        if cfg.is_moe:
-            metrics["routing_bias"] = routing_bias(model_state)  # [layers, E], after the update
-        new_state = state.replace(
-            step=state.step + 1, params=params, opt_state=opt_state, model_state=model_state
-        )
-        return new_state, metrics
+        new_state = train_state.apply_gradients(state, grads, tx, counts, bias_rate)
+        if cfg.is_moe:  # [layers, E], after the update
+            metrics["routing_bias"] = routing_bias(new_state.model_state)
+        return new_state.replace(step=state.step + 1), metrics
 
     return step
 
@@ -202,7 +149,7 @@ def routing_bias(model_state: dict) -> jax.Array:
 def make_eval_step(cfg: ModelConfig, lc: LossConfig) -> Callable:
     """(state, batch [B, L]) -> summed nll and token count, for validation loss/perplexity."""
 
-    def step(state: TrainState, batch):
+    def step(state: train_state.TrainState, batch):
         logits, _, _ = transformer.forward(
             cfg,
             state.params,
@@ -216,18 +163,6 @@ def make_eval_step(cfg: ModelConfig, lc: LossConfig) -> Callable:
         return masked_cross_entropy(logits[:, :-1], batch["tokens"][:, 1:], mask)
 
     return step
-
-
-def init_state(cfg: ModelConfig, tx: optax.GradientTransformation, seed: int) -> TrainState:
-    params_key, rng = jax.random.split(jax.random.key(seed))
-    params, model_state = transformer.init(cfg, params_key)
-    return TrainState(
-        step=jnp.zeros((), jnp.int32),
-        params=params,
-        opt_state=tx.init(params),
-        model_state=model_state,
-        rng=rng,
-    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -332,7 +267,7 @@ def restore_or_init(config, cfg: ModelConfig, tx, workdir: str, mesh=None):
     """(state, checkpointer, data-iterator state or None): resume from the workdir's newest
     checkpoint, else start from `config.init_checkpoint`'s params, else from scratch. With a
     mesh, the state is created (or restored) directly in its shardings."""
-    make = lambda: init_state(cfg, tx, config.seed)
+    make = lambda: train_state.init(cfg, tx, config.seed)
     abstract = jax.eval_shape(make)
     shardings = None if mesh is None else sharding.state_shardings(abstract, cfg, mesh)
     init = jax.jit(make, out_shardings=shardings)
@@ -411,7 +346,7 @@ def _run(config, workdir: str, loss_fn, cfg: ModelConfig, mesh) -> dict:
     val_batches = packing.PackedBatches(val_src, tokenizer, t.batch_size, t.seq_len, shuffle=False)
     val_batches = [next(val_batches) for _ in range(t.eval_batches)]
 
-    tx = make_optimizer(config.optim, t.num_steps)
+    tx = train_state.make_optimizer(config.optim, t.num_steps)
     state, checkpointer, data_state = restore_or_init(config, cfg, tx, workdir, mesh)
     # A finished run is not trained or summarised again. (A final checkpoint that does not
     # read was set aside by the restore: the run then resumes from the one before.)
@@ -456,7 +391,7 @@ def _run(config, workdir: str, loss_fn, cfg: ModelConfig, mesh) -> dict:
     flops = counting.flops_per_token(cfg, t.seq_len)
     peak = perf.measure_matmul_peak()
 
-    schedule = make_schedule(config.optim, t.num_steps)
+    schedule = train_state.make_schedule(config.optim, t.num_steps)
 
     def throughput(step, metrics):
         tokens_per_s = float(metrics["tokens"]) / max(metrics["step_seconds"], 1e-9)

@@ -76,6 +76,8 @@ def train_loop(
     progress_keys: tuple[str, ...] = ("loss",),
     extra_metrics: Callable[[int, dict], dict] | None = None,
     array_every: int = 10,
+    desc: str | None = None,
+    on_step: Callable[[int, dict], None] | None = None,
 ) -> tuple[Any, list[dict]]:
     """Runs steps from state.step to num_steps; returns the final state and the logged rows.
 
@@ -85,6 +87,8 @@ def train_loop(
 
     `data_state()` returns the iterator position *after* the batches consumed so far; it is
     saved with each checkpoint as extra['data'] so a resumed run sees exactly the same batches.
+    `desc` names the progress bar (default: the workdir's name); `on_step(step, metrics)` sees
+    each step's metrics once fetched (e.g. a notebook's live plot).
     """
     writer = MetricWriter(workdir)
     start = int(state.step)
@@ -114,11 +118,13 @@ def train_loop(
             rows.append({"step": step, **{k: _to_python(v) for k, v in metrics.items()}})
         shown.update(format_metrics(metrics, progress_keys))
         bar.set_postfix(shown, refresh=False)
+        if on_step is not None:
+            on_step(step, metrics)
 
     bar = tqdm(
         total=num_steps,
         initial=start,
-        desc=os.path.basename(workdir.rstrip("/")),
+        desc=desc or os.path.basename(workdir.rstrip("/")),
         dynamic_ncols=True,
         disable=jax.process_index() != 0,  # one progress bar per run, not one per process
     )

@@ -10,7 +10,7 @@ import pytest
 from moe_rl import memory, sharding
 from moe_rl.models import transformer
 from moe_rl.models.config import ModelConfig
-from moe_rl.train import lm
+from moe_rl.train import train_state
 
 MESHES = {
     "data8": dict(data=8),
@@ -33,8 +33,8 @@ def created_bytes(config):
     directly in their shardings (as lm.restore_or_init and the sampler do)."""
     cfg = ModelConfig.from_config(config.model)
     mesh = sharding.make_mesh(config.mesh.to_dict())
-    tx = lm.make_optimizer(config.optim, config.train.num_steps)
-    make = lambda: lm.init_state(cfg, tx, 0)
+    tx = train_state.make_optimizer(config.optim, config.train.num_steps)
+    make = lambda: train_state.init(cfg, tx, 0)
     shardings = sharding.state_shardings(jax.eval_shape(make), cfg, mesh)
     state = jax.jit(make, out_shardings=shardings)()
     rows, slots = config.train.batch_size, config.train.seq_len

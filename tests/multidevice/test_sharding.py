@@ -11,7 +11,7 @@ from jax.sharding import PartitionSpec as P
 
 from moe_rl import sampling, sharding
 from moe_rl.models import transformer
-from moe_rl.train import configs, lm
+from moe_rl.train import configs, grpo_step, lm, rollout, train_state
 from tests.utils import make_config, tiny_pretrain_config
 
 MESHES = {
@@ -54,10 +54,10 @@ def reference(model):
     logits = jax.jit(lambda p, s, t, pos: transformer.forward(cfg, p, s, t, pos)[0])(
         params, state, tokens, positions
     )
-    tx = lm.make_optimizer(configs.optim(warmup_steps=0), 10)
+    tx = train_state.make_optimizer(configs.optim(warmup_steps=0), 10)
     step = lm.make_train_step(cfg, lm.LossConfig(), tx, 1e-3)
     batch = {k: v[None] for k, v in batch_of(tokens, positions).items()}  # [accum=1, B, L]
-    st, steps = lm.init_state(cfg, tx, 0), []
+    st, steps = train_state.init(cfg, tx, 0), []
     ref_step = jax.jit(step)
     for _ in range(2):
         st, m = ref_step(st, batch)
@@ -85,9 +85,9 @@ def test_train_steps_equal_single_device_and_compile_once(model, reference, name
     _, tx, step, batch, ref_steps = reference
     mesh = sharding.make_mesh(MESHES[name])
     with jax.set_mesh(mesh):
-        abstract = jax.eval_shape(lambda: lm.init_state(cfg, tx, 0))
+        abstract = jax.eval_shape(lambda: train_state.init(cfg, tx, 0))
         state_sh = sharding.state_shardings(abstract, cfg, mesh)
-        state = jax.jit(lambda: lm.init_state(cfg, tx, 0), out_shardings=state_sh)()
+        state = jax.jit(lambda: train_state.init(cfg, tx, 0), out_shardings=state_sh)()
         batch_sh = sharding.batch_sharding(mesh, 1)
         traces = []  # a Python side effect runs once per trace (and compile)
         sharded_step = jax.jit(lambda s, b: (traces.append(1), step(s, b))[1],
@@ -130,7 +130,7 @@ def test_each_device_holds_one_over_ep_of_the_routed_experts(model, ep):
 def test_sampling_and_grpo_update_run_on_a_mesh(model):
     """The KV-cached sampler (decode rows not divisible by the token shards fall back to
     replicated tokens) and a GRPO update compile and match one device."""
-    from moe_rl.train import grpo, grpo_loss
+    from moe_rl.train import grpo_loss
 
     cfg, params, state, _, _ = model
     prompts = [[1, 5, 6, 7], [1, 9, 9], [1, 4], [1, 3, 3, 3, 3]] * 2
@@ -149,20 +149,20 @@ def test_sampling_and_grpo_update_run_on_a_mesh(model):
     Q, G, N = 8, 2, 6
     prompt = np.asarray(jax.random.randint(key, (Q, 4), 3, cfg.vocab_size))
     comp = np.asarray(jax.random.randint(jax.random.key(6), (Q, G, N), 3, cfg.vocab_size))
-    tokens, seg, pos = grpo.pack_groups(prompt, np.full(Q, 4), comp)
+    tokens, seg, pos = rollout.pack_groups(prompt, np.full(Q, 4), comp)
     mb = dict(
         tokens=tokens, segment_ids=seg, positions=pos,
         mask=np.ones((Q, G, N), np.float32), old_logp=np.full((Q, G, N), -5.0, np.float32),
         advantages=np.asarray(jax.random.normal(key, (Q, G))),
     )  # fmt: skip
-    tx = lm.make_optimizer(configs.optim(warmup_steps=0), 10)
+    tx = train_state.make_optimizer(configs.optim(warmup_steps=0), 10)
     lc = grpo_loss.LossConfig(beta=0.0)
-    update = grpo.make_update(cfg, lc, tx, 1.0, 0.0)
-    ref_state, ref_m = update(lm.init_state(cfg, tx, 0), mb, 4, G)
+    update = grpo_step.make_update(cfg, lc, tx, 1.0, 0.0)
+    ref_state, ref_m = update(train_state.init(cfg, tx, 0), mb, 4, G)
     with jax.set_mesh(mesh):
-        abstract = jax.eval_shape(lambda: lm.init_state(cfg, tx, 0))
+        abstract = jax.eval_shape(lambda: train_state.init(cfg, tx, 0))
         state_sh = sharding.state_shardings(abstract, cfg, mesh)
-        st = jax.jit(lambda: lm.init_state(cfg, tx, 0), out_shardings=state_sh)()
+        st = jax.jit(lambda: train_state.init(cfg, tx, 0), out_shardings=state_sh)()
         rows = NamedSharding(mesh, P(sharding.batch_axes(mesh)))
         new, m = update(st, jax.device_put(mb, rows), 4, G)
     chex.assert_trees_all_close(m["loss"], ref_m["loss"], atol=1e-5)
@@ -178,8 +178,8 @@ def test_mesh_errors_name_the_key():
     with pytest.raises(ValueError, match="unknown axes"):
         sharding.make_mesh(dict(pipeline=8))
     cfg = make_config("tiny")
-    tx = lm.make_optimizer(configs.optim(), 10)
-    abstract = jax.eval_shape(lambda: lm.init_state(cfg, tx, 0))
+    tx = train_state.make_optimizer(configs.optim(), 10)
+    abstract = jax.eval_shape(lambda: train_state.init(cfg, tx, 0))
     # The tiny model has 4 heads: they do not split 8 ways.
     with pytest.raises(
         ValueError, match=r"attn.* dimension 1 \(4\) is not divisible by config.mesh.tensor=8"

@@ -1,0 +1,208 @@
+"""One GRPO step (DeepSeekMath sec. 4.1; DeepSeek-R1-Zero), as a `loop.train_loop` step function.
+
+1. rollout: Q questions x G completions from the current policy, scored by rules
+   (`rollout.Roller`; DAPO dynamic sampling refills zero-variance groups);
+2. the frozen reference's log-probs of the completions, only when beta > 0 (the sampler's
+   log-probs are the old policy's); with kl='k1_reward' the KL penalty goes into the rewards
+   and the advantages are recomputed (`grpo_loss.kl_penalized_rewards`);
+3. mu passes over the rollouts in shuffled minibatches of whole groups, each an AdamW update
+   of the clipped surrogate (+ beta * k3 KL) and, for an MoE with bias_update_rate > 0, the
+   balancing-bias update from the real tokens' expert loads;
+4. the step's metrics: rewards, lengths, rollout statistics, the updates' means, timings.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from moe_rl import sampling, sharding
+from moe_rl.models import transformer
+from moe_rl.models.config import ModelConfig
+from moe_rl.train import grpo_loss, train_state
+from moe_rl.train.rollout import QuestionStream, Roller, Rollout
+
+
+def completion_logits(cfg, params, model_state, tokens_QL, seg_QL, pos_QL, P: int, G: int):
+    """Logits predicting each completion token [Q, G, N, V], their targets [Q, G, N], and the
+    forward's aux dict. Token t of completion j is predicted at the prompt's last slot (t = 0)
+    or at the slot before it in its own segment."""
+    logits_QLV, _, aux = transformer.forward(
+        cfg, params, model_state, tokens_QL, pos_QL, seg_QL, mtp=False, shared_prefix=True
+    )
+    Q, L = tokens_QL.shape
+    N = (L - P) // G
+    target = P + np.arange(G)[:, None] * N + np.arange(N)[None]  # [G, N] slots of the tokens
+    source = np.where(np.arange(N)[None] == 0, P - 1, target - 1)
+    return logits_QLV[:, source], tokens_QL[:, target], aux
+
+
+def completion_logprobs(cfg, params, model_state, tokens_QL, seg_QL, pos_QL, P, G, temp):
+    """log softmax(logits / T) of every completion token, [Q, G, N]."""
+    logits, targets, _ = completion_logits(
+        cfg, params, model_state, tokens_QL, seg_QL, pos_QL, P, G
+    )
+    return sampling.token_logprobs(logits, targets, temp)
+
+
+def make_update(
+    cfg: ModelConfig, lc: grpo_loss.LossConfig, tx, temperature: float, bias_rate, state_sh=None
+):
+    """(state, minibatch, prompt_len, G) -> (state, metrics): one AdamW step on the GRPO loss
+    over a minibatch of packed question rows (`state.step` counts GRPO steps: not moved).
+    `state_sh`: on a mesh, the train state's shardings, kept by the update (metrics
+    replicated)."""
+
+    def loss_fn(params, model_state, mb, prompt_len, G):
+        logits, targets, aux = completion_logits(
+            cfg, params, model_state, mb["tokens"], mb["segment_ids"], mb["positions"],
+            prompt_len, G,
+        )  # fmt: skip
+        logits = logits.astype(jnp.float32) / (temperature if temperature > 0 else 1.0)
+        logp_all = jax.nn.log_softmax(logits, axis=-1)  # [Q, G, N, V]
+        logp = jnp.take_along_axis(logp_all, targets[..., None], axis=-1)[..., 0]
+        flat = lambda a: a.reshape(-1, a.shape[-1])  # [Q, G, N] -> [Q*G, N]
+        mask = flat(mb["mask"])
+        ref = mb.get("ref_logp")
+        loss, metrics = grpo_loss.policy_loss(
+            flat(logp),
+            flat(mb["old_logp"]),
+            None if ref is None else flat(ref),
+            mb["advantages"].reshape(-1),
+            mask,
+            lc,
+        )
+        entropy = flat(-jnp.sum(jnp.exp(logp_all) * logp_all, axis=-1))
+        metrics["entropy"] = (entropy * mask).sum() / jnp.maximum(mask.sum(), 1.0)
+        counts = transformer.counts_like_bias(cfg, model_state, aux) if cfg.is_moe else None
+        return loss, (metrics, counts)
+
+    def update(state: train_state.TrainState, mb, prompt_len: int, G: int):
+        (loss, (metrics, counts)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params, state.model_state, mb, prompt_len, G
+        )
+        metrics.update(loss=loss, grad_norm=optax.global_norm(grads))
+        return train_state.apply_gradients(state, grads, tx, counts, bias_rate), metrics
+
+    if state_sh is None:
+        return jax.jit(update, static_argnums=(2, 3), donate_argnums=0)
+    replicated = sharding.replicated(jax.tree.leaves(state_sh)[0].mesh)
+    return jax.jit(
+        update, static_argnums=(2, 3), donate_argnums=0, out_shardings=(state_sh, replicated)
+    )
+
+
+def minibatches(ro: Rollout, ref_logp, rows: int, key) -> list[dict]:
+    """Shuffled minibatches of `rows` whole question groups."""
+    order = np.asarray(jax.random.permutation(key, len(ro.tokens_QL)))
+    batches = []
+    for i in range(0, len(order), rows):
+        idx = order[i : i + rows]
+        mb = {
+            "tokens": ro.tokens_QL[idx],
+            "segment_ids": ro.segment_ids_QL[idx],
+            "positions": ro.positions_QL[idx],
+            "mask": ro.mask_QGN[idx],
+            "old_logp": ro.old_logp_QGN[idx],
+            "advantages": ro.advantages_QG[idx],
+        }
+        if ref_logp is not None:
+            mb["ref_logp"] = ref_logp[idx]
+        batches.append(mb)
+    return batches
+
+
+def step_metrics(ro: Rollout, train: list[dict]) -> dict[str, float]:
+    acc, lengths = ro.rewards["accuracy"], ro.lengths_QG.reshape(-1).astype(np.float64)
+    correct = acc >= 1.0
+    m = {
+        "reward": float(ro.rewards["total"].mean()),
+        "reward_std": float(ro.rewards["total"].std()),
+        "accuracy": float(acc.mean()),
+        "format": float(ro.rewards["format"].mean()),
+        "response_length": float(lengths.mean()),
+        **{k: float(v) for k, v in ro.stats.items()},
+    }
+    if correct.any():  # lengths of correct / incorrect answers, when there are any
+        m["length_correct"] = float(lengths[correct].mean())
+    if (~correct).any():
+        m["length_incorrect"] = float(lengths[~correct].mean())
+    for key in train[0]:
+        m[key] = float(np.mean([t[key] for t in train]))
+    return m
+
+
+def make_step(
+    cfg: ModelConfig,
+    lc: grpo_loss.LossConfig,
+    tx: optax.GradientTransformation,
+    *,
+    roller: Roller,
+    questions: QuestionStream,
+    ref: tuple | None,
+    seed: int,
+    num_iterations: int,
+    minibatch_size: int,
+    bias_rate: float,
+    state_sh=None,
+    row_sh=None,
+    on_rollout: Callable[[int, Rollout], None] | None = None,
+) -> Callable:
+    """`step(state, n) -> (state, metrics)`: GRPO step n (1-based) from `state` (see the module
+    docstring). `ref`: the reference (params, model_state), None when beta = 0. On a mesh,
+    `state_sh` are the state's shardings and `row_sh` splits the packed rows over the batch
+    axes. `on_rollout(n, rollout)` sees each step's scored completions (e.g. samples.txt)."""
+    temperature = roller.sp.temperature
+    G = roller.g.num_generations
+    update = make_update(cfg, lc, tx, temperature, bias_rate, state_sh)
+    ref_fn = jax.jit(completion_logprobs, static_argnums=(0, 6, 7, 8))
+    put = (lambda b: b) if row_sh is None else (lambda b: sharding.put_batch(b, row_sh))
+
+    def step(state: train_state.TrainState, n: int):
+        key = jax.random.fold_in(jax.random.key(seed), n - 1)
+        ro = roller.rollout(state.params, state.model_state, questions, key)
+        start = time.perf_counter()
+        ref_logp = None
+        if lc.beta > 0:
+            packed = put(dict(t=ro.tokens_QL, s=ro.segment_ids_QL, p=ro.positions_QL))
+            ref_logp = np.asarray(
+                ref_fn(
+                    cfg, *ref, packed["t"], packed["s"], packed["p"], ro.prompt_len, G, temperature
+                )
+            )
+            if lc.kl == "k1_reward":
+                flat = lambda a: a.reshape(-1, a.shape[-1])  # [Q, G, N] -> [Q*G, N]
+                ro.rewards["total"] = grpo_loss.kl_penalized_rewards(
+                    ro.rewards["total"],
+                    flat(ro.old_logp_QGN),
+                    flat(ref_logp),
+                    flat(ro.mask_QGN),
+                    lc.beta,
+                )
+                totals_QG = jnp.asarray(ro.rewards["total"]).reshape(-1, G)
+                ro.advantages_QG = np.asarray(
+                    grpo_loss.advantages(totals_QG, lc.advantage, lc.adv_eps)
+                )
+        ref_seconds = time.perf_counter() - start
+        start = time.perf_counter()
+        train = []
+        for it in range(num_iterations):
+            order_key = jax.random.fold_in(key, 1000 + it)
+            for mb in minibatches(ro, ref_logp, minibatch_size // G, order_key):
+                state, m = update(state, put(mb), ro.prompt_len, G)
+                train.append(m)
+        train = jax.device_get(train)
+        state = state.replace(step=state.step + 1)
+        metrics = step_metrics(ro, train)
+        metrics.update(ref_seconds=ref_seconds, train_seconds=time.perf_counter() - start)
+        metrics["tokens_per_s"] = metrics["generated_tokens"] / metrics["rollout_seconds"]
+        if on_rollout is not None:
+            on_rollout(n, ro)
+        return state, metrics
+
+    return step

@@ -1,0 +1,101 @@
+"""The train state every recipe steps: its pytree, its creation, the optimizer, one update.
+
+`TrainState.step` counts the recipe's steps (one per `loop.train_loop` step): one optimizer
+update in pretraining, SFT and GKD; one rollout and its mu x minibatch updates in GRPO. The
+learning-rate schedule reads the optimizer's own update count, not `step`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from moe_rl.models import moe, transformer
+from moe_rl.models.config import ModelConfig
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything a step reads and writes; checkpointed as one pytree."""
+
+    step: jax.Array
+    params: Any
+    opt_state: Any
+    model_state: dict  # {'moe_bias': ...}: not trained by the optimizer
+    rng: jax.Array
+
+
+def _no_decay_mask(params):
+    """Weight decay only on matrices: norms' scales and biases (ndim < 2) are exempt."""
+    return jax.tree.map(lambda p: p.ndim >= 2, params)
+
+
+def make_schedule(c: ml_collections.ConfigDict, num_steps: int) -> optax.Schedule:
+    """Linear warmup then cosine decay to end_lr_ratio * learning_rate, over `num_steps`
+    optimizer updates."""
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0,
+        peak_value=c.learning_rate,
+        warmup_steps=c.warmup_steps,
+        decay_steps=max(num_steps, c.warmup_steps + 1),
+        end_value=c.learning_rate * c.end_lr_ratio,
+    )
+
+
+def make_optimizer(c: ml_collections.ConfigDict, num_steps: int) -> optax.GradientTransformation:
+    """AdamW with global-norm clipping and the warmup-cosine schedule."""
+    return optax.chain(
+        optax.clip_by_global_norm(c.grad_clip),
+        optax.adamw(
+            make_schedule(c, num_steps),
+            b1=c.b1,
+            b2=c.b2,
+            eps=c.eps,
+            weight_decay=c.weight_decay,
+            mask=_no_decay_mask,
+        ),
+    )
+
+
+def create(params, model_state, tx: optax.GradientTransformation, rng: jax.Array) -> TrainState:
+    """Step 0 of a run from a given model (fresh, pretrained or loaded)."""
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state=tx.init(params),
+        model_state=model_state,
+        rng=rng,
+    )
+
+
+def init(cfg: ModelConfig, tx: optax.GradientTransformation, seed: int) -> TrainState:
+    """Step 0 of a model initialised from `seed`."""
+    params_key, rng = jax.random.split(jax.random.key(seed))
+    params, model_state = transformer.init(cfg, params_key)
+    return create(params, model_state, tx, rng)
+
+
+def apply_gradients(
+    state: TrainState,
+    grads,
+    tx: optax.GradientTransformation,
+    counts=None,
+    bias_rate: float = 0.0,
+) -> TrainState:
+    """One optimizer update of the params and, with `counts` (expert loads shaped like the
+    routing biases) and `bias_rate` > 0, the auxiliary-loss-free balancing update of the
+    biases: b += gamma * sign(mean load - load) (DeepSeek-V3 sec. 2.1.2). `step` is left to
+    the caller (see the module docstring)."""
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    model_state = state.model_state
+    if counts is not None and bias_rate:
+        model_state = jax.tree.map(
+            lambda b, c: moe.update_bias(b, c, bias_rate), model_state, counts
+        )
+    return state.replace(params=params, opt_state=opt_state, model_state=model_state)
