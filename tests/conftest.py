@@ -1,9 +1,22 @@
 """Shared fixtures: tiny configs and their initialised params, built once per test session."""
 
 import os
+import shutil
+import tempfile
 
 # Tests run tiny models: XLA's expensive LLVM passes cost compile time and buy nothing here.
 os.environ.setdefault("XLA_FLAGS", "--xla_llvm_disable_expensive_passes=true")
+# One persistent compilation cache for the whole run: the xdist workers and every subprocess
+# (notebooks, the 8-device suite, the CLI tests) inherit it from the controller, so a program
+# compiled once (the tiny model's step, sampler, evaluation) is loaded, not compiled, by the
+# next test that builds it. Compilation is most of a tiny model's test time. A user's
+# JAX_COMPILATION_CACHE_DIR is kept (and not deleted).
+_OWN_CACHE = "JAX_COMPILATION_CACHE_DIR" not in os.environ
+if _OWN_CACHE:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="moe_rl_xla_cache_")
+    os.environ["MOE_RL_TEST_CACHE_OWNER"] = str(os.getpid())
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
@@ -25,3 +38,9 @@ def tiny_dense():
     cfg = make_config("tiny_dense")
     params, state = transformer.init(cfg, jax.random.key(0))
     return cfg, params, state
+
+
+def pytest_unconfigure(config):
+    """The process that made the compilation cache deletes it at the end of the run."""
+    if os.environ.get("MOE_RL_TEST_CACHE_OWNER") == str(os.getpid()):
+        shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
