@@ -35,9 +35,9 @@ def tiny_tokenizer(folder: str, vocab_size: int = 384, documents: int = 2000):
     chat template in tokenizer_config.json."""
     import json
 
-    from moe_rl.data import arithmetic, tokenizers
+    from moe_rl.data import arithmetic, draws, tokenizers
 
-    rng = arithmetic.Random(0)
+    rng = draws.Random(0)
     texts = [arithmetic.document(rng, "r1") for _ in range(documents)]
     tokenizers.train_bpe(texts, vocab_size, folder)
     path = os.path.join(folder, "tokenizer_config.json")

@@ -284,7 +284,7 @@ def plot_expert_shares(
 ) -> str | None:
     """Heatmap per MoE layer: of the routed tokens of each kind (rows), the share each expert
     (columns) received, divided by the uniform share 1/E (1.0: no preference), log colour
-    scale. shares[layer][kind][expert] as made by compare.routing_shares."""
+    scale. shares[layer][kind][expert] as made by probes.routing_shares."""
     shares_NCE = np.asarray(shares, dtype=float)
     if shares_NCE.size == 0:
         return None

@@ -11,7 +11,7 @@ import pytest
 
 from moe_rl.data import corpus, facts, skills
 from moe_rl.models import transformer
-from moe_rl.train import compare
+from moe_rl.train import compare, probes
 from tests.utils import ROOT, make_config
 
 
@@ -66,7 +66,7 @@ def test_routing_shares_match_a_loop_over_tokens():
     N, T, K, C, E = 3, 200, 4, 5, 16
     ids = np.stack([[rng.choice(E, K, replace=False) for _ in range(T)] for _ in range(N)])
     kinds = rng.integers(-1, C - 1, T)  # kind C-1 absent, -1 = padding
-    shares, tokens = compare.routing_shares(ids, kinds, C, E)
+    shares, tokens = probes.routing_shares(ids, kinds, C, E)
     np.testing.assert_allclose(shares, _slow_shares(ids, kinds, C, E), atol=1e-12)
     assert tokens.tolist() == [int(np.sum(kinds == c)) for c in range(C)]
     np.testing.assert_allclose(shares[:, : C - 1].sum(-1), 1.0)  # each present kind sums to 1
@@ -76,10 +76,10 @@ def test_routing_shares_match_a_loop_over_tokens():
 def test_mutual_information_of_routing():
     tokens = np.array([100, 300])
     uniform = np.full((2, 4), 0.25)
-    assert compare.mutual_information_bits(uniform, tokens) == pytest.approx(0.0, abs=1e-12)
+    assert probes.mutual_information_bits(uniform, tokens) == pytest.approx(0.0, abs=1e-12)
     apart = np.array([[0.5, 0.5, 0, 0], [0, 0, 0.5, 0.5]])  # kinds never share an expert
     p = tokens / tokens.sum()
-    assert compare.mutual_information_bits(apart, tokens) == pytest.approx(-np.sum(p * np.log2(p)))
+    assert probes.mutual_information_bits(apart, tokens) == pytest.approx(-np.sum(p * np.log2(p)))
 
 
 @pytest.mark.parametrize("scan", [False, True])
@@ -90,11 +90,11 @@ def test_expert_choices_are_the_forward_passes_routing(scan):
     params, state = transformer.init(cfg, jax.random.key(0))
     state = jax.tree.map(lambda b: jax.random.normal(jax.random.key(1), b.shape) * 0.1, state)
     docs = list(facts.documents(6, 10, 0, "train"))
-    batch = compare.document_batch(docs, len(facts.KINDS) - 1)
+    batch = probes.document_batch(docs, len(facts.KINDS) - 1)
     _, _, aux = transformer.forward(
         cfg, params, state, batch["tokens"], batch["positions"], batch["segment_ids"], mtp=False
     )
-    ids = compare.expert_choices(cfg, params, state, batch)
+    ids = probes.expert_choices(cfg, params, state, batch)
     assert ids.shape == (cfg.num_moe_layers, *batch["tokens"].shape, cfg.num_experts_per_tok)
     valid = batch["segment_ids"] > 0
     counts = np.stack([np.bincount(ids[n][valid].ravel(), minlength=cfg.n_routed_experts)
@@ -105,7 +105,7 @@ def test_expert_choices_are_the_forward_passes_routing(scan):
 def test_document_batch_kinds_follow_the_spans():
     docs = list(skills.documents(3, 5, 1.0, 0, "validation"))
     other = len(skills.kinds(5)) - 1
-    batch = compare.document_batch(docs, other)
+    batch = probes.document_batch(docs, other)
     assert batch["tokens"].shape[1] % 8 == 0
     for r, doc in enumerate(docs):
         n = len(doc.text) + 2
@@ -122,8 +122,8 @@ def test_kind_losses_average_the_measured_kinds(tiny):
     cfg, params, state = tiny
     kinds = skills.kinds(3)
     docs = list(skills.documents(4, 3, 0.0, 0, "validation"))
-    batch = compare.document_batch(docs, len(kinds) - 1)
-    out = compare.kind_losses(cfg, params, state, batch, kinds, measured=3)
+    batch = probes.document_batch(docs, len(kinds) - 1)
+    out = probes.kind_losses(cfg, params, state, batch, kinds, measured=3)
     logits, _, _ = transformer.forward(
         cfg, params, state, batch["tokens"], batch["positions"], batch["segment_ids"], mtp=False
     )

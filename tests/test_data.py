@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from moe_rl.data import arithmetic, corpus, facts, labelled, packing, skills
+from moe_rl.data import arithmetic, corpus, countdown_docs, draws, facts, labelled, packing, skills
 from moe_rl.data.tokenizers import ByteTokenizer, HFTokenizer, get_tokenizer, train_bpe
 
 BYTE = ByteTokenizer()
@@ -173,16 +173,16 @@ def _fact_holds(fact: str) -> bool:
 
 @pytest.mark.parametrize("kind", sorted(arithmetic.KINDS))
 def test_generated_problems_are_right_unless_wrong(kind):
-    rng = arithmetic.Random(0)
+    rng = draws.Random(0)
     make = getattr(arithmetic, kind)
     assert all(_fact_holds(make(rng, wrong=False).fact) for _ in range(300))
     assert np.mean([not _fact_holds(make(rng, wrong=True).fact) for _ in range(300)]) > 0.8
 
 
 def test_countdown_solutions_use_each_number_once():
-    rng = arithmetic.Random(1)
+    rng = draws.Random(1)
     for _ in range(300):
-        numbers, target, solution, _ = arithmetic.countdown_puzzle(rng, 4, 10, 100)
+        numbers, target, solution, _ = countdown_docs.countdown_puzzle(rng, 4, 10, 100)
         assert sorted(map(int, re.findall(r"\d+", solution))) == sorted(numbers)
         assert _evaluate(solution) == target and target not in numbers and 1 <= target <= 100
 
@@ -218,7 +218,7 @@ def test_r1_mix_leans_to_the_think_format_and_is_named_in_the_config():
     assert len(columns) > 50
     # Most additions go by columns (the rest by a running sum of place parts), each column
     # stating the digits written so far; the last line's number is the answer.
-    rng = arithmetic.Random(0)
+    rng = draws.Random(0)
     sums = [arithmetic.addition(rng, False, column=0.8, so_far=True) for _ in range(400)]
     by_columns = [p for p in sums if p.steps[0].startswith("Ones:")]
     assert 0.72 < len(by_columns) / len(sums) < 0.88
@@ -249,11 +249,11 @@ def test_r1_mix_leans_to_the_think_format_and_is_named_in_the_config():
 
 
 def test_countdown_search_tries_until_a_checked_hit():
-    rng = arithmetic.Random(2)
+    rng = draws.Random(2)
     step = re.compile(r"(\d+) ([-+*/]) (\d+) = (\d+)")
     found = tries_seen = 0
     for _ in range(400):
-        p = arithmetic.countdown_search(rng, wrong=False, max_tries=6)
+        p = countdown_docs.countdown_search(rng, wrong=False, max_tries=6)
         numbers, target = _countdown_question(p.question)
         tries = [w for w in p.steps if w.startswith("Try ")]
         assert 1 <= len(tries) <= 6
@@ -276,7 +276,7 @@ def test_countdown_search_tries_until_a_checked_hit():
         tries_seen += len(tries)
     assert 0.15 < found / 400 < 0.6 and 2 < tries_seen / 400 < 4
     # Wrong searches: a try's last step slips or claims the target (a false hit).
-    wrong = [arithmetic.countdown_search(rng, wrong=True) for _ in range(300)]
+    wrong = [countdown_docs.countdown_search(rng, wrong=True) for _ in range(300)]
     claims = [p for p in wrong if p.steps[-1].endswith("found it.")]
     assert any(_evaluate(p.answer) != _countdown_question(p.question)[1] for p in claims)
 
@@ -289,9 +289,9 @@ def _countdown_question(question: str) -> tuple[list[int], int]:
 
 
 def test_step_facts_are_the_steps_of_tries_and_right_unless_wrong():
-    rng = arithmetic.Random(3)
+    rng = draws.Random(3)
     for wrong in (False, True):
-        facts_ = [arithmetic.step_facts(rng, wrong) for _ in range(200)]
+        facts_ = [countdown_docs.step_facts(rng, wrong) for _ in range(200)]
         lines = [line for f in facts_ for line in f.fact.split("\n")[1:]]
         assert len(lines) >= 6 * 200
         right = np.mean([_fact_holds(line) for line in lines])

@@ -19,13 +19,12 @@ The phrasings include those of the RL tasks (`moe_rl.data.tasks`): "Compute 12 +
 
 from __future__ import annotations
 
-import bisect
 import dataclasses
 import functools
-import itertools
 from collections.abc import Iterator, Sequence
 
-import numpy as np
+from moe_rl.data.countdown_docs import countdown, countdown_search, step_facts
+from moe_rl.data.draws import Random, Solved, choice, number, slip, weighted
 
 # Half of the think-style documents are the R1-Zero prompt (R1 paper, Table 1) and a response.
 from moe_rl.data.tasks.templates import R1_ZERO_TEMPLATE
@@ -43,60 +42,6 @@ STYLES = {"answer": 0.30, "worked": 0.35, "think": 0.15, "prose": 0.10, "workshe
 WRONG_RATE = 0.25
 
 
-@dataclasses.dataclass
-class Solved:
-    """One problem rendered in parts; the styles assemble documents from them."""
-
-    question: str
-    steps: list[str]  # worked reasoning, one sentence each
-    answer: str  # what goes after "Answer:" or inside <answer>
-    fact: str  # one line stating the result, for prose and worksheets
-
-
-class Random:
-    """Uniform draws from a seeded numpy Generator, fetched in blocks: one scalar numpy call
-    costs microseconds, and a document needs dozens of draws."""
-
-    def __init__(self, seed: int | Sequence[int]):
-        self._rng = np.random.default_rng(seed)
-        self._block: list[float] = []
-
-    def random(self) -> float:
-        if not self._block:
-            self._block = self._rng.random(4096).tolist()[::-1]
-        return self._block.pop()
-
-    def below(self, n: int) -> int:
-        """Uniform in 0..n-1."""
-        i = int(self.random() * n)
-        return i if i < n else n - 1  # u * n can round up to n
-
-    def integers(self, low: int, high: int) -> int:
-        """Uniform in low..high-1, like numpy's."""
-        return low + self.below(high - low)
-
-
-def _choice(rng: Random, seq: Sequence):
-    return seq[rng.below(len(seq))]
-
-
-def _weighted(rng: Random, table: dict[str, float]) -> str:
-    names = list(table)
-    cdf = list(itertools.accumulate(table.values()))
-    return names[min(bisect.bisect(cdf, rng.random() * cdf[-1]), len(names) - 1)]
-
-
-def _number(rng: Random, digits: int) -> int:
-    low = 0 if digits == 1 else 10 ** (digits - 1)
-    return rng.integers(low, 10**digits)
-
-
-def _slip(rng: Random, value: int) -> int:
-    """A plausible arithmetic mistake: off by one, by ten, or by a few."""
-    delta = _choice(rng, (1, 1, 2, 10, 10, 100 if value >= 100 else 3))
-    return value + delta if rng.random() < 0.5 or value - delta < 0 else value - delta
-
-
 def _running(
     rng: Random, start: int, moves: list[tuple[str, int]], wrong: bool
 ) -> tuple[list[str], int]:
@@ -106,7 +51,7 @@ def _running(
     for i, (op, y) in enumerate(moves):
         new = value + y if op == "+" else value - y if op == "-" else value * y
         if i == bad:
-            new = _slip(rng, new)
+            new = slip(rng, new)
         steps.append(f"{value} {op} {y} = {new}.")
         value = new
     return steps, value
@@ -159,14 +104,14 @@ def addition(
     rng: Random, wrong: bool, restate: bool = False, column: float = 0.5, so_far: bool = False
 ) -> Solved:
     """a + b worked by columns (probability `column`) or by a running sum of b's place parts."""
-    a, b = _number(rng, rng.integers(1, 5)), _number(rng, rng.integers(1, 4))
+    a, b = number(rng, rng.integers(1, 5)), number(rng, rng.integers(1, 4))
     if rng.random() < column:
         steps, result = _column_addition(rng, a, b, wrong, so_far)
         if restate:  # copy the operands next to the work: easier for a small model to attend
             steps.insert(0, f"{a} + {b} by columns.")
     else:
         steps, result = _running(rng, a, [("+", p) for p in _place_parts(b)], wrong)
-    question = _choice(
+    question = choice(
         rng,
         (
             f"What is {a} + {b}?",
@@ -177,7 +122,7 @@ def addition(
             f"Add {a} and {b}.",
         ),
     )
-    fact = _choice(rng, (f"{a} + {b} = {result}", f"{a} plus {b} is {result}."))
+    fact = choice(rng, (f"{a} + {b} = {result}", f"{a} plus {b} is {result}."))
     return Solved(question, steps, str(result), fact)
 
 
@@ -190,18 +135,18 @@ def facts(rng: Random, wrong: bool) -> Solved:
     for i in range(n):
         x, y, c = rng.below(10), rng.below(10), rng.below(2)
         s = x + y + c
-        s = _slip(rng, s) if i == bad else s
+        s = slip(rng, s) if i == bad else s
         lines.append(f"{x} + {y}" + (" + 1" if c else "") + f" = {s}")
-    title = _choice(rng, ("Addition facts:", "Quick sums:", "Drill:", "Mental math:"))
+    title = choice(rng, ("Addition facts:", "Quick sums:", "Drill:", "Mental math:"))
     text = title + "\n" + "\n".join(lines)
     return Solved(text, [], lines[-1].rsplit(" ", 1)[-1], text)
 
 
 def subtraction(rng: Random, wrong: bool) -> Solved:
-    a, b = _number(rng, rng.integers(2, 5)), _number(rng, rng.integers(1, 4))
+    a, b = number(rng, rng.integers(2, 5)), number(rng, rng.integers(1, 4))
     a, b = max(a, b), min(a, b)
     steps, result = _running(rng, a, [("-", p) for p in _place_parts(b)], wrong)
-    question = _choice(
+    question = choice(
         rng,
         (
             f"What is {a} - {b}?",
@@ -212,17 +157,17 @@ def subtraction(rng: Random, wrong: bool) -> Solved:
             f"How much is left if you take {b} away from {a}?",
         ),
     )
-    fact = _choice(rng, (f"{a} - {b} = {result}", f"{a} minus {b} is {result}."))
+    fact = choice(rng, (f"{a} - {b} = {result}", f"{a} minus {b} is {result}."))
     return Solved(question, steps, str(result), fact)
 
 
 def multiplication(rng: Random, wrong: bool) -> Solved:
-    a, b = _number(rng, rng.integers(1, 4)), _number(rng, rng.integers(1, 3))
+    a, b = number(rng, rng.integers(1, 4)), number(rng, rng.integers(1, 3))
     if b >= 10:  # split the multiplier: 47 * 38 = 47 * 30 + 47 * 8
         parts = _place_parts(b)
         products = [a * p for p in parts]
         bad = rng.below(len(parts)) if wrong else -1
-        products = [_slip(rng, q) if i == bad else q for i, q in enumerate(products)]
+        products = [slip(rng, q) if i == bad else q for i, q in enumerate(products)]
         split = " + ".join(f"{a} * {p}" for p in parts)
         steps = [f"{a} * {b} = {split}."]
         steps += [f"{a} * {p} = {q}." for p, q in zip(parts, products, strict=True)]
@@ -232,11 +177,11 @@ def multiplication(rng: Random, wrong: bool) -> Solved:
         parts = _place_parts(a)
         products = [p * b for p in parts]
         bad = rng.below(len(parts)) if wrong else -1
-        products = [_slip(rng, q) if i == bad else q for i, q in enumerate(products)]
+        products = [slip(rng, q) if i == bad else q for i, q in enumerate(products)]
         result = sum(products)
         split = " + ".join(f"{p} * {b}" for p in parts)
         steps = [f"{a} * {b} = {split} = " + " + ".join(map(str, products)) + f" = {result}."]
-    question = _choice(
+    question = choice(
         rng,
         (
             f"What is {a} * {b}?",
@@ -247,21 +192,21 @@ def multiplication(rng: Random, wrong: bool) -> Solved:
             f"Find the product of {a} and {b}.",
         ),
     )
-    fact = _choice(rng, (f"{a} * {b} = {result}", f"{a} times {b} is {result}."))
+    fact = choice(rng, (f"{a} * {b} = {result}", f"{a} times {b} is {result}."))
     return Solved(question, steps, str(result), fact)
 
 
 def expression(rng: Random, wrong: bool) -> Solved:
     """2-4 two-digit numbers joined by + - *: products first, then left to right."""
     values = [rng.integers(0, 100) for _ in range(rng.integers(2, 5))]
-    ops = [_choice(rng, "+-*") for _ in values[1:]]
+    ops = [choice(rng, "+-*") for _ in values[1:]]
     expr = str(values[0]) + "".join(f" {op} {v}" for op, v in zip(ops, values[1:], strict=True))
     bad = rng.below(len(ops)) if wrong else -1
     steps, terms, signs = [], [values[0]], []
     for op, v in zip(ops, values[1:], strict=True):  # products first
         if op == "*":
             product = terms[-1] * v
-            product = _slip(rng, product) if len(steps) == bad else product
+            product = slip(rng, product) if len(steps) == bad else product
             steps.append(f"{terms[-1]} * {v} = {product}.")
             terms[-1] = product
         else:
@@ -270,12 +215,12 @@ def expression(rng: Random, wrong: bool) -> Solved:
     result = terms[0]
     for op, v in zip(signs, terms[1:], strict=True):  # then sums, left to right
         new = result + v if op == "+" else result - v
-        new = _slip(rng, new) if len(steps) == bad else new
+        new = slip(rng, new) if len(steps) == bad else new
         steps.append(f"{result} {op} {v} = {new}.")
         result = new
     if len(steps) > 1:
         steps.insert(0, "Multiplication first." if "*" in ops else "Left to right.")
-    question = _choice(
+    question = choice(
         rng, (f"Compute {expr}", f"What is {expr}?", f"Evaluate {expr}.", f"{expr} = ?")
     )
     return Solved(question, steps, str(result), f"{expr} = {result}")
@@ -288,7 +233,7 @@ def chain(rng: Random, wrong: bool) -> Solved:
     if rng.random() < 0.6:
         moves = [("+", v) for v in values[1:]]
         expr = " + ".join(map(str, values))
-        question = _choice(
+        question = choice(
             rng,
             (
                 f"What is {expr}?",
@@ -304,8 +249,8 @@ def chain(rng: Random, wrong: bool) -> Solved:
             total = total + v if op == "+" else total - v
             moves.append((op, v))
         expr = str(values[0]) + "".join(f" {op} {v}" for op, v in moves)
-        thing = _choice(rng, ("apples", "marbles", "coins", "stickers", "books", "points"))
-        name = _choice(rng, ("Ana", "Ben", "Chen", "Dara", "Eli", "Femi", "Gus", "Hana"))
+        thing = choice(rng, ("apples", "marbles", "coins", "stickers", "books", "points"))
+        name = choice(rng, ("Ana", "Ben", "Chen", "Dara", "Eli", "Femi", "Gus", "Hana"))
         events = [f"{'gets' if op == '+' else 'gives away'} {v}" for op, v in moves]
         question = (
             f"{name} has {values[0]} {thing}, then {', then '.join(events)}. "
@@ -319,183 +264,21 @@ def missing(rng: Random, wrong: bool) -> Solved:
     """Find the missing number: solve a one-step equation by the inverse operation."""
     form = rng.below(3)
     if form == 0:
-        x, b = _number(rng, 2), _number(rng, rng.integers(1, 3))
+        x, b = number(rng, 2), number(rng, rng.integers(1, 3))
         puzzle, inverse, c = "? + {b} = {c}", "{c} - {b}", x + b
     elif form == 1:
-        b, c = _number(rng, rng.integers(1, 3)), _number(rng, 2)
+        b, c = number(rng, rng.integers(1, 3)), number(rng, 2)
         puzzle, inverse, x = "? - {b} = {c}", "{c} + {b}", b + c
     else:
         x, b = rng.integers(2, 13), rng.integers(2, 13)
         puzzle, inverse, c = "{b} * ? = {c}", "{c} / {b}", x * b
     puzzle, inverse = puzzle.format(b=b, c=c), inverse.format(b=b, c=c)
-    answer = _slip(rng, x) if wrong else x
-    question = _choice(
+    answer = slip(rng, x) if wrong else x
+    question = choice(
         rng, (f"Find the missing number: {puzzle}", f"What number goes in the blank? {puzzle}")
     )
     steps = [f"The missing number is {inverse} = {answer}."]
     return Solved(question, steps, str(answer), puzzle.replace("?", str(answer)))
-
-
-# Countdown: combine the given numbers with + - * / (exact integer division) to hit a target.
-_PREC = {"+": 1, "-": 1, "*": 2, "/": 2}
-
-
-def _join(op: str, left: tuple[str, int], right: tuple[str, int]) -> tuple[str, int]:
-    """(text, precedence) of `left op right` with only the parentheses it needs."""
-    p = _PREC[op]
-    lt = f"({left[0]})" if left[1] < p else left[0]
-    rt = f"({right[0]})" if right[1] < p or (right[1] == p and op in "-/") else right[0]
-    return f"{lt} {op} {rt}", p
-
-
-def _combine(rng: Random, numbers: list[int]) -> tuple[int, str, list[str]]:
-    """A random expression using every number once: (value, text, steps 'x op y = z').
-
-    Intermediate values stay positive integers: subtraction puts the larger number first,
-    division happens only when exact.
-    """
-    pool = [(n, (str(n), 3)) for n in numbers]
-    steps = []
-    while len(pool) > 1:
-        i, j = rng.below(len(pool)), rng.below(len(pool) - 1)
-        j += j >= i  # two distinct picks
-        (x, ex), (y, ey) = pool[i], pool[j]
-        ops = ["+", "*"] + (["-"] if x != y else []) + (["/"] if _divides(x, y) else [])
-        op = _choice(rng, ops)
-        if op == "-" and x < y or op == "/" and not (y > 1 and x % y == 0):
-            (x, ex), (y, ey) = (y, ey), (x, ex)
-        z = x + y if op == "+" else x - y if op == "-" else x * y if op == "*" else x // y
-        steps.append(f"{x} {op} {y} = {z}")
-        pool = [p for k, p in enumerate(pool) if k not in (i, j)] + [(z, _join(op, ex, ey))]
-    value, (text, _) = pool[0]
-    return value, text, steps
-
-
-def _divides(x: int, y: int) -> bool:
-    return (y > 1 and x % y == 0) or (x > 1 and y % x == 0)
-
-
-def countdown_puzzle(
-    rng: Random, num_numbers: int, max_value: int, max_target: int
-) -> tuple[list[int], int, str, list[str]]:
-    """(numbers, target, a solution expression, its steps): numbers in 1..max_value, combined
-    by a random expression over all of them into a target in 1..max_target that is not one of
-    the numbers (as the Countdown RL task draws them)."""
-    while True:
-        numbers = [rng.integers(1, max_value + 1) for _ in range(num_numbers)]
-        target, text, steps = _combine(rng, numbers)
-        if 1 <= target <= max_target and target not in numbers:
-            return numbers, target, text, steps
-
-
-def countdown(rng: Random, wrong: bool) -> Solved:
-    small = rng.random() < 0.5
-    numbers, target, solution, steps = countdown_puzzle(
-        rng, 3 if rng.random() < 0.6 else 4, 10 if small else 99, 100 if small else 999
-    )
-    listed = ", ".join(map(str, numbers))
-    question = _choice(
-        rng,
-        (
-            f"Using the numbers [{listed}], create an equation that equals {target}. You can use "
-            f"+ - * / and each number {_choice(rng, ('at most once', 'exactly once'))}",
-            f"Using the numbers [{listed}], create an equation that equals {target}. You can use "
-            "basic arithmetic operations (+, -, *, /) and each number can only be used once.",
-            f"Reach {target} using the numbers {listed} with +, -, * and /. "
-            "Each number may be used at most once.",
-            f"Numbers: {' '.join(map(str, numbers))}. Target: {target}. Combine the numbers "
-            "with + - * / to make the target.",
-            f"Make {target} from {listed}, using each number once.",
-        ),
-    )
-    work = []
-    for _ in range(_choice(rng, (0, 0, 1, 1, 2))):  # failed attempts: search in the text
-        value, text, _ = _combine(rng, numbers)
-        if value != target:
-            gap = "too big" if value > target else f"{target - value} short"
-            work.append(f"Try {text} = {value}, {gap}.")
-    if wrong:  # a wrong expression, its last step claimed to hit the target
-        value, solution, steps = _combine(rng, numbers)
-        if value != target:
-            steps[-1] = steps[-1].rsplit("=", 1)[0] + f"= {target}"
-    work.append(f"Try {solution}: " + ", ".join(steps) + ".")
-    work.append(f"So {solution} = {target}.")
-    fact = f"With {listed} you can make {target}: {solution} = {target}."
-    return Solved(question, work, solution, fact)
-
-
-def _attempt(
-    rng: Random, numbers: list[int], seen: set[str], tries: int = 8
-) -> tuple[int, str, list[str]]:
-    """A random expression over all the numbers (see `_combine`) not in `seen`, if one is found
-    in `tries` draws: a searcher does not try the same expression twice."""
-    for _ in range(tries):
-        value, text, steps = _combine(rng, numbers)
-        if text not in seen:
-            break
-    seen.add(text)
-    return value, text, steps
-
-
-def countdown_search(rng: Random, wrong: bool, max_tries: int = 6) -> Solved:
-    """Countdown solved by trial and checking, as a person without a method does it.
-
-    The writer is willing to try 1..max_tries expressions (uniform). Each try is a new random
-    expression over the numbers, worked step by step and compared with the target: "Try
-    (7 + 5) * 3: 7 + 5 = 12, 12 * 3 = 36, not 22." The search stops at the first expression that
-    reaches the target ("3 * 5 = 15, 15 + 7 = 22, found it."), which is the answer; a writer
-    whose tries run out answers the last one anyway ("I stop here."), a wrong answer. So success
-    grows with the number of tries, and the corpus has short and long searches: what RL can
-    learn is to keep trying. If wrong, one try's last step slips (off by a little), or claims
-    the target when it does not reach it (half each); either is carried to the end.
-    3 numbers from 1..10, targets up to 100, as the Countdown RL task draws them.
-    """
-    numbers, target, _, _ = countdown_puzzle(rng, 3, 10, 100)
-    budget = rng.integers(1, max_tries + 1)
-    bad = rng.below(budget) if wrong else -1
-    seen: set[str] = set()
-    work, text = [], ""
-    for k in range(budget):
-        value, text, steps = _attempt(rng, numbers, seen)
-        if k == bad:
-            value = target if rng.random() < 0.5 else _slip(rng, value)
-            steps[-1] = steps[-1].rsplit("=", 1)[0] + f"= {value}"
-        hit = value == target
-        verdict = "found it" if hit else f"not {target}"
-        work.append(f"Try {text}: {', '.join(steps)}, {verdict}.")
-        if hit:
-            break
-    else:
-        work.append("I stop here.")
-    listed = ", ".join(map(str, numbers))
-    question = _choice(
-        rng,
-        (
-            f"Using the numbers [{listed}], create an equation that equals {target}. You can use "
-            "+ - * / and each number at most once",
-            f"Using the numbers [{listed}], create an equation that equals {target}. You can use "
-            "basic arithmetic operations (+, -, *, /) and each number can only be used once.",
-            f"Reach {target} using the numbers {listed} with +, -, * and /. "
-            "Each number may be used at most once.",
-        ),
-    )
-    fact = f"With {listed}: {text} = {target}."  # a short think: a bare claim
-    return Solved(question, work, text, fact)
-
-
-def step_facts(rng: Random, wrong: bool) -> Solved:
-    """A drill of the steps Countdown tries are made of ("12 * 3 = 36"): the steps of random
-    expressions over 3 numbers from 1..10. If wrong, one of them slips."""
-    lines: list[str] = []
-    while len(lines) < 6:
-        lines += _combine(rng, [rng.integers(1, 11) for _ in range(3)])[2]
-    if wrong:
-        i = rng.below(len(lines))
-        left, right = lines[i].rsplit("= ", 1)
-        lines[i] = f"{left}= {_slip(rng, int(right))}"
-    title = _choice(rng, ("Steps:", "Practice:", "Mental math:", "Quick ones:"))
-    text = title + "\n" + "\n".join(lines)
-    return Solved(text, [], lines[-1].rsplit(" ", 1)[-1], text)
 
 
 _MAKERS = {
@@ -578,16 +361,16 @@ MIXES = {
 def document(rng: Random, mix: str = "default") -> str:
     """One random document: a kind of problem rendered in a style, wrong WRONG_RATE of the time."""
     m = MIXES[mix]
-    kind = _weighted(rng, m.kinds)
+    kind = weighted(rng, m.kinds)
     make = _MAKERS[kind]
     if kind == "addition":
         make = functools.partial(addition, restate=m.restate, column=m.column, so_far=m.so_far)
     if kind in ("facts", "step_facts"):  # a drill is its own document, in no style
         return make(rng, rng.random() < m.wrong_rate).fact
-    style = _weighted(rng, m.styles)
+    style = weighted(rng, m.styles)
     if style == "worksheet":
         lines = [make(rng, rng.random() < m.wrong_rate).fact for _ in range(rng.integers(3, 7))]
-        title = _choice(rng, ("Practice:", "Worksheet", "Exercises", "Check these:"))
+        title = choice(rng, ("Practice:", "Worksheet", "Exercises", "Check these:"))
         return title + "\n" + "\n".join(lines)
     p = make(rng, rng.random() < m.wrong_rate)
     if style == "prose":
@@ -603,11 +386,11 @@ def document(rng: Random, mix: str = "default") -> str:
             return f"{prompt} {reply}"
         plain = r < m.template + (1 - m.template) / 2
         return f"Question: {p.question}\nAnswer: {reply}" if plain else f"{p.question}\n{reply}"
-    ask, tell = _choice(rng, _LABELS) if rng.random() < 0.5 else _LABELS[0]
+    ask, tell = choice(rng, _LABELS) if rng.random() < 0.5 else _LABELS[0]
     if style == "answer":
         return f"{ask} {p.question}\n{tell} {p.answer}"
     sep = "\n" if rng.random() < 0.5 else " "
-    end = _choice(rng, (f"So the answer is {p.answer}.", f"The answer is {p.answer}."))
+    end = choice(rng, (f"So the answer is {p.answer}.", f"The answer is {p.answer}."))
     return f"{ask} {p.question}\n{tell} {sep.join(p.steps)}{sep}{end}"
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 
-from moe_rl.data import arithmetic
+from moe_rl.data import arithmetic, draws
 from moe_rl.data.tasks import Example
 from moe_rl.data.tasks.templates import format_prompt
 
@@ -33,7 +33,7 @@ def worked_sum(expression: str) -> tuple[list[str], int]:
             f"{expression!r} (config.task: the arithmetic task with operators='+')"
         )
     terms = [int(t) for t in expression.split("+")]
-    rng = arithmetic.Random(0)  # only read by a deliberately wrong column: never here
+    rng = draws.Random(0)  # only read by a deliberately wrong column: never here
     steps, total = [], terms[0]
     for term in terms[1:]:
         columns, result = arithmetic._column_addition(rng, total, term, wrong=False)

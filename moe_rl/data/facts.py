@@ -30,7 +30,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 
 from moe_rl.data import labelled
-from moe_rl.data.arithmetic import Random
+from moe_rl.data.draws import Random
 from moe_rl.data.labelled import Document
 
 ATTRIBUTES = ("birth_date", "birth_city", "university", "major", "employer")
