@@ -62,14 +62,26 @@ def tiny_model(arch: str, vocab_size: int, seed: int = 0):
 
     torch.manual_seed(seed)
     common = dict(
-        vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, max_position_embeddings=512, tie_word_embeddings=False,
-    )  # fmt: skip
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=512,
+        tie_word_embeddings=False,
+    )
     mla = dict(
-        kv_lora_rank=32, qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=16,
-        num_key_value_heads=4, moe_intermediate_size=32, n_routed_experts=8, n_shared_experts=1,
-        num_experts_per_tok=2, first_k_dense_replace=1,
-    )  # fmt: skip
+        kv_lora_rank=32,
+        qk_nope_head_dim=16,
+        qk_rope_head_dim=8,
+        v_head_dim=16,
+        num_key_value_heads=4,
+        moe_intermediate_size=32,
+        n_routed_experts=8,
+        n_shared_experts=1,
+        num_experts_per_tok=2,
+        first_k_dense_replace=1,
+    )
     if arch == "qwen2":
         return transformers.Qwen2ForCausalLM(
             transformers.Qwen2Config(**common, num_key_value_heads=2)
@@ -78,8 +90,9 @@ def tiny_model(arch: str, vocab_size: int, seed: int = 0):
         config = transformers.LlamaConfig(**common, num_key_value_heads=2, head_dim=16)
         return transformers.LlamaForCausalLM(config)
     if arch == "deepseek_v3":
-        config = transformers.DeepseekV3Config(**common, **mla, q_lora_rank=32, n_group=4,
-                                               topk_group=2)  # fmt: skip
+        config = transformers.DeepseekV3Config(
+            **common, **mla, q_lora_rank=32, n_group=4, topk_group=2
+        )
         return transformers.DeepseekV3ForCausalLM(config)
     if arch == "deepseek_v2":
         config = transformers.DeepseekV2Config(**common, **mla, q_lora_rank=None)
@@ -93,14 +106,25 @@ def make_tiny(out: str, arch: str = "qwen2", seed: int = 0) -> str:
         raise ValueError(f"--arch={arch!r}; allowed: {TINY_ARCHS}")
     tokenizer = tiny_tokenizer(out)
     model = tiny_model(arch, tokenizer.vocab_size, seed)
-    model.config.update(dict(bos_token_id=tokenizer.bos_id, eos_token_id=tokenizer.eos_id,
-                             pad_token_id=tokenizer.pad_id))  # fmt: skip
+    model.config.update(
+        dict(
+            bos_token_id=tokenizer.bos_id,
+            eos_token_id=tokenizer.eos_id,
+            pad_token_id=tokenizer.pad_id,
+        )
+    )
     model.save_pretrained(out)
     return out
 
 
-def export(config_path: str, checkpoint_dir: str, out: str, tokenizer: str = "",
-           model_key: str = "model", mtp: bool = True) -> str:  # fmt: skip
+def export(
+    config_path: str,
+    checkpoint_dir: str,
+    out: str,
+    tokenizer: str = "",
+    model_key: str = "model",
+    mtp: bool = True,
+) -> str:
     """The newest checkpoint of a moe_rl workdir as a Hugging Face folder."""
     from moe_rl import evaluate, hf
     from moe_rl.data import tokenizers
@@ -142,8 +166,9 @@ def main(argv=None) -> None:
     if args.command == "tiny":
         print(f"Wrote {make_tiny(args.out, args.arch, args.seed)}")
     else:
-        export(args.config, args.checkpoint, args.out, args.tokenizer, args.model_key,
-               not args.no_mtp)  # fmt: skip
+        export(
+            args.config, args.checkpoint, args.out, args.tokenizer, args.model_key, not args.no_mtp
+        )
 
 
 if __name__ == "__main__":

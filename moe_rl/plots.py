@@ -187,8 +187,13 @@ def plot_balance(runs: dict[str, Rows | str], path: str) -> str | None:
         ax = axes[1]
         for layer in range(bias_SLE.shape[1]):
             for e in range(bias_SLE.shape[2]):
-                ax.plot(steps, bias_SLE[:, layer, e], color=f"C{layer}", linewidth=0.8,
-                        label=f"layer {layer}" if e == 0 else None)  # fmt: skip
+                ax.plot(
+                    steps,
+                    bias_SLE[:, layer, e],
+                    color=f"C{layer}",
+                    linewidth=0.8,
+                    label=f"layer {layer}" if e == 0 else None,
+                )
         ax.set(xlabel="step", title=f"routing bias per expert ({name})" if name else "routing bias")
         ax.grid(alpha=0.3)
         ax.legend()
@@ -265,8 +270,11 @@ def plot_cost_curves(
         ):
             ax = axes[2 * row + col]
             for i, (name, points) in enumerate(curves.items()):
-                pts = [(p[cost], p[key]) for p in points
-                       if p.get(key) is not None and p.get(cost) is not None]  # fmt: skip
+                pts = [
+                    (p[cost], p[key])
+                    for p in points
+                    if p.get(key) is not None and p.get(cost) is not None
+                ]
                 if pts:
                     x, y = zip(*pts, strict=True)
                     style = {"marker": ".", "color": f"C{i}", **(styles or {}).get(name, {})}
@@ -294,14 +302,19 @@ def plot_expert_shares(
     ratio = np.clip(shares_NCE * n_experts, 1e-2, None)
     top = max(float(ratio.max()), 2.0)
     fig, axes = plt.subplots(
-        n_layers, 1, figsize=(max(6, 0.22 * n_experts + 2), 0.45 * n_kinds * n_layers + 1.2),
+        n_layers,
+        1,
+        figsize=(max(6, 0.22 * n_experts + 2), 0.45 * n_kinds * n_layers + 1.2),
         squeeze=False,
-    )  # fmt: skip
+    )
     for layer, ax in enumerate(axes[:, 0]):
         im = ax.imshow(
-            ratio[layer], aspect="auto", cmap="RdBu_r", norm=LogNorm(1 / top, top),
+            ratio[layer],
+            aspect="auto",
+            cmap="RdBu_r",
+            norm=LogNorm(1 / top, top),
             interpolation="nearest",
-        )  # fmt: skip
+        )
         ax.set_yticks(range(n_kinds), kinds)
         ax.set_xticks(range(0, n_experts, max(1, n_experts // 16)))
         ax.set_title(f"MoE layer {layer}: share of a kind's tokens per expert / uniform (1/E)")

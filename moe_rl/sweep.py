@@ -141,8 +141,11 @@ def report(
     with open(os.path.join(workdir, "seeds.md"), "w") as f:
         f.write(f"{header}\n\n{table}\n")
     with open(os.path.join(workdir, "seeds.json"), "w") as f:
-        json.dump({"name": name, "rows": {str(s): r for s, r in rows.items()}, "stats": stats},
-                  f, indent=2)  # fmt: skip
+        json.dump(
+            {"name": name, "rows": {str(s): r for s, r in rows.items()}, "stats": stats},
+            f,
+            indent=2,
+        )
     plot = None
     if figure is not None:
         plot = figure(workdir, list(rows))

@@ -134,8 +134,9 @@ def facts_config(
     if num_people < 1:
         raise ValueError(f"{FACTS}: num_people={num_people} must be >= 1")
     name = f"people{num_people}_train{num_train}_validation{num_validation}_seed{seed}"
-    config = FactsConfig(name, num_people=num_people, num_train=num_train,
-                         num_validation=num_validation, seed=seed)  # fmt: skip
+    config = FactsConfig(
+        name, num_people=num_people, num_train=num_train, num_validation=num_validation, seed=seed
+    )
     return _CONFIGS.setdefault(name, config)
 
 
@@ -153,8 +154,14 @@ def skills_config(
         f"skills{num_skills}_zipf{float(zipf)}_train{num_train}_validation{num_validation}"
         f"_seed{seed}"
     )
-    config = SkillsConfig(name, num_skills=num_skills, zipf=float(zipf), num_train=num_train,
-                          num_validation=num_validation, seed=seed)  # fmt: skip
+    config = SkillsConfig(
+        name,
+        num_skills=num_skills,
+        zipf=float(zipf),
+        num_train=num_train,
+        num_validation=num_validation,
+        seed=seed,
+    )
     return _CONFIGS.setdefault(name, config)
 
 

@@ -104,18 +104,26 @@ def architecture_fields(hf: dict, where: str = "<folder>") -> dict:
         )
     checks = [
         ("hidden_act", hf.get("hidden_act", "silu") == "silu", "'silu'"),
-        ("quantization_config", "quantization_config" not in hf,
-         "absent (dequantize the weights to bf16/fp32 first)"),
+        (
+            "quantization_config",
+            "quantization_config" not in hf,
+            "absent (dequantize the weights to bf16/fp32 first)",
+        ),
         ("mlp_bias", not hf.get("mlp_bias", False), "false"),
         ("use_sliding_window", not hf.get("use_sliding_window", False), "false"),
         ("moe_layer_freq", hf.get("moe_layer_freq", 1) == 1, "1"),
-    ]  # fmt: skip
+    ]
     deepseek = family.startswith("deepseek")
     if deepseek:
         checks.append(("attention_bias", not hf.get("attention_bias", False), "false for MLA"))
     elif family == "llama":
-        checks.append(("attention_bias", not hf.get("attention_bias", False),
-                       "false (Llama's bias includes o_proj)"))  # fmt: skip
+        checks.append(
+            (
+                "attention_bias",
+                not hf.get("attention_bias", False),
+                "false (Llama's bias includes o_proj)",
+            )
+        )
     failed = [f"{k}={hf.get(k)!r} (supported: {allowed})" for k, ok, allowed in checks if not ok]
     unknown = sorted(set(hf) - READ_FIELDS - HARMLESS_FIELDS)
     if unknown:
@@ -169,9 +177,10 @@ def architecture_fields(hf: dict, where: str = "<folder>") -> dict:
     )
     if allowed.get(method) != scoring:
         raise _unsupported(
-            where, f"topk_method={method!r} with scoring_func={scoring!r} is not supported for "
-            f"{archs[0]}; supported: {allowed}"
-        )  # fmt: skip
+            where,
+            f"topk_method={method!r} with scoring_func={scoring!r} is not supported for "
+            f"{archs[0]}; supported: {allowed}",
+        )
     grouped = v3 or method == "group_limited_greedy"
     f.update(
         moe_intermediate_size=hf["moe_intermediate_size"],
@@ -248,17 +257,25 @@ def hf_config(cfg: ModelConfig) -> dict:
 
     fields = lambda *names: {name: getattr(cfg, name) for name in names}
     common = fields(
-        "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-        "num_attention_heads", "rms_norm_eps", "max_position_embeddings", "tie_word_embeddings",
+        "vocab_size",
+        "hidden_size",
+        "intermediate_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "rms_norm_eps",
+        "max_position_embeddings",
+        "tie_word_embeddings",
         "rope_theta",
-    )  # fmt: skip
+    )
     common.update(hidden_act="silu", torch_dtype=cfg.param_dtype)
     if cfg.rope_scaling is not None:
         common["rope_scaling"] = dict(type="yarn", **dataclasses.asdict(cfg.rope_scaling))
     if cfg.attention == "gqa":
         need(not cfg.is_moe, "a GQA model with routed experts (no Qwen2/Llama equivalent)")
-        need(not cfg.rope_interleave, "model.rope_interleave=True with GQA (Qwen2/Llama rotate "
-             "halves)")  # fmt: skip
+        need(
+            not cfg.rope_interleave,
+            "model.rope_interleave=True with GQA (Qwen2/Llama rotate halves)",
+        )
         arch = "Qwen2ForCausalLM" if cfg.attention_bias else "LlamaForCausalLM"
         return dict(
             architectures=[arch],
@@ -268,14 +285,23 @@ def hf_config(cfg: ModelConfig) -> dict:
             attention_bias=False,
             **common,
         )
-    need(cfg.n_shared_experts > 0 or not cfg.is_moe, "model.n_shared_experts=0 (DeepSeek "
-         "MoE layers always have shared experts)")  # fmt: skip
+    need(
+        cfg.n_shared_experts > 0 or not cfg.is_moe,
+        "model.n_shared_experts=0 (DeepSeek MoE layers always have shared experts)",
+    )
     v2 = cfg.is_moe and cfg.scoring_func == "softmax"  # DeepSeek-V2 routing
     moe = fields(
-        "moe_intermediate_size", "n_routed_experts", "n_shared_experts", "num_experts_per_tok",
-        "n_group", "topk_group", "routed_scaling_factor", "norm_topk_prob", "scoring_func",
+        "moe_intermediate_size",
+        "n_routed_experts",
+        "n_shared_experts",
+        "num_experts_per_tok",
+        "n_group",
+        "topk_group",
+        "routed_scaling_factor",
+        "norm_topk_prob",
+        "scoring_func",
         "first_k_dense_replace",
-    )  # fmt: skip
+    )
     moe["topk_method"] = "noaux_tc"
     if not cfg.is_moe:  # every layer dense (n_routed_experts keeps the format's default)
         moe = dict(first_k_dense_replace=cfg.num_hidden_layers, moe_intermediate_size=1)
@@ -284,12 +310,20 @@ def hf_config(cfg: ModelConfig) -> dict:
     )
     mla.update(num_key_value_heads=cfg.num_attention_heads, attention_bias=False)
     if v2:
-        need(not cfg.norm_topk_prob, "model.norm_topk_prob=True with softmax routing "
-             "(transformers' DeepseekV2 never renormalises the gates)")  # fmt: skip
+        need(
+            not cfg.norm_topk_prob,
+            "model.norm_topk_prob=True with softmax routing "
+            "(transformers' DeepseekV2 never renormalises the gates)",
+        )
         need(cfg.rope_interleave, "model.rope_interleave=False (DeepseekV2 rotates pairs)")
         moe["topk_method"] = "greedy" if cfg.n_group == 1 else "group_limited_greedy"
-        return dict(architectures=["DeepseekV2ForCausalLM"], model_type="deepseek_v2",
-                    **mla, **moe, **common)  # fmt: skip
+        return dict(
+            architectures=["DeepseekV2ForCausalLM"],
+            model_type="deepseek_v2",
+            **mla,
+            **moe,
+            **common,
+        )
     return dict(
         architectures=["DeepseekV3ForCausalLM"],
         model_type="deepseek_v3",

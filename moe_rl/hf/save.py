@@ -66,13 +66,18 @@ def save_pretrained(
         state = {}
     if cfg.num_nextn_predict_layers and not with_mtp:
         if mtp:
-            logging.warning("%s has no multi-token prediction: the MTP module is not exported",
-                            config["architectures"][0])  # fmt: skip
+            logging.warning(
+                "%s has no multi-token prediction: the MTP module is not exported",
+                config["architectures"][0],
+            )
         if "num_nextn_predict_layers" in config:
             config["num_nextn_predict_layers"] = 0
     if tokenizer is not None and getattr(tokenizer, "path", None):
-        config.update(bos_token_id=tokenizer.bos_id, eos_token_id=tokenizer.eos_id,
-                      pad_token_id=tokenizer.pad_id)  # fmt: skip
+        config.update(
+            bos_token_id=tokenizer.bos_id,
+            eos_token_id=tokenizer.eos_id,
+            pad_token_id=tokenizer.pad_id,
+        )
     os.makedirs(folder, exist_ok=True)
     for old in glob.glob(os.path.join(folder, "model*.safetensors*")):
         os.remove(old)

@@ -247,12 +247,30 @@ def sparse_dispatch(
     [G,R,D] x [G,D,F]; the slots are sized for the worst routing and the chunks past the last
     copy are skipped with `lax.cond`, so nothing is dropped and empty slots cost almost nothing.
     """
-    return _sparse(x_TD, expert_ids_TK, gates_TK, w_gate_EDF, w_up_EDF, w_down_EFD,
-                   capacity_factor, chunk_rows, absent=False)  # fmt: skip
+    return _sparse(
+        x_TD,
+        expert_ids_TK,
+        gates_TK,
+        w_gate_EDF,
+        w_up_EDF,
+        w_down_EFD,
+        capacity_factor,
+        chunk_rows,
+        absent=False,
+    )
 
 
-def _sparse(x_TD, ids_TK, gates_TK, w_gate_EDF, w_up_EDF, w_down_EFD, capacity_factor,
-            chunk_rows, absent: bool):  # fmt: skip
+def _sparse(
+    x_TD,
+    ids_TK,
+    gates_TK,
+    w_gate_EDF,
+    w_up_EDF,
+    w_down_EFD,
+    capacity_factor,
+    chunk_rows,
+    absent: bool,
+):
     """The sorted dispatch over the E experts of the weights given; with `absent`, id E marks
     copies whose expert is elsewhere (see `_layout`)."""
     T, K = ids_TK.shape
@@ -291,8 +309,17 @@ def local_experts(
             f"model.moe_impl={impl!r} has no expert-parallel form; allowed with "
             "mesh.expert > 1: ('sparse', 'dense')"
         )
-    return _sparse(x_TD, ids_TK, gates_TK, w_gate_EDF, w_up_EDF, w_down_EFD,
-                   capacity_factor, chunk_rows, absent=True)  # fmt: skip
+    return _sparse(
+        x_TD,
+        ids_TK,
+        gates_TK,
+        w_gate_EDF,
+        w_up_EDF,
+        w_down_EFD,
+        capacity_factor,
+        chunk_rows,
+        absent=True,
+    )
 
 
 def ragged_dispatch(x_TD, expert_ids_TK, gates_TK, w_gate_EDF, w_up_EDF, w_down_EFD):

@@ -243,9 +243,14 @@ def forward(
     """
     variables = {"params": params, **state}
     return Transformer(cfg).apply(
-        variables, tokens_BL, positions_BL, segment_ids_BL, cache, mtp=mtp,
+        variables,
+        tokens_BL,
+        positions_BL,
+        segment_ids_BL,
+        cache,
+        mtp=mtp,
         shared_prefix=shared_prefix,
-    )  # fmt: skip
+    )
 
 
 def init_cache(cfg: ModelConfig, batch: int, max_len: int) -> dict:

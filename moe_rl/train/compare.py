@@ -350,6 +350,9 @@ def seed_figure(workdir: str, seeds: list[int]) -> str | None:
     if not curves:
         return None
     return plots.plot_cost_curves(
-        curves, [key], os.path.join(workdir, "seeds.png"), styles=styles,
+        curves,
+        [key],
+        os.path.join(workdir, "seeds.png"),
+        styles=styles,
         title=f"MoE vs dense, {len(seeds)} seeds",
-    )  # fmt: skip
+    )

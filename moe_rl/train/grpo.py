@@ -56,14 +56,18 @@ def validate_grpo_config(config: ml_collections.ConfigDict) -> None:
             "a multiple of num_generations (whole groups) dividing num_questions x "
             f"num_generations = {g.num_questions * g.num_generations}",
         ),
-        ("grpo.overlong_buffer", 0 <= g.overlong_buffer <= config.sampling.max_new_tokens,
-         "in [0, sampling.max_new_tokens]"),
+        (
+            "grpo.overlong_buffer",
+            0 <= g.overlong_buffer <= config.sampling.max_new_tokens,
+            "in [0, sampling.max_new_tokens]",
+        ),
         ("grpo.bias_update_rate", g.bias_update_rate >= 0, ">= 0"),
-    ]  # fmt: skip
+    ]
     for key, ok, allowed in checks:
         if not ok:
-            raise ValueError(f"config.{key}={config[key.split('.')[0]][key.split('.')[1]]!r}; "
-                             f"allowed: {allowed}")  # fmt: skip
+            raise ValueError(
+                f"config.{key}={config[key.split('.')[0]][key.split('.')[1]]!r}; allowed: {allowed}"
+            )
     if g.ratio == "sequence" and max(g.eps_low, g.eps_high) > GSPO_MAX_EPS:
         # A sequence ratio is exp(mean token log-ratio): within ~1e-3 of 1 after one update,
         # so a token-level clip range never clips it.
@@ -341,9 +345,17 @@ class HeldOut:
     def _evaluate(self, params, model_state):
         c = self.config
         return evaluate.evaluate_policy(
-            self.cfg, params, model_state, self.tokenizer, self.task, self.examples,
-            t=c.task, e=c.eval, sp=self.sp, key=jax.random.key(c.seed + 1),
-        )  # fmt: skip
+            self.cfg,
+            params,
+            model_state,
+            self.tokenizer,
+            self.task,
+            self.examples,
+            t=c.task,
+            e=c.eval,
+            sp=self.sp,
+            key=jax.random.key(c.seed + 1),
+        )
 
     def base(self, params, model_state, source: str) -> dict:
         """The base's metrics; saved in eval_base.json and reused on resume when they were
@@ -371,9 +383,14 @@ class HeldOut:
         after, texts, scores, prompts = self._evaluate(params, model_state)
         folder, k = self.workdir, self.k
         evaluate.write_samples(
-            os.path.join(folder, "eval_samples.txt"), self.examples, prompts, texts, scores, k,
+            os.path.join(folder, "eval_samples.txt"),
+            self.examples,
+            prompts,
+            texts,
+            scores,
+            k,
             self.config.eval.num_printed,
-        )  # fmt: skip
+        )
         evaluate.write_completions(
             os.path.join(folder, "eval_policy.jsonl"), self.examples, texts, scores, k
         )

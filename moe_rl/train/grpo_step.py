@@ -60,9 +60,15 @@ def make_update(
 
     def loss_fn(params, model_state, mb, prompt_len, G):
         logits, targets, aux = completion_logits(
-            cfg, params, model_state, mb["tokens"], mb["segment_ids"], mb["positions"],
-            prompt_len, G,
-        )  # fmt: skip
+            cfg,
+            params,
+            model_state,
+            mb["tokens"],
+            mb["segment_ids"],
+            mb["positions"],
+            prompt_len,
+            G,
+        )
         logits = logits.astype(jnp.float32) / (temperature if temperature > 0 else 1.0)
         logp_all = jax.nn.log_softmax(logits, axis=-1)  # [Q, G, N, V]
         logp = jnp.take_along_axis(logp_all, targets[..., None], axis=-1)[..., 0]

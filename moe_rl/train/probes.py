@@ -51,8 +51,10 @@ def _chunks(batch: dict[str, np.ndarray]):
         chunk = {k: v[i : i + EVAL_ROWS] for k, v in batch.items()}
         pad = EVAL_ROWS - chunk["tokens"].shape[0]  # one shape: one compilation
         if pad:
-            chunk = {k: np.pad(v, ((0, pad), (0, 0)), constant_values=-1 if k == "kinds" else 0)
-                     for k, v in chunk.items()}  # fmt: skip
+            chunk = {
+                k: np.pad(v, ((0, pad), (0, 0)), constant_values=-1 if k == "kinds" else 0)
+                for k, v in chunk.items()
+            }
         yield chunk
 
 

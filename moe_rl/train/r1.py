@@ -119,11 +119,22 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     questions = task.examples("train", r.num_questions, seed=r.question_seed)
     print(f"Stage 3: rejection sampling, {r.num_questions} questions x {r.samples_per_question}")
     kept, stats = distill.teacher_dataset(
-        os.path.join(data_dir, "rl_answers.jsonl"), cfg, rl_params, rl_state, tokenizer, task,
-        questions, k=r.samples_per_question, sp=sampling.SamplingParams.from_config(r.sampling),
-        template=t.template, think_opened=t.think_opened, batch_size=config.eval.batch_size,
-        key=jax.random.key(config.seed + 2), shortest_only=r.shortest_only, teacher=rl_source,
-    )  # fmt: skip
+        os.path.join(data_dir, "rl_answers.jsonl"),
+        cfg,
+        rl_params,
+        rl_state,
+        tokenizer,
+        task,
+        questions,
+        k=r.samples_per_question,
+        sp=sampling.SamplingParams.from_config(r.sampling),
+        template=t.template,
+        think_opened=t.think_opened,
+        batch_size=config.eval.batch_size,
+        key=jax.random.key(config.seed + 2),
+        shortest_only=r.shortest_only,
+        teacher=rl_source,
+    )
 
     # 4. SFT of the base on the combined data.
     combined = kept + rows
@@ -204,10 +215,17 @@ def evaluate_checkpoint(config, cfg, tokenizer, task, folder: str, workdir: str,
     params, state, _ = evaluate.load_model(load, cfg)
     test = task.examples("test", config.eval.num_questions, seed=config.task.seed)
     metrics = evaluate.evaluate_policy(
-        cfg, params, state, tokenizer, task, test, t=config.task, e=config.eval,
+        cfg,
+        params,
+        state,
+        tokenizer,
+        task,
+        test,
+        t=config.task,
+        e=config.eval,
         sp=sampling.SamplingParams.from_config(config.eval.sampling),
         key=jax.random.key(config.seed + 1),
-    )[0]  # fmt: skip
+    )[0]
     with open(path, "w") as f:
         json.dump({"of": what, "metrics": metrics}, f, indent=2)
     return metrics

@@ -94,15 +94,28 @@ class Roller:
         P = sampling.bucket(max(map(len, ids)))
         prompt_QP, prompt_len_Q = sampling.left_pad(ids, tok.pad_id, P, len(ids))
         out = sampling.generate(
-            self.cfg, params, model_state, ids, key, self.sp,
-            eos_id=tok.eos_id, pad_id=tok.pad_id, num_samples=G,
-        )  # fmt: skip
+            self.cfg,
+            params,
+            model_state,
+            ids,
+            key,
+            self.sp,
+            eos_id=tok.eos_id,
+            pad_id=tok.pad_id,
+            num_samples=G,
+        )
         tokens, logp, lengths = (np.asarray(a) for a in jax.device_get(out))
         texts = [tok.decode(row[:n]) for row, n in zip(tokens, lengths, strict=True)]
         Q, N = len(ids), tokens.shape[1]
         shape = (Q, G, N)
-        return (texts, tokens.reshape(shape), logp.reshape(shape), lengths.reshape(Q, G),
-                prompt_QP, prompt_len_Q)  # fmt: skip
+        return (
+            texts,
+            tokens.reshape(shape),
+            logp.reshape(shape),
+            lengths.reshape(Q, G),
+            prompt_QP,
+            prompt_len_Q,
+        )
 
     def score(self, texts, examples_S, lengths):
         g = self.g
@@ -141,10 +154,15 @@ class Roller:
             for q in range(Q):
                 rows = slice(q * G, (q + 1) * G)
                 group = dict(
-                    prompt=prompt[q], prompt_len=prompt_len[q], tokens=tokens[q], logp=logp[q],
-                    lengths=lengths[q], texts=texts[rows], examples=examples_S[rows],
+                    prompt=prompt[q],
+                    prompt_len=prompt_len[q],
+                    tokens=tokens[q],
+                    logp=logp[q],
+                    lengths=lengths[q],
+                    texts=texts[rows],
+                    examples=examples_S[rows],
                     rewards={k: v[rows] for k, v in r.items()},
-                )  # fmt: skip
+                )
                 informative = np.ptp(r["accuracy"][rows]) > 0
                 (kept if informative or not g.dynamic_sampling else spare).append(group)
             rounds += 1
@@ -153,9 +171,11 @@ class Roller:
         zero_var = np.mean([np.ptp(gr["rewards"]["accuracy"]) == 0 for gr in groups])
         P = max(len(gr["prompt"]) for gr in groups)
         prompt_QP = np.stack(
-            [np.pad(gr["prompt"], (P - len(gr["prompt"]), 0), constant_values=tok.pad_id)
-             for gr in groups]
-        )  # fmt: skip
+            [
+                np.pad(gr["prompt"], (P - len(gr["prompt"]), 0), constant_values=tok.pad_id)
+                for gr in groups
+            ]
+        )
         stack = lambda key: np.stack([gr[key] for gr in groups])
         tokens_QGN, lengths_QG = stack("tokens"), stack("lengths")
         tokens_QL, seg_QL, pos_QL = pack_groups(
