@@ -18,6 +18,7 @@ from moe_rl.train import (
     distill_data,
     distill_loss,
     distill_vs_rl,
+    gkd,
     lm,
     loop,
     train_state,
@@ -240,12 +241,12 @@ def test_distill_vs_rl_checks_the_student_grpo_settings_before_anything_runs(tmp
 
 
 def test_pair_rows_masks_exactly_the_completion_tokens():
-    arrays = distill.pair_rows([[1, 5, 6], [1, 7]], [[8, 9, 2], [3]], seq_len=6, pad_id=0)
+    arrays = gkd.pair_rows([[1, 5, 6], [1, 7]], [[8, 9, 2], [3]], seq_len=6, pad_id=0)
     np.testing.assert_array_equal(arrays["tokens"], [[1, 5, 6, 8, 9, 2], [1, 7, 3, 0, 0, 0]])
     np.testing.assert_array_equal(arrays["loss_mask"], [[0, 0, 0, 1, 1, 1], [0, 0, 1, 0, 0, 0]])
     np.testing.assert_array_equal(arrays["segment_ids"], [[1] * 6, [1, 1, 1, 0, 0, 0]])
     # Cut at seq_len: the prompt stays, the completion's tail goes.
-    cut = distill.pair_rows([[1, 5, 6]], [[8, 9, 2, 4]], seq_len=5, pad_id=0)
+    cut = gkd.pair_rows([[1, 5, 6]], [[8, 9, 2, 4]], seq_len=5, pad_id=0)
     np.testing.assert_array_equal(cut["loss_mask"], [[0, 0, 0, 1, 1]])
     # Through the KD loss's mask: the targets are the completion tokens only.
     mask = lm.target_mask(arrays["segment_ids"], arrays["loss_mask"], 1)
@@ -254,14 +255,14 @@ def test_pair_rows_masks_exactly_the_completion_tokens():
 
 def test_gkd_batches_are_deterministic_by_step_and_mix_on_policy_at_rate_lambda():
     rows = [{"prompt": f"q{i}", "completion": f"a{i}"} for i in range(10)]
-    a = distill.GKDBatches(rows, 4, 0.3, seed=0)
+    a = gkd.GKDBatches(rows, 4, 0.3, seed=0)
     first = [next(a) for _ in range(200)]
     assert 0.2 < np.mean([b["on_policy"] for b in first]) < 0.4
     assert all(len({r["prompt"] for r in b["rows"]}) == 4 for b in first)  # no repeats
-    b = distill.GKDBatches(rows, 4, 0.3, seed=0)
+    b = gkd.GKDBatches(rows, 4, 0.3, seed=0)
     b.set_state({"step": 150})
     assert next(b) == first[150]
-    never, always = distill.GKDBatches(rows, 4, 0.0, 0), distill.GKDBatches(rows, 4, 1.0, 0)
+    never, always = gkd.GKDBatches(rows, 4, 0.0, 0), gkd.GKDBatches(rows, 4, 1.0, 0)
     assert not any(next(never)["on_policy"] for _ in range(20))
     assert all(next(always)["on_policy"] for _ in range(20))
 
@@ -277,7 +278,7 @@ def test_gkd_step_trains_on_the_tokens_the_student_sampled(monkeypatch):
         return sampling.Samples(sampled, np.zeros(sampled.shape, np.float32), np.array([3]))
 
     monkeypatch.setattr(sampling, "generate", fake_generate)
-    step = distill.make_gkd_step(
+    step = gkd.make_gkd_step(
         lambda state, batch: (seen.append(batch) or state, {"loss": 0.0}),
         None, tok, sampling.SamplingParams(max_new_tokens=4), seq_len=32, seed=0,
     )  # fmt: skip
@@ -305,7 +306,7 @@ def test_kd_loss_decreases_on_a_fixed_batch(mode, metric):
     student_cfg = make_config("tiny_dense", vocab_size=64)
     teacher = evaluate.init_model(teacher_cfg, 1)
     c = distill_loss.DistillLossConfig(mode=mode, temperature=2.0)
-    loss_fn = distill.kd_loss_fn(teacher_cfg, teacher["params"], teacher["model_state"], c)
+    loss_fn = gkd.kd_loss_fn(teacher_cfg, teacher["params"], teacher["model_state"], c)
     tx = train_state.make_optimizer(configs.optim(learning_rate=3e-3, warmup_steps=0), 20)
     step = jax.jit(lm.make_train_step(student_cfg, None, tx, 0.0, loss_fn))
     state = train_state.init(student_cfg, tx, 0)

@@ -76,3 +76,17 @@ def test_layers_import_only_downwards():
         if any(d == f or d.startswith(f + ".") for f in forbidden)
     ]
     assert not wrong, wrong
+
+
+def test_the_readme_architecture_names_every_module():
+    """The README's architecture tree stays the package's: every module is in it."""
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    tree = readme.split("## Architecture", 1)[1].split("```", 2)[1]
+    listed = set(tree.split())
+    missing = [
+        os.path.relpath(os.path.join(folder, f), PACKAGE)
+        for folder, _, files in os.walk(PACKAGE)
+        for f in files
+        if f.endswith(".py") and f != "__init__.py" and f not in listed and f"{f}," not in listed
+    ]
+    assert not missing, f"README.md's architecture tree misses {sorted(missing)}"
