@@ -16,12 +16,12 @@ import os
 import jax
 import ml_collections
 
-from moe_rl import checkpoint, evaluate, hf, plots, rewards, sampling
+from moe_rl import evaluate, hf, plots, rewards, sampling
 from moe_rl.data import tokenizers
 from moe_rl.data.tasks import Example, Task, task_from_config
 from moe_rl.models import counting
 from moe_rl.models.config import ModelConfig
-from moe_rl.train import distill_data, distill_loss, gkd, grpo, lm
+from moe_rl.train import distill_data, distill_loss, gkd, grpo, lm, loop
 
 
 def verify(task: Task, examples: list[Example], texts: list[str], k: int, think_opened: bool):
@@ -151,10 +151,12 @@ def teacher_workdir(config, workdir: str) -> str:
             )
         return config.teacher_workdir
     folder = os.path.join(workdir, "teacher")
-    done = checkpoint.Checkpointer(os.path.join(folder, "grpo"), read_only=True).latest_step()
-    if done is None or done < config.teacher.grpo.num_steps:
-        print(f"Training the teacher with the R1-Zero recipe into {folder}")
-        grpo.run(config.teacher, folder)
+    loop.run_stage(
+        os.path.join(folder, "grpo"),
+        config.teacher.grpo.num_steps,
+        lambda: grpo.run(config.teacher, folder),
+        f"Training the teacher with the R1-Zero recipe into {folder}",
+    )
     return folder
 
 
@@ -283,10 +285,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         pre = ml_collections.ConfigDict(config.student.pretrain.to_dict())
         pre.update(model=config.student.model, seed=config.seed, init_checkpoint="")
         pre.data.tokenizer = tokenizer_dir
-        done = checkpoint.Checkpointer(student_base, read_only=True).latest_step()
-        if done is None or done < pre.train.num_steps:
-            print(f"Pretraining the student into {student_base} ({pre.train.num_steps} steps)")
-            lm.run(pre, student_base)
+        n = pre.train.num_steps
+        what = f"Pretraining the student into {student_base} ({n} steps)"
+        loop.run_stage(student_base, n, lambda: lm.run(pre, student_base), what)
     sft = ml_collections.ConfigDict(config.student.sft.to_dict())
     sft.update(recipe="sft", model=config.student.model, seed=config.seed)
     sft.init_checkpoint = student_base

@@ -98,10 +98,9 @@ def base_model(config, cfg: ModelConfig, workdir: str, shardings=None):
         pre.model = config.model
         pre.seed = config.seed
         pre.init_checkpoint = ""
-        done = checkpoint.Checkpointer(source, read_only=True).latest_step()
-        if done is None or done < pre.train.num_steps:
-            print(f"Pretraining the base model into {source} ({pre.train.num_steps} steps)")
-            lm.run(pre, source)
+        n = pre.train.num_steps
+        what = f"Pretraining the base model into {source} ({n} steps)"
+        loop.run_stage(source, n, lambda: lm.run(pre, source), what)
     # Streamed straight into the (params, state) shardings.
     return loading.load_model(source, cfg, shardings, key="config.init_checkpoint")
 

@@ -44,6 +44,16 @@ def finished_summary(workdir: str, num_steps: int) -> dict | None:
         return json.load(f)
 
 
+def run_stage(folder: str, num_steps: int, run: Callable[[], Any], what: str) -> None:
+    """Runs a stage of a recipe (`run()`, training into `folder`) unless the newest checkpoint
+    in `folder` has reached `num_steps`; an unfinished stage resumes inside `run`. Prints
+    `what` when it starts. (The one "run this stage unless it finished" of the recipes.)"""
+    done = Checkpointer(folder, read_only=True).latest_step()
+    if done is None or done < num_steps:
+        print(what)
+        run()
+
+
 def check_finite(step: int, metrics: dict[str, Any]) -> None:
     for name, value in metrics.items():
         arr = np.asarray(value)
