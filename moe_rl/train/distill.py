@@ -15,8 +15,9 @@ import os
 
 import jax
 import ml_collections
+import numpy as np
 
-from moe_rl import evaluate, hf, plots, rewards, sampling
+from moe_rl import evaluate, hf, plots, sampling
 from moe_rl.data import tokenizers
 from moe_rl.data.tasks import Example, Task, task_from_config
 from moe_rl.models import counting
@@ -25,16 +26,18 @@ from moe_rl.train import distill_data, distill_loss, gkd, grpo, lm, loop
 
 
 def verify(task: Task, examples: list[Example], texts: list[str], k: int, think_opened: bool):
-    """(correct [Q][k], formatted [Q][k]) of question-major texts: the answer in the tags
-    passes the task's verifier; the response has the strict R1 format."""
+    """(correct [Q][k], formatted [Q][k]) of question-major texts, with the evaluation's verdicts
+    (`evaluate.score_question`): the answer in the tags passes the task's verifier; the
+    response has the strict R1 format."""
     correct, formatted = [], []
     for q, ex in enumerate(examples):
         rows = texts[q * k : (q + 1) * k]
-        answers = [rewards.extract_answer(t) for t in rows]
-        correct.append(
-            [a is not None and rewards.score_answer(a, ex, task) == 1.0 for a in answers]
+        none = np.zeros(len(rows))  # lengths and truncation: not needed for the verdicts
+        s = evaluate.score_question(
+            task, ex, rows, none, none, think_opened=think_opened, math=False
         )
-        formatted.append([rewards.format_reward(t, think_opened) == 1.0 for t in rows])
+        correct.append([bool(a == 1.0) for a in s["accuracy"]])
+        formatted.append([bool(f == 1.0) for f in s["format"]])
     return correct, formatted
 
 
