@@ -4,18 +4,18 @@ Countdown mix, then GRPO with the answer reward only: a search that has to keep 
 Each question gives 3 numbers from 1..10 and a target up to 100; the answer is an expression
 using each number at most once (moe_rl.data.tasks.countdown, checked by our own expression
 parser, never `eval`). The base's corpus (data/arithmetic.py MIXES['countdown']) solves such
-puzzles by trial: 1 to 6 random expressions, each worked step by step and compared with the
-target, the search ending at the first hit or with "I stop here." and a wrong answer (10% of
-the documents carry a slip). Nothing in it says which expression to try: a base tries ~3 and
-is mostly wrong. RL rewards only the final expression.
+puzzles by trial: the target restated ("Target: 22."), then 1 to 6 random expressions, each
+worked step by step and compared with the target, the search ending at the first hit or with
+"I stop here." and a wrong answer (10% of the documents carry a slip). Nothing in it says which
+expression to try: a base tries ~3 and is mostly wrong. RL rewards only the final expression.
 
 Command:  python -m moe_rl.main --config=experiments/r1_zero_countdown.py [--seeds=0-2]
-Runtime:  seed 0 on the 2-core VM: 38.8 min (base 13.9, its evaluation 1.0, GRPO 23.3: 40 steps
-          of 28-44 s, the R1-Zero prompt of 191 tokens + up to 224 new ones).
-Result:   not yet the goal (+20 points): seed 0's held-out pass@1 0.074 -> 0.129. The base
-          searches but checks its tries badly (it miscopies the target); GRPO made it stop
-          sooner and claim its try. docs/results/r1_zero_countdown/ (README: the attempts and
-          what to try next; search.md: tries, checked answers and step accuracy before/after,
+Runtime:  seed 0 alone on the 2-core VM: 14.5 min (base 6.1, its evaluation 0.4, GRPO 7.8: 40
+          steps of 9-14 s, the R1-Zero prompt of 191 tokens + up to 224 new ones).
+Result:   not yet the goal (+20 points): seed 0's held-out pass@1 0.059 -> 0.135. The base
+          searches (3.3 tries per answer); GRPO collapsed the search to one more accurate try.
+          docs/results/r1_zero_countdown/ (README: the three attempts and what to try next;
+          search.md: tries, checked answers, step accuracy and target copying before/after,
           from docs/results/r1_zero_countdown/search_stats.py).
 """
 

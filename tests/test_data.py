@@ -255,6 +255,7 @@ def test_countdown_search_tries_until_a_checked_hit():
     for _ in range(400):
         p = countdown_docs.countdown_search(rng, wrong=False, max_tries=6)
         numbers, target = _countdown_question(p.question)
+        assert p.steps[0] == f"Target: {target}."  # restated before the tries
         tries = [w for w in p.steps if w.startswith("Try ")]
         assert 1 <= len(tries) <= 6
         texts = [w[4:].split(":", 1)[0] for w in tries]
@@ -270,7 +271,7 @@ def test_countdown_search_tries_until_a_checked_hit():
         assert all(w.endswith(f"not {target}.") for w in tries[:-1])
         if tries[-1].endswith("found it."):
             found += 1
-            assert p.answer == texts[-1] and len(p.steps) == len(tries)
+            assert p.answer == texts[-1] and len(p.steps) == 1 + len(tries)
         else:
             assert p.steps[-1] == "I stop here." and p.answer == texts[-1]
         tries_seen += len(tries)

@@ -114,7 +114,8 @@ def _attempt(
 def countdown_search(rng: Random, wrong: bool, max_tries: int = 6) -> Solved:
     """Countdown solved by trial and checking, as a person without a method does it.
 
-    The writer is willing to try 1..max_tries expressions (uniform). Each try is a new random
+    The writer first restates the target ("Target: 22."), so that each verdict copies it from
+    close by, then is willing to try 1..max_tries expressions (uniform). Each try is a new random
     expression over the numbers, worked step by step and compared with the target: "Try
     (7 + 5) * 3: 7 + 5 = 12, 12 * 3 = 36, not 22." The search stops at the first expression that
     reaches the target ("3 * 5 = 15, 15 + 7 = 22, found it."), which is the answer; a writer
@@ -128,7 +129,7 @@ def countdown_search(rng: Random, wrong: bool, max_tries: int = 6) -> Solved:
     budget = rng.integers(1, max_tries + 1)
     bad = rng.below(budget) if wrong else -1
     seen: set[str] = set()
-    work, text = [], ""
+    work, text = [f"Target: {target}."], ""
     for k in range(budget):
         value, text, steps = _attempt(rng, numbers, seen)
         if k == bad:

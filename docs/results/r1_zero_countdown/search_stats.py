@@ -7,8 +7,11 @@ evaluations that experiments/r1_zero_countdown.py makes) and counts, for the bas
 policy: the tries per response ("Try <expression>: <steps>, ..."), the share of responses with
 more than one try, with a bare claim (a think with no try), that give up ("I stop here."), whose
 answer is an expression they checked (a try ending "found it"), and how often such a checked
-answer is right; and a try's arithmetic: the share of its steps "x op y = z" that are right.
-Writes search.md and search.json beside this file, with one response of each kind quoted.
+answer is right; a try's arithmetic: the share of its steps "x op y = z" that are right; and its
+checking: the share of "not N" verdicts whose N is the question's target (copied right), and
+the share of tries whose verdict agrees with their own last step (found it <=> it is the target).
+Writes search.md and search.json beside this file (or into the folder given second), with one
+response of each kind quoted.
 """
 
 import json
@@ -22,6 +25,7 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 TRY = re.compile(r"Try ([^:]+): ([^.]*?), (found it|not -?\d+)\.")
 STEP = re.compile(r"(\d+) ([-+*/]) (\d+) = (-?\d+)")
+TARGET = re.compile(r"(?:equals|Reach|Make|Target:) (\d+)")
 ANSWER = re.compile(r"<answer>(.*?)</answer>", re.S)
 OPS = {
     "+": lambda a, b: a + b,
@@ -31,16 +35,29 @@ OPS = {
 }
 
 
-def response_stats(text: str) -> dict:
+def response_stats(text: str, question: str = "") -> dict:
     think = text.split("</think>", 1)[0]
+    target = TARGET.search(question)
+    target = int(target.group(1)) if target else None
     tries = TRY.findall(think)
     answer = ANSWER.search(text)
     answer = " ".join(answer.group(1).split()) if answer else None
     checked = [" ".join(expr.split()) for expr, _, verdict in tries if verdict == "found it"]
     steps = [s for _, work, _ in tries for s in STEP.findall(work)]
     right = [OPS[op](Fraction(x), Fraction(y)) == int(z) for x, op, y, z in steps]
+    verdicts = [v for _, _, v in tries if v != "found it"]
+    copied = [int(v.split()[1]) == target for v in verdicts]
+    consistent = []  # the verdict agrees with the try's own last step
+    for _, work, verdict in tries:
+        last = STEP.findall(work)
+        if last and target is not None:
+            consistent.append((verdict == "found it") == (int(last[-1][3]) == target))
     return {
         "tries": len(tries),
+        "verdicts": len(verdicts),
+        "copied": sum(copied),
+        "judged": len(consistent),
+        "consistent": sum(consistent),
         "bare": not tries and "With " in think,
         "gave_up": "I stop here." in think,
         "checked": answer is not None and answer in checked,
@@ -51,7 +68,7 @@ def response_stats(text: str) -> dict:
 
 def stats(path: str) -> dict:
     lines = [json.loads(line) for line in open(path)]
-    rows = [response_stats(line["response"]) for line in lines]
+    rows = [response_stats(line["response"], line["question"]) for line in lines]
     acc = np.array([line["accuracy"] for line in lines])
     tries = np.array([r["tries"] for r in rows])
     checked = np.array([r["checked"] for r in rows])
@@ -66,19 +83,26 @@ def stats(path: str) -> dict:
         "share answer checked": float(checked.mean()),
         "right when checked": float(acc[checked].mean()) if checked.any() else float("nan"),
         "steps right": sum(r["steps_right"] for r in rows) / steps if steps else float("nan"),
+        "target copied in verdicts": ratio(rows, "copied", "verdicts"),
+        "verdict agrees with its steps": ratio(rows, "consistent", "judged"),
         "tokens": float(np.mean([line["tokens"] for line in lines])),
     }
+
+
+def ratio(rows: list[dict], part: str, whole: str) -> float:
+    n = sum(r[whole] for r in rows)
+    return sum(r[part] for r in rows) / n if n else float("nan")
 
 
 def example(path: str, want) -> str | None:
     for line in open(path):
         line = json.loads(line)
-        if want(line, response_stats(line["response"])):
+        if want(line, response_stats(line["response"], line["question"])):
             return f"{line['question']}\n-> {line['response']} (accuracy {line['accuracy']:.0f})"
     return None
 
 
-def main(workdir: str) -> dict:
+def main(workdir: str, out_dir: str = HERE) -> dict:
     seeds = sorted(
         int(d.split("_")[1])
         for d in os.listdir(workdir)
@@ -111,13 +135,13 @@ def main(workdir: str) -> dict:
         "docs/results/r1_zero_countdown/search_stats.py)\n\n" + "\n".join(lines) + "\n\n"
         + "\n\n".join(quotes) + "\n"
     )  # fmt: skip
-    with open(os.path.join(HERE, "search.md"), "w") as f:
+    with open(os.path.join(out_dir, "search.md"), "w") as f:
         f.write(text)
-    with open(os.path.join(HERE, "search.json"), "w") as f:
+    with open(os.path.join(out_dir, "search.json"), "w") as f:
         json.dump(out, f, indent=2)
     print(text)
     return out
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "runs/r1_zero_countdown")
+    main(*(sys.argv[1:] or ["runs/r1_zero_countdown"]))
