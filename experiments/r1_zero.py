@@ -7,10 +7,10 @@ Command:  python -m moe_rl.main --config=experiments/r1_zero.py
                     its own knobs in --config.task.options ('' = its defaults)
           own base: --config.init_checkpoint=runs/pretrain_moe --config.model.vocab_size=264
                     --config.model.num_nextn_predict_layers=1 (that base has an MTP module)
-Runtime:  on the 2-core EPYC VM: the base model ~11 min (corpus, BPE, 3600 pretraining steps
-          of ~0.17 s; reused on re-runs), GRPO 6-10 min (40 steps of 8-17 s), two
-          evaluations of ~30 s; per-seed times in docs/results/r1_zero/seeds.md. Over the
-          15-minute goal.
+Runtime:  on a 2-core EPYC VM alone: 9.3 min for seed 0 on the third session's (base 5.9 min:
+          3600 pretraining steps of 0.083 s, reused on re-runs; GRPO 3.1 min: 40 steps of 3.5
+          s; docs/results/r1_zero/quiet_seed_0.json); ~17-21 min on earlier VMs of the same
+          kind (steps of ~0.17 s and 8-17 s); per-seed times in docs/results/r1_zero/seeds.md.
 Result:   held-out 2-digit addition (128 test questions x 4 samples, T=0.6), seeds 0-4
           (`--seeds=0-4`, docs/results/r1_zero/seeds.md): pass@1 from 0.10-0.37 to 0.64-0.96
           (+48 to +68 points), the responses growing to ~78 tokens (column addition with the
