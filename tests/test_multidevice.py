@@ -9,7 +9,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_sharding_suite_on_8_fake_cpu_devices():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    # The device count is added to the suite's XLA flags (tests/conftest.py), not put in
+    # their place.
+    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=8"
+    env = dict(os.environ, XLA_FLAGS=flags.strip())
     env.pop("PYTEST_XDIST_WORKER", None)
     out = subprocess.run(
         # -o addopts='': the project's -q plus this -q would hide the summary line checked below
