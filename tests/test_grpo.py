@@ -181,6 +181,15 @@ def test_grpo_resumes_exactly(base_dir, tmp_path):
     grpo.run(config, work)
     resumed = checkpoint.Checkpointer(os.path.join(work, "grpo")).restore_latest_model(abstract)[0]
     jax.tree.map(np.testing.assert_array_equal, resumed, final)
+    # A checkpoint of the GRPO loop before train_loop (extra {'grpo_step', 'questions'}, no
+    # 'data') resumes at the same step and question.
+    shutil.rmtree(os.path.join(ckpts, "4"))
+    extra = os.path.join(ckpts, "2", "extra", "metadata")
+    data = json.load(open(extra))["data"]
+    json.dump({"grpo_step": 2, "questions": data["questions"]}, open(extra, "w"))
+    grpo.run(config, work)
+    old = checkpoint.Checkpointer(os.path.join(work, "grpo")).restore_latest_model(abstract)[0]
+    jax.tree.map(np.testing.assert_array_equal, old, final)
     assert os.path.exists(os.path.join(work, "r1_zero.png"))
     summary = json.load(open(os.path.join(work, "summary.json")))
     assert set(summary["after"]) >= {"pass@1", "maj@2", "format_rate", "mean_length"}

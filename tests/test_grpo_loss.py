@@ -260,6 +260,24 @@ def zero_variance_case(equal_reward):
     return grpo_loss.advantages(jnp.asarray(rewards_QG), "grpo").reshape(-1)
 
 
+def test_kl_penalized_rewards_match_a_loop():
+    """k1 in the reward: r_b - beta * sum over b's real tokens of (old - ref), on random values,
+    for NumPy and JAX inputs alike."""
+    rng = np.random.default_rng(0)
+    B, N, beta = 6, 5, 0.04
+    r = rng.random(B).astype(np.float32)
+    old, ref = rng.normal(size=(2, B, N)).astype(np.float32)
+    mask = (np.arange(N)[None] < rng.integers(1, N + 1, B)[:, None]).astype(np.float32)
+    want = [
+        r[b] - beta * sum(old[b, t] - ref[b, t] for t in range(N) if mask[b, t]) for b in range(B)
+    ]
+    np.testing.assert_allclose(
+        grpo_loss.kl_penalized_rewards(r, old, ref, mask, beta), want, rtol=1e-5
+    )
+    got = grpo_loss.kl_penalized_rewards(*map(jnp.asarray, (r, old, ref, mask)), beta)
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
 @pytest.mark.parametrize("aggregation", grpo_loss.AGGREGATIONS)
 @pytest.mark.parametrize("ratio", grpo_loss.RATIOS)
 def test_zero_variance_group_has_no_advantage_and_no_gradient(ratio, aggregation):
