@@ -8,7 +8,8 @@ policy: the tries per response ("Try <expression>: <steps>, ..."), the share of 
 more than one try, with a bare claim (a think with no try), that give up ("I stop here."), whose
 answer is an expression they checked (a try ending "found it"), and how often such a checked
 answer is right; a try's arithmetic: the share of its steps "x op y = z" that are right; and its
-checking: the share of "not N" verdicts whose N is the question's target (copied right), and
+checking: the share of "not N" verdicts whose N is the question's target (copied right: the
+corpus of pilots 2-3 wrote "not N" after a miss, pilot 4's writes "no"), and
 the share of tries whose verdict agrees with their own last step (found it <=> it is the target).
 Writes search.md and search.json beside this file (or into the folder given second), with one
 response of each kind quoted.
@@ -23,7 +24,7 @@ from fractions import Fraction
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-TRY = re.compile(r"Try ([^:]+): ([^.]*?), (found it|not -?\d+)\.")
+TRY = re.compile(r"Try ([^:]+): ([^.]*?), (found it|no|not -?\d+)\.")
 STEP = re.compile(r"(\d+) ([-+*/]) (\d+) = (-?\d+)")
 TARGET = re.compile(r"(?:equals|Reach|Make|Target:) (\d+)")
 ANSWER = re.compile(r"<answer>(.*?)</answer>", re.S)
@@ -45,7 +46,7 @@ def response_stats(text: str, question: str = "") -> dict:
     checked = [" ".join(expr.split()) for expr, _, verdict in tries if verdict == "found it"]
     steps = [s for _, work, _ in tries for s in STEP.findall(work)]
     right = [OPS[op](Fraction(x), Fraction(y)) == int(z) for x, op, y, z in steps]
-    verdicts = [v for _, _, v in tries if v != "found it"]
+    verdicts = [v for _, _, v in tries if v.startswith("not ")]  # the verdicts naming the target
     copied = [int(v.split()[1]) == target for v in verdicts]
     consistent = []  # the verdict agrees with the try's own last step
     for _, work, verdict in tries:
