@@ -5,9 +5,10 @@
 For each EP the mesh is expert=EP x data=8/EP (the batch rows split over all 8 devices either
 way) and the model the `small` preset MoE (16 routed experts, top-4, 1 shared; MLA; MTP). The
 train step is the trainer's (lm.make_train_step: loss, AdamW update, bias update), jitted with
-the state's shardings in and out and the state donated, as lm.run does. Times are medians of
-`--steps` calls after a warm-up (compile) call; the EPs are interleaved round by round so that
-load from other jobs hits them alike. Bytes are those device 0 holds of the created state.
+the state's shardings in and out and the state donated, as the pretraining recipe does. Times
+are medians of `--steps` calls after a warm-up (compile) call; the EPs are interleaved round by
+round so that load from other jobs hits them alike. Bytes are those device 0 holds of the
+created state.
 
 The 8 "devices" share this host's cores, so the time shows the cost of the collectives and
 of smaller per-device matmuls, not a speed-up: on real accelerators each device has its own

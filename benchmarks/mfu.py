@@ -10,7 +10,7 @@ attention; the training-only MTP module is not counted, so MFU is a lower bound)
 tokens: for pretraining, batch x seq-len tokens through forward and backward; for a GRPO step
 (the shape of benchmarks/grpo_step.py, timed by its code), the rollout's and the reference's
 tokens through the forward pass only (a third) and the packed rows through forward and backward
-(`moe_rl.train.distill_vs_rl.estimate`). Step times are medians after a warm-up step.
+(`moe_rl.recipes.distill_vs_rl.estimate`). Step times are medians after a warm-up step.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ import numpy as np
 from moe_rl import perf
 from moe_rl.models import counting
 from moe_rl.models.config import ModelConfig, preset
+from moe_rl.recipes.distill_vs_rl import estimate
 from moe_rl.train import configs, lm, train_state
-from moe_rl.train.distill_vs_rl import estimate
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import grpo_step  # noqa: E402  (benchmarks/grpo_step.py: the GRPO step timed the peers' way)

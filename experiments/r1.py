@@ -1,4 +1,4 @@
-"""The DeepSeek-R1 pipeline at small scale (moe_rl/train/r1.py): cold-start SFT on worked
+"""The DeepSeek-R1 pipeline at small scale (moe_rl/recipes/r1.py): cold-start SFT on worked
 examples -> GRPO -> rejection sampling of the RL model -> SFT of the base on the combined data
 -> a final GRPO stage; every stage evaluated on the same held-out questions.
 

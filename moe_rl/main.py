@@ -1,13 +1,12 @@
 """Command line entry point: `python -m moe_rl.main --config=experiments/<name>.py`.
 
 Any config field can be overridden: `--config.model.num_hidden_layers=4`. The recipe named
-by `config.recipe` is imported and its `run(config, workdir)` called, the same function the
-Colab notebooks call.
+by `config.recipe` (moe_rl/recipes/) is imported and its `run(config, workdir)` called, the
+same function the Colab notebooks call.
 """
 
 from __future__ import annotations
 
-import importlib
 import os
 import sys
 
@@ -15,19 +14,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from moe_rl import sweep
-
-# recipe name -> module defining run(config, workdir)
-RECIPES = {
-    "summary": "moe_rl.summary",
-    "pretrain": "moe_rl.train.lm",
-    "sft": "moe_rl.train.lm",
-    "moe_vs_dense": "moe_rl.train.compare",
-    "eval": "moe_rl.evaluate",
-    "r1_zero": "moe_rl.train.grpo",
-    "distill": "moe_rl.train.distill",
-    "distill_vs_rl": "moe_rl.train.distill_vs_rl",
-    "r1": "moe_rl.train.r1",
-}
+from moe_rl.recipes import RECIPES, get_recipe_module
 
 
 def _listing() -> str:
@@ -61,13 +48,6 @@ _SEEDS = flags.DEFINE_string(
     "Run the experiment once per seed ('0-4', '0,2,7') in <workdir>/seed_<n>, resuming finished "
     "seeds, and print per-seed rows with mean, std and min (<workdir>/seeds.md, seeds.json).",
 )
-
-
-def get_recipe_module(name: str):
-    """The module of a recipe (its `run(config, workdir)`); unknown names list the known ones."""
-    if name not in RECIPES:
-        raise ValueError(f"Unknown config.recipe={name!r}; known recipes: {sorted(RECIPES)}")
-    return importlib.import_module(RECIPES[name])
 
 
 def get_recipe(name: str):

@@ -39,8 +39,26 @@ def test_notebook_cells_parse_and_reference_existing_things(path):
                 ), f"{path}: from {node.module} import {alias.name}"
     for experiment in re.findall(r"experiments/\w+\.py", source):
         assert os.path.exists(os.path.join(ROOT, experiment)), f"{path}: {experiment}"
-    for module, fn in re.findall(r"\b(lm|evaluate)\.(\w+)\(", source):
-        mod = importlib.import_module(
-            {"lm": "moe_rl.train.lm", "evaluate": "moe_rl.evaluate"}[module]
-        )
-        assert hasattr(mod, fn), f"{path}: {module}.{fn}"
+    # Every call of an imported moe_rl module's function names one that exists (recipes.r1_zero.run,
+    # train.compare.prepare, ...): a notebook is not left calling what moved.
+    modules = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("moe_rl"):
+            for alias in node.names:
+                try:  # a module (from moe_rl.recipes import r1_zero), not a class or function
+                    modules[alias.asname or alias.name] = importlib.import_module(
+                        f"{node.module}.{alias.name}"
+                    )
+                except ModuleNotFoundError:
+                    pass
+    calls = [
+        (node.func.value.id, node.func.attr)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and isinstance(node.func.value, ast.Name)
+        and node.func.value.id in modules
+    ]
+    assert calls, path
+    for name, fn in calls:
+        assert hasattr(modules[name], fn), f"{path}: {name}.{fn}"

@@ -11,6 +11,7 @@ import pytest
 
 from moe_rl.data import corpus, facts, skills
 from moe_rl.models import transformer
+from moe_rl.recipes import moe_vs_dense
 from moe_rl.train import compare, probes
 from tests.utils import ROOT, make_config
 
@@ -187,7 +188,7 @@ def test_prepare_names_the_corpus_by_its_size_and_keeps_every_checkpoint():
 def test_toy_comparison_end_to_end_and_rerun(tmp_path):
     config = toy_config(**{"data.data_dir": str(tmp_path / "tfds")})
     workdir = str(tmp_path / "run")
-    result = compare.run(config, workdir)
+    result = moe_vs_dense.run(config, workdir)
     for key in ("moe_val_loss", "dense_val_loss", "moe_val_loss_all_tokens",
                 "moe_flops_per_token", "dense_train_flops", "dense_train_seconds"):  # fmt: skip
         assert isinstance(result[key], float) and np.isfinite(result[key]), key
@@ -204,12 +205,12 @@ def test_toy_comparison_end_to_end_and_rerun(tmp_path):
         assert os.path.exists(os.path.join(workdir, name)), name
     with open(os.path.join(workdir, "comparison.json")) as f:
         first = json.load(f)
-    again = compare.run(config, workdir)  # finished: nothing is trained, nothing becomes null
+    again = moe_vs_dense.run(config, workdir)  # finished: nothing is trained, nothing becomes null
     with open(os.path.join(workdir, "comparison.json")) as f:
         assert json.load(f) == first
     assert again["moe_val_loss"] == result["moe_val_loss"]
     # The row and the figure of `main --seeds` (the sweep's seed folders hold comparison.json).
-    row = compare.seed_row(result)
+    row = moe_vs_dense.seed_row(result)
     assert row["moe loss"] == result["moe_val_loss"]
     assert row["dense loss"] == result["dense_val_loss"]
     assert row["FLOPs ratio"] == (ratio if ratio is not None else float("inf"))
@@ -217,5 +218,5 @@ def test_toy_comparison_end_to_end_and_rerun(tmp_path):
     sweep_dir = tmp_path / "sweep"
     os.makedirs(sweep_dir / "seed_3")
     os.rename(os.path.join(workdir, "comparison.json"), sweep_dir / "seed_3" / "comparison.json")
-    assert compare.seed_figure(str(sweep_dir), [3]) == str(sweep_dir / "seeds.png")
+    assert moe_vs_dense.seed_figure(str(sweep_dir), [3]) == str(sweep_dir / "seeds.png")
     assert os.path.exists(sweep_dir / "seeds.png")

@@ -1,4 +1,5 @@
-"""Teacher rejection sampling (train/distill.py): what is kept, what is written, what is reused."""
+"""Distillation (train/distill.py, recipes/distill.py): what rejection sampling keeps, what is
+written, what is reused."""
 
 import json
 import os
@@ -12,12 +13,13 @@ from moe_rl import checkpoint, evaluate, sampling
 from moe_rl.data import tokenizers
 from moe_rl.data.tasks import get_task
 from moe_rl.models.config import ModelConfig
+from moe_rl.recipes import distill as distill_recipe
+from moe_rl.recipes import distill_vs_rl
 from moe_rl.train import (
     configs,
     distill,
     distill_data,
     distill_loss,
-    distill_vs_rl,
     gkd,
     lm,
     loop,
@@ -167,30 +169,30 @@ def test_distill_recipe_end_to_end(tmp_path, monkeypatch):
     config = tiny_distill_config(tmp_path)
     accept_everything(monkeypatch)
     work = str(tmp_path / "work")
-    summary = distill.run(config, work)
+    summary = distill_recipe.run(config, work)
     assert summary["data"]["kept"] >= 6 and summary["data"]["sampled"] == 12
     for name in ("teacher", "student base", "student"):
         assert 0.0 <= summary["results"][name]["pass@1"] <= 1.0
         assert f"| {name} |" in summary["table"]
-    row = distill.seed_row(summary)  # --seeds' row of this run
+    row = distill_recipe.seed_row(summary)  # --seeds' row of this run
     assert row["student pass@1"] == summary["results"]["student"]["pass@1"]
     assert row["answers kept"] == summary["data"]["kept"]
     assert os.path.exists(os.path.join(work, "student_sft", "summary.json"))
     with pytest.raises(ValueError, match="config.distill.validation_fraction=1.0"):
         config.distill.validation_fraction = 1.0
-        distill.run(config, work)
+        distill_recipe.run(config, work)
     config.distill.validation_fraction = 0.05
     with pytest.raises(ValueError, match="config.distill.lmbda=1.5"):
         config.distill.lmbda = 1.5
-        distill.run(config, work)
+        distill_recipe.run(config, work)
     config.distill.lmbda = 0.5
     with pytest.raises(ValueError, match="mode='bogus'"):
         config.distill.mode = "bogus"
-        distill.run(config, work)
+        distill_recipe.run(config, work)
     # GKD: every batch written by the student (lmbda=1), the JSD to the teacher on it.
     config.distill.update(mode="gkd", lmbda=1.0)
     config.distill.student_sampling.max_new_tokens = 5
-    gkd = distill.run(config, work)
+    gkd = distill_recipe.run(config, work)
     rows = [r for r in loop.read_metrics(os.path.join(work, "student_gkd")) if "jsd" in r]
     assert [r["on_policy"] for r in rows] == [1.0, 1.0]
     assert all(np.isfinite(r["jsd"]) and 1 <= r["completion_length"] <= 5 for r in rows)
@@ -199,12 +201,12 @@ def test_distill_recipe_end_to_end(tmp_path, monkeypatch):
     # Logit KD reuses the teacher's data; the KD loss trains the student from its base again.
     config.distill.mode = "logit_kd"
     config.student.sft.train.num_steps = 3
-    kd = distill.run(config, str(tmp_path / "kd"))
+    kd = distill_recipe.run(config, str(tmp_path / "kd"))
     metrics = lm_metrics(str(tmp_path / "kd" / "student_logit_kd"))
     assert "kl" in metrics[-1] and np.isfinite(metrics[-1]["kl"]) and kd["results"]["student"]
     config.student.model.vocab_size = 300
     with pytest.raises(ValueError, match="needs one tokenizer"):
-        distill.run(config, str(tmp_path / "kd"))
+        distill_recipe.run(config, str(tmp_path / "kd"))
 
 
 def test_distill_vs_rl_trains_the_same_student_both_ways(tmp_path, monkeypatch):
@@ -337,5 +339,5 @@ def test_distill_blocks_fail_before_anything_runs(tmp_path, key, value, message)
     config = runpy.run_path(os.path.join(ROOT, "experiments", "distill.py"))["get_config"]()
     config.update_from_flattened_dict({key: value})
     with pytest.raises(ValueError, match=message):
-        distill.run(config, str(tmp_path / "never"))
+        distill_recipe.run(config, str(tmp_path / "never"))
     assert not (tmp_path / "never").exists()

@@ -13,6 +13,7 @@ import pytest
 from moe_rl import checkpoint, evaluate
 from moe_rl.data.tasks import Example, get_task, parse_options, task_from_config
 from moe_rl.models import transformer
+from moe_rl.recipes import eval as eval_recipe
 from tests.utils import make_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -137,11 +138,11 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path):
     config = tiny_eval_config()
     config.checkpoint = str(tmp_path / "nothing")
     with pytest.raises(ValueError, match="config.checkpoint"):
-        evaluate.run(config, str(tmp_path / "out"))
+        eval_recipe.run(config, str(tmp_path / "out"))
 
 
 def test_eval_end_to_end_on_fresh_model(tmp_path, capsys):
-    result = evaluate.run(tiny_eval_config(name="countdown"), str(tmp_path))
+    result = eval_recipe.run(tiny_eval_config(name="countdown"), str(tmp_path))
     m = result["metrics"]
     assert m["questions"] == 3 and m["samples_per_question"] == 2
     assert m["pass@1"] == 0.0  # an untrained model writes random bytes

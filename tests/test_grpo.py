@@ -13,6 +13,7 @@ from moe_rl import checkpoint, evaluate, sampling
 from moe_rl.data import tokenizers
 from moe_rl.data.tasks import get_task
 from moe_rl.models.config import ModelConfig
+from moe_rl.recipes import r1_zero
 from moe_rl.train import grpo, grpo_step, loop, rollout
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -162,7 +163,7 @@ def test_grpo_learns_a_trivial_reward(base_dir, tmp_path, monkeypatch):
             "optim.learning_rate": 1e-2,
         },
     )
-    grpo.run(config, str(tmp_path))
+    r1_zero.run(config, str(tmp_path))
     rows = training_rows(tmp_path)
     rewards = [r["reward"] for r in rows]
     assert len(rows) == 12
@@ -172,13 +173,13 @@ def test_grpo_learns_a_trivial_reward(base_dir, tmp_path, monkeypatch):
 def test_grpo_resumes_exactly(base_dir, tmp_path):
     config = small_config(base_dir)
     work = str(tmp_path / "run")
-    grpo.run(config, work)
+    r1_zero.run(config, work)
     ckpts = os.path.join(work, "grpo", "checkpoints")
     assert sorted(os.listdir(ckpts)) == ["2", "4"]
     abstract = jax.eval_shape(lambda: evaluate.init_model(ModelConfig.from_config(config.model), 0))
     final = checkpoint.Checkpointer(os.path.join(work, "grpo")).restore_latest_model(abstract)[0]
     shutil.rmtree(os.path.join(ckpts, "4"))  # as if killed between step 2 and step 4
-    grpo.run(config, work)
+    r1_zero.run(config, work)
     resumed = checkpoint.Checkpointer(os.path.join(work, "grpo")).restore_latest_model(abstract)[0]
     jax.tree.map(np.testing.assert_array_equal, resumed, final)
     # A checkpoint of the GRPO loop before train_loop (extra {'grpo_step', 'questions'}, no
@@ -187,7 +188,7 @@ def test_grpo_resumes_exactly(base_dir, tmp_path):
     extra = os.path.join(ckpts, "2", "extra", "metadata")
     data = json.load(open(extra))["data"]
     json.dump({"grpo_step": 2, "questions": data["questions"]}, open(extra, "w"))
-    grpo.run(config, work)
+    r1_zero.run(config, work)
     old = checkpoint.Checkpointer(os.path.join(work, "grpo")).restore_latest_model(abstract)[0]
     jax.tree.map(np.testing.assert_array_equal, old, final)
     assert os.path.exists(os.path.join(work, "r1_zero.png"))
@@ -256,7 +257,7 @@ def test_every_variant_runs_together(base_dir, tmp_path, monkeypatch):
             "grpo.bias_update_rate": 1e-3,
         },
     )
-    grpo.run(config, str(tmp_path))
+    r1_zero.run(config, str(tmp_path))
     rows = training_rows(tmp_path)
     assert [r["step"] for r in rows] == [1, 2]
     for r in rows:
@@ -282,7 +283,7 @@ def test_a_missing_init_checkpoint_is_an_error_that_writes_nothing(tmp_path):
     missing = tmp_path / "no_such_base"
     config = small_config(str(missing))
     with pytest.raises(ValueError, match="config.init_checkpoint=.*no_such_base.* no readable"):
-        grpo.base_model(config, ModelConfig.from_config(config.model), str(tmp_path / "run"))
+        r1_zero.base_model(config, ModelConfig.from_config(config.model), str(tmp_path / "run"))
     assert not missing.exists()
 
 

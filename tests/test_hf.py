@@ -407,7 +407,7 @@ def test_tiny_model_has_tokenizer_and_chat_template(tiny_hf):
 def test_r1_zero_runs_from_a_hugging_face_base(tiny_hf, tmp_path):
     import runpy
 
-    from moe_rl.train import grpo
+    from moe_rl.recipes import r1_zero
 
     config = runpy.run_path(os.path.join(ROOT, "experiments/r1_zero.py"))["get_config"]()
     config.init_checkpoint = tiny_hf
@@ -417,7 +417,7 @@ def test_r1_zero_runs_from_a_hugging_face_base(tiny_hf, tmp_path):
     config.sampling.max_new_tokens = 12
     config.eval.update(num_questions=2, num_samples=2)
     config.eval.sampling.max_new_tokens = 12
-    summary = grpo.run(config, str(tmp_path))
+    summary = r1_zero.run(config, str(tmp_path))
     assert "(Hugging Face)" in json.dumps(summary)
     assert os.path.exists(tmp_path / "grpo" / "checkpoints")
 
@@ -425,19 +425,20 @@ def test_r1_zero_runs_from_a_hugging_face_base(tiny_hf, tmp_path):
 def test_eval_of_a_hugging_face_model_needs_its_tokenizer(tiny_hf, tmp_path):
     import runpy
 
-    from moe_rl import evaluate
+    from moe_rl.recipes import eval as eval_recipe
 
     config = runpy.run_path(os.path.join(ROOT, "experiments/eval.py"))["get_config"]()
     config.checkpoint = tiny_hf
     with pytest.raises(ValueError, match=f"--config.tokenizer={tiny_hf}"):
-        evaluate.run(config, str(tmp_path))
+        eval_recipe.run(config, str(tmp_path))
 
 
 def test_distill_from_a_hugging_face_teacher_into_a_hugging_face_student(tiny_hf, tmp_path):
     """Teacher = a Qwen2 folder, student = a Llama folder (same tokenizer): no R1-Zero run and
     no student pretraining; SFT on the teacher's answers trains the student from its weights."""
     from moe_rl import hf_cli
-    from moe_rl.train import distill, loop
+    from moe_rl.recipes import distill
+    from moe_rl.train import loop
     from tests.test_distill import tiny_distill_config
 
     student = hf_cli.make_tiny(str(tmp_path / "llama"), "llama", seed=1)

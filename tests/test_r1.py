@@ -1,4 +1,4 @@
-"""The R1 pipeline (train/r1.py) and its cold-start data (data/cold_start.py)."""
+"""The R1 pipeline (recipes/r1.py) and its cold-start data (data/cold_start.py)."""
 
 import json
 import os
@@ -11,7 +11,8 @@ from moe_rl import checkpoint, evaluate, rewards
 from moe_rl.data import cold_start
 from moe_rl.data.tasks import get_task
 from moe_rl.models.config import ModelConfig
-from moe_rl.train import distill, r1
+from moe_rl.recipes import r1
+from moe_rl.train import distill
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

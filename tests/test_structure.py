@@ -78,6 +78,19 @@ def test_layers_import_only_downwards():
     assert not wrong, wrong
 
 
+def test_only_main_and_the_recipes_import_the_recipes():
+    """The recipes compose the library; nothing in the library runs a recipe."""
+    graph = import_graph()
+    wrong = [
+        f"{m} imports {d}"
+        for m, deps in graph.items()
+        if not (m == "moe_rl.main" or m.startswith("moe_rl.recipes"))
+        for d in deps
+        if d.startswith("moe_rl.recipes")
+    ]
+    assert not wrong, wrong
+
+
 def test_the_readme_architecture_names_every_module():
     """The README's architecture tree stays the package's: every module is in it."""
     readme = open(os.path.join(ROOT, "README.md")).read()

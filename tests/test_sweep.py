@@ -100,10 +100,10 @@ def test_config_without_seed_is_an_error(tmp_path):
 
 
 def test_grpo_seed_row():
-    from moe_rl.train import grpo
+    from moe_rl.recipes import r1_zero
 
     m = lambda p, f, n: {"pass@1": p, "format_rate": f, "mean_length": n}
-    row = grpo.seed_row({"before": m(0.1, 0.9, 30.0), "after": m(0.7, 1.0, 60.0)})
+    row = r1_zero.seed_row({"before": m(0.1, 0.9, 30.0), "after": m(0.7, 1.0, 60.0)})
     assert row["gain"] == pytest.approx(0.6)
     assert row["format"] == 1.0 and row["base length"] == 30.0 and row["length"] == 60.0
 

@@ -29,6 +29,7 @@ from moe_rl.checkpoint import Checkpointer
 from moe_rl.data import packing, tokenizers
 from moe_rl.models import moe, transformer
 from moe_rl.models.config import ModelConfig
+from moe_rl.recipes import pretrain
 from moe_rl.train import configs, lm, loop, train_state
 from tests.utils import make_config, random_batch
 
@@ -615,12 +616,12 @@ def test_a_corrupt_final_checkpoint_is_set_aside_and_retrained(tmp_path):
     from tests.utils import tiny_pretrain_config
 
     workdir = tmp_path / "run"
-    lm.run(tiny_pretrain_config(3, data=1), str(workdir))
+    pretrain.run(tiny_pretrain_config(3, data=1), str(workdir))
     for root, _, files in os.walk(workdir / "checkpoints" / "3" / "state"):
         for name in files:
             with open(os.path.join(root, name), "r+b") as f:
                 f.truncate(3)
-    summary = lm.run(tiny_pretrain_config(3, data=1), str(workdir))
+    summary = pretrain.run(tiny_pretrain_config(3, data=1), str(workdir))
     assert summary["steps"] == 3 and math.isfinite(summary["final_val_loss"])
     assert (workdir / "checkpoints" / "3.unreadable").is_dir()
     cfg = ModelConfig.from_config(tiny_pretrain_config(3).model)

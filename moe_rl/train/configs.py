@@ -116,7 +116,7 @@ def sampling(**overrides) -> ConfigDict:
 
 
 def grpo(**overrides) -> ConfigDict:
-    """The GRPO block of an R1-Zero recipe (moe_rl/train/grpo.py)."""
+    """The GRPO block of an R1-Zero recipe (moe_rl/recipes/r1_zero.py, moe_rl/train/grpo.py)."""
     c = ConfigDict(
         dict(
             num_steps=40,

@@ -11,6 +11,7 @@ from jax.sharding import PartitionSpec as P
 
 from moe_rl import sampling, sharding
 from moe_rl.models import transformer
+from moe_rl.recipes import pretrain
 from moe_rl.train import configs, grpo_step, lm, rollout, train_state
 from tests.utils import make_config, tiny_pretrain_config
 
@@ -193,14 +194,16 @@ def test_pretraining_recipe_with_expert_parallelism_trains_like_one_device(tmp_p
     from moe_rl.train import loop
 
     losses = lambda wd: [r["loss"] for r in loop.read_metrics(str(wd)) if "loss" in r]
-    lm.run(tiny_pretrain_config(3, data=1), str(tmp_path / "one"))  # one device: no mesh
-    lm.run(tiny_pretrain_config(2, data=-1, expert=4), str(tmp_path / "ep"))
-    lm.run(tiny_pretrain_config(3, data=-1, expert=4), str(tmp_path / "ep"))  # resumes at step 2
+    pretrain.run(tiny_pretrain_config(3, data=1), str(tmp_path / "one"))  # one device: no mesh
+    pretrain.run(tiny_pretrain_config(2, data=-1, expert=4), str(tmp_path / "ep"))
+    pretrain.run(
+        tiny_pretrain_config(3, data=-1, expert=4), str(tmp_path / "ep")
+    )  # resumes at step 2
     np.testing.assert_allclose(losses(tmp_path / "ep"), losses(tmp_path / "one"), rtol=2e-5)
     with pytest.raises(ValueError, match="config.train.batch_size/grad_accum=6 rows"):
         config = tiny_pretrain_config(1, data=-1, expert=4)
         config.train.batch_size = 6
-        lm.run(config, str(tmp_path / "bad"))
+        pretrain.run(config, str(tmp_path / "bad"))
 
 
 def test_grpo_recipe_on_a_mesh_trains_like_one_device(tmp_path):
@@ -211,7 +214,8 @@ def test_grpo_recipe_on_a_mesh_trains_like_one_device(tmp_path):
 
     from moe_rl import checkpoint, evaluate
     from moe_rl.models.config import ModelConfig
-    from moe_rl.train import grpo, loop
+    from moe_rl.recipes import r1_zero
+    from moe_rl.train import loop
 
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -239,8 +243,8 @@ def test_grpo_recipe_on_a_mesh_trains_like_one_device(tmp_path):
     ckpt = checkpoint.Checkpointer(str(tmp_path / "base"), async_save=False)
     ckpt.save(1, {"step": np.int32(1), **evaluate.init_model(cfg, 0)})
     ckpt.close()
-    one = grpo.run(config(data=1), str(tmp_path / "one"))
-    ep = grpo.run(config(data=-1, expert=4), str(tmp_path / "ep"))
+    one = r1_zero.run(config(data=1), str(tmp_path / "one"))
+    ep = r1_zero.run(config(data=-1, expert=4), str(tmp_path / "ep"))
     rows = lambda wd: [r for r in loop.read_metrics(str(wd)) if "reward" in r]
     for a, b in zip(rows(tmp_path / "ep"), rows(tmp_path / "one"), strict=True):
         np.testing.assert_allclose(a["reward"], b["reward"], rtol=1e-6)
@@ -249,7 +253,7 @@ def test_grpo_recipe_on_a_mesh_trains_like_one_device(tmp_path):
     with pytest.raises(ValueError, match="config.grpo.num_questions=4 rows"):
         c = config(data=-1, expert=4)
         c.grpo.update(num_questions=4, minibatch_size=8)
-        grpo.run(c, str(tmp_path / "bad"))
+        r1_zero.run(c, str(tmp_path / "bad"))
 
 
 @pytest.mark.parametrize("name", ["data2_expert4", "fsdp2_expert2_tensor2"])

@@ -42,7 +42,7 @@ def main() -> None:
             process_id=args.process_id,
         )
     from moe_rl import sharding
-    from moe_rl.train import lm
+    from moe_rl.recipes import pretrain
     from tests.utils import tiny_pretrain_config
 
     config = tiny_pretrain_config(args.steps, **parse_mesh(args.mesh))
@@ -65,7 +65,7 @@ def main() -> None:
         ),
         flush=True,
     )
-    summary = lm.run(config, args.workdir)
+    summary = pretrain.run(config, args.workdir)
     print(json.dumps({"final_loss": summary["final_loss"], "steps": summary["steps"]}), flush=True)
     if args.num_processes > 1:
         jax.distributed.shutdown()

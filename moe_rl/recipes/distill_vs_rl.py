@@ -21,7 +21,8 @@ from moe_rl.data import tokenizers
 from moe_rl.data.tasks import task_from_config
 from moe_rl.models import counting
 from moe_rl.models.config import ModelConfig
-from moe_rl.train import distill, grpo, loop
+from moe_rl.recipes import distill, r1_zero
+from moe_rl.train import grpo, loop
 
 
 def student_rl_config(config, workdir: str, tokenizer_dir: str) -> ml_collections.ConfigDict:
@@ -72,7 +73,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     rl_config = student_rl_config(config, workdir, tokenizer_dir)
     prompt = prompt_tokens(config.teacher.task, tokenizer_dir)
     print("Training the same student with GRPO from its own base")
-    rl = grpo.run(rl_config, os.path.join(workdir, "student_grpo"))
+    rl = r1_zero.run(rl_config, os.path.join(workdir, "student_grpo"))
 
     student = ModelConfig.from_config(config.student.model)
     teacher = ModelConfig.from_config(config.teacher.model)

@@ -31,7 +31,8 @@ from moe_rl import checkpoint, evaluate, sampling
 from moe_rl.data import cold_start, tokenizers
 from moe_rl.data.tasks import task_from_config
 from moe_rl.models.config import ModelConfig
-from moe_rl.train import distill, distill_data, grpo, lm
+from moe_rl.recipes import pretrain, r1_zero
+from moe_rl.train import distill, distill_data, grpo
 
 ConfigDict = ml_collections.ConfigDict
 
@@ -92,7 +93,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     data_dir = os.path.join(workdir, "data")
 
     # 0. The base: config.init_checkpoint, or pretrained now into <workdir>/base.
-    _, _, base_source = grpo.base_model(config, cfg, workdir)
+    _, _, base_source = r1_zero.base_model(config, cfg, workdir)
     base_dir = config.init_checkpoint or os.path.join(workdir, "base")
     tokenizer_dir = grpo.base_tokenizer(config, workdir)
     tokenizer = tokenizers.get_tokenizer(tokenizer_dir)
@@ -105,12 +106,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     cold_paths = _write_split(data_dir, "cold_start", rows, cs.validation_fraction)
     cold_dir = os.path.join(workdir, "cold_start")
     print(f"Stage 1: cold-start SFT on {len(rows)} worked examples into {cold_dir}")
-    lm.run(_sft_config(config, cs, base_dir, tokenizer_dir, cold_paths), cold_dir)
+    pretrain.run(_sft_config(config, cs, base_dir, tokenizer_dir, cold_paths), cold_dir)
 
     # 2. Reasoning-oriented RL from the cold-start model.
     rl_dir = os.path.join(workdir, "rl")
     print(f"Stage 2: GRPO from the cold-start model into {rl_dir}")
-    rl = grpo.run(_grpo_config(config, cold_dir, tokenizer_dir, config.grpo.num_steps), rl_dir)
+    rl = r1_zero.run(_grpo_config(config, cold_dir, tokenizer_dir, config.grpo.num_steps), rl_dir)
 
     # 3. Rejection sampling of the RL model on training questions.
     r = config.rejection
@@ -144,7 +145,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         f"Stage 4: SFT of the base on {len(kept)} RL answers + {len(rows)} cold-start examples "
         f"into {sft_dir}"
     )
-    lm.run(_sft_config(config, config.sft, base_dir, tokenizer_dir, sft_paths), sft_dir)
+    pretrain.run(_sft_config(config, config.sft, base_dir, tokenizer_dir, sft_paths), sft_dir)
 
     # 5. Optional final RL.
     results = {
@@ -155,7 +156,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if config.final_grpo.num_steps > 0:
         rl2_dir = os.path.join(workdir, "rl2")
         print(f"Stage 5: GRPO from the SFT model into {rl2_dir}")
-        rl2 = grpo.run(
+        rl2 = r1_zero.run(
             _grpo_config(config, sft_dir, tokenizer_dir, config.final_grpo.num_steps), rl2_dir
         )
         results.update(sft=rl2["before"], rl2=rl2["after"])
