@@ -23,9 +23,8 @@ from ml_collections import ConfigDict
 
 from moe_rl.train import configs
 
-# A try ("Try (7 + 5) * 3: 7 + 5 = 12, 12 * 3 = 36, no.") is ~32 tokens: a corpus search of
-# the most (6) tries runs to 224 tokens on average, 277 at most; 256 fit all but ~1%.
-MAX_NEW_TOKENS = 256
+# A try ("Try (7 + 5) * 3: 7 + 5 = 12, 12 * 3 = 36, not 22.") is ~35 tokens: room for 6.
+MAX_NEW_TOKENS = 224
 
 
 def get_config() -> ConfigDict:
@@ -37,8 +36,4 @@ def get_config() -> ConfigDict:
     config.pretrain.data.mix = "countdown"
     config.sampling.max_new_tokens = MAX_NEW_TOKENS
     config.eval.sampling.max_new_tokens = MAX_NEW_TOKENS
-    # DAPO's overlong filtering: a search cut by the token budget carries no gradient, so a long
-    # search is not punished for its length (with it punished, GRPO shortened the search to one
-    # try: docs/results/r1_zero_countdown/README.md, pilot 3).
-    config.grpo.overlong_filter = True
     return config

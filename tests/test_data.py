@@ -251,8 +251,8 @@ def test_r1_mix_leans_to_the_think_format_and_is_named_in_the_config():
 def test_countdown_search_tries_until_a_checked_hit():
     rng = draws.Random(2)
     step = re.compile(r"(\d+) ([-+*/]) (\d+) = (\d+)")
-    found, lengths = 0, []
-    for _ in range(600):
+    found = tries_seen = 0
+    for _ in range(400):
         p = countdown_docs.countdown_search(rng, wrong=False, max_tries=6)
         numbers, target = _countdown_question(p.question)
         assert p.steps[0] == f"Target: {target}."  # restated before the tries
@@ -268,29 +268,18 @@ def test_countdown_search_tries_until_a_checked_hit():
             assert w.endswith("found it.") == (value == target)
             assert sorted(map(int, re.findall(r"\d+", text))) == sorted(numbers)
         # It stops at the first hit, which is the answer; a search that runs out says so.
-        assert all(w.endswith(", no.") for w in tries[:-1])
+        assert all(w.endswith(f"not {target}.") for w in tries[:-1])
         if tries[-1].endswith("found it."):
             found += 1
             assert p.answer == texts[-1] and len(p.steps) == 1 + len(tries)
         else:
             assert p.steps[-1] == "I stop here." and p.answer == texts[-1]
-            lengths.append(len(tries))
-    # Geometric patience (go on after a miss with probability 0.7, at most 6 tries): every
-    # length occurs, a search that gives up stops after the first try ~30% of the time.
-    counts = np.bincount(lengths, minlength=7)[1:]
-    assert counts.min() > 0 and 0.2 < counts[0] / len(lengths) < 0.4
-    assert 0.1 < found / 600 < 0.4
-    # Wrong searches: one try's last step slips, never onto the target, and is carried on.
+        tries_seen += len(tries)
+    assert 0.15 < found / 400 < 0.6 and 2 < tries_seen / 400 < 4
+    # Wrong searches: a try's last step slips or claims the target (a false hit).
     wrong = [countdown_docs.countdown_search(rng, wrong=True) for _ in range(300)]
-    slipped = 0
-    for p in wrong:
-        target = _countdown_question(p.question)[1]
-        for w in (w for w in p.steps if w.startswith("Try ")):
-            x, op, y, z = step.findall(w)[-1]
-            slipped += _evaluate(f"{x} {op} {y}") != int(z)
-            assert w.endswith("found it.") == (int(z) == target)
-            assert not (w.endswith("found it.") and _evaluate(w[4:].split(":", 1)[0]) != target)
-    assert len(wrong) / 2 < slipped <= len(wrong)  # fewer: a hit came before the slip
+    claims = [p for p in wrong if p.steps[-1].endswith("found it.")]
+    assert any(_evaluate(p.answer) != _countdown_question(p.question)[1] for p in claims)
 
 
 def _countdown_question(question: str) -> tuple[list[int], int]:
@@ -355,7 +344,7 @@ def test_corpus_prepares_offline_deterministically(tmp_path, no_downloads):
     valid = corpus.load_text_dataset(
         corpus.ARITHMETIC, "validation", str(tmp_path / "a"), config=config
     )
-    assert list(tmp_path.glob("a/moe_rl_arithmetic/*/1.3.0/*train.array_record*"))
+    assert list(tmp_path.glob("a/moe_rl_arithmetic/*/1.2.0/*train.array_record*"))
     assert (len(train), len(valid)) == (120, 30)
     assert list(train) == list(again) == list(arithmetic.documents(120, [3, 0]))
     assert train.__getitems__([5, 2]) == [train[5], train[2]] and train[-1] == train[119]

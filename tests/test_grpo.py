@@ -295,7 +295,7 @@ def test_countdown_experiment_is_r1_zero_with_its_own_task_corpus_and_lengths():
     differ = {k for k in set(a) | set(b) if a.get(k) != b.get(k)}
     assert differ <= {
         "name", "task.name", "task.options", "pretrain.data.mix", "sampling.max_new_tokens",
-        "eval.sampling.max_new_tokens", "grpo.num_steps", "grpo.overlong_filter",
+        "eval.sampling.max_new_tokens", "grpo.num_steps",
     }, differ  # fmt: skip
     assert countdown.task.name == "countdown" and countdown.pretrain.data.mix == "countdown"
 

@@ -344,11 +344,11 @@ MIXES = {
         template=0.15,
     ),
     # The Countdown base's corpus (experiments/r1_zero_countdown.py): puzzles of the RL task's
-    # size solved by trial (`countdown_search`: 1-6 tries, geometric patience, each try worked
-    # and checked against the target) and drills of the tries' steps. No bare claims in the
-    # thinks, and fewer mistakes than the other mixes: with a third of the thinks a bare claim
-    # and a quarter of the documents wrong, a base got 76% of its steps right, checked its tries
-    # wrongly and GRPO moved it to the shorter bare claims (docs/results/r1_zero_countdown/).
+    # size solved by trial (`countdown_search`: 1-6 tries, each worked and checked against the
+    # target) and drills of the tries' steps. No bare claims in the thinks, and fewer mistakes
+    # than the other mixes: with a third of the thinks a bare claim and a quarter of the
+    # documents wrong, a base got 76% of its steps right, checked its tries wrongly and GRPO
+    # moved it to the shorter bare claims (docs/results/r1_zero_countdown/README.md).
     "countdown": Mix(
         {"countdown_search": 0.6, "step_facts": 0.3, "addition": 0.05, "subtraction": 0.05},
         {"answer": 0.1, "worked": 0.2, "think": 0.6, "prose": 0.05, "worksheet": 0.05},

@@ -3,7 +3,7 @@
 Countdown (TinyZero's R1-Zero task): combine the given numbers with + - * / (exact integer
 division, each number at most once) to reach a target. `countdown` writes a solution with
 0-2 failed attempts before it (the default mix); `countdown_search` writes a search by trial
-and checking, 1-6 tries each worked and checked against the target (the 'countdown' mix);
+and checking, 1-6 tries each worked and compared with the target (the 'countdown' mix);
 `step_facts` drills the steps such tries are made of.
 """
 
@@ -111,39 +111,33 @@ def _attempt(
     return value, text, steps
 
 
-def countdown_search(
-    rng: Random, wrong: bool, max_tries: int = 6, keep_going: float = 0.7
-) -> Solved:
+def countdown_search(rng: Random, wrong: bool, max_tries: int = 6) -> Solved:
     """Countdown solved by trial and checking, as a person without a method does it.
 
-    The writer first restates the target ("Target: 22."), so that each verdict checks against it
-    from close by, then tries random expressions over the numbers, each new, worked step by step
-    and checked: "Try (7 + 5) * 3: 7 + 5 = 12, 12 * 3 = 36, no." The search stops at the first
-    expression that reaches the target ("Try 3 * 5 + 7: 3 * 5 = 15, 15 + 7 = 22, found it."),
-    which is the answer. After a miss the writer goes on with probability `keep_going` (up to
-    `max_tries` tries), else gives up ("I stop here.") and answers the last try anyway, a wrong
-    answer: the writers' patience is geometric, so every length of search up to `max_tries`
-    occurs, short ones most, and a longer search succeeds more often. What RL can learn is to
-    keep trying. If wrong, one try's last step slips (off by a little, never onto the target),
-    carried to its verdict. 3 numbers from 1..10, targets up to 100, as the Countdown RL task
-    draws them.
+    The writer first restates the target ("Target: 22."), so that each verdict copies it from
+    close by, then is willing to try 1..max_tries expressions (uniform). Each try is a new random
+    expression over the numbers, worked step by step and compared with the target: "Try
+    (7 + 5) * 3: 7 + 5 = 12, 12 * 3 = 36, not 22." The search stops at the first expression that
+    reaches the target ("3 * 5 = 15, 15 + 7 = 22, found it."), which is the answer; a writer
+    whose tries run out answers the last one anyway ("I stop here."), a wrong answer. So success
+    grows with the number of tries, and the corpus has short and long searches: what RL can
+    learn is to keep trying. If wrong, one try's last step slips (off by a little), or claims
+    the target when it does not reach it (half each); either is carried to the end.
+    3 numbers from 1..10, targets up to 100, as the Countdown RL task draws them.
     """
     numbers, target, _, _ = countdown_puzzle(rng, 3, 10, 100)
-    budget = 1
-    while budget < max_tries and rng.random() < keep_going:
-        budget += 1
+    budget = rng.integers(1, max_tries + 1)
     bad = rng.below(budget) if wrong else -1
     seen: set[str] = set()
     work, text = [f"Target: {target}."], ""
     for k in range(budget):
         value, text, steps = _attempt(rng, numbers, seen)
         if k == bad:
-            value = slip(rng, value)
-            while value == target:
-                value = slip(rng, value)
+            value = target if rng.random() < 0.5 else slip(rng, value)
             steps[-1] = steps[-1].rsplit("=", 1)[0] + f"= {value}"
         hit = value == target
-        work.append(f"Try {text}: {', '.join(steps)}, {'found it' if hit else 'no'}.")
+        verdict = "found it" if hit else f"not {target}"
+        work.append(f"Try {text}: {', '.join(steps)}, {verdict}.")
         if hit:
             break
     else:
