@@ -14,6 +14,7 @@ Result:   a table printed and written to runs/eval/eval.json, answers in runs/ev
 from ml_collections import ConfigDict
 
 from moe_rl.models.config import preset
+from moe_rl.train import configs
 
 
 def get_config() -> ConfigDict:
@@ -25,15 +26,9 @@ def get_config() -> ConfigDict:
             checkpoint="",  # a workdir whose newest checkpoint is evaluated; '' = fresh init
             model=preset("tiny"),  # must match the checkpoint's model
             tokenizer="byte",  # 'byte' or a Hugging Face tokenizer folder / tokenizer.json
-            task=dict(
-                name="arithmetic",  # a built-in task, rg:<name> or tfds:<name>
-                options="",  # the task's knobs: --config.task.options="num_digits=3,num_terms=3"
-                split="test",
-                num_questions=64,
-                seed=0,  # which questions
-                template="r1_zero",  # r1_zero | plain | chat
-                think_opened=False,  # prompt ends with '<think>' (TinyZero style)
-            ),
+            # The task block of the R1-Zero recipes, plus the split and the number of questions
+            # (--config.task.options="num_digits=3,num_terms=3" sets the task's knobs).
+            task=configs.task(split="test", num_questions=64),
             sampling=dict(
                 temperature=0.6,  # DeepSeek-R1's evaluation setting
                 top_p=0.95,

@@ -108,6 +108,24 @@ def skills_data(**overrides) -> ConfigDict:
     return c
 
 
+def task(**overrides) -> ConfigDict:
+    """Which verifiable task and how it is asked (moe_rl/data/tasks): the R1-Zero recipes' and
+    the evaluation's (which adds the split and the number of questions)."""
+    c = ConfigDict(
+        dict(
+            name="arithmetic",  # a built-in task, rg:<name>, tfds:<name>, jsonl:/parquet:<path>
+            # The task's knobs, "name=value,...", e.g. "num_digits=3,operators='+-'";
+            # '' = its defaults (arithmetic: a + b with numbers of up to 2 digits).
+            options="",
+            template="r1_zero",  # r1_zero | plain | chat
+            think_opened=False,  # prompt ends with '<think>' (TinyZero style)
+            seed=0,  # question order (train) and the held-out questions (test)
+        )
+    )
+    c.update(overrides)
+    return c
+
+
 def sampling(**overrides) -> ConfigDict:
     """How the policy samples its rollouts (and, in `r1_eval`, its held-out answers)."""
     c = ConfigDict(dict(temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=112))
@@ -206,15 +224,7 @@ def r1_zero(model: str = "tiny") -> ConfigDict:
                 optim=optim(),
                 mesh=mesh(),
             ),
-            task=dict(
-                name="arithmetic",  # a built-in task, rg:<name> or tfds:<name>
-                # The task's knobs, "name=value,...", e.g. "num_digits=3,operators='+-'";
-                # '' = its defaults (arithmetic: a + b with numbers of up to 2 digits).
-                options="",
-                template="r1_zero",  # r1_zero | plain | chat
-                think_opened=False,  # prompt ends with '<think>' (TinyZero style)
-                seed=0,  # question order (train) and the held-out questions (test)
-            ),
+            task=task(),
             # A column addition of two 2-digit numbers takes ~80 tokens.
             sampling=sampling(max_new_tokens=112),
             grpo=grpo(num_steps=40),
