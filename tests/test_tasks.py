@@ -354,6 +354,31 @@ def test_parquet_task_reads_math_boxed_solutions_with_a_test_file(tmp_path):
     assert task.verify("\\frac{1}{2}", test[0]) == 1.0 and task.verify("1/3", test[0]) == 0.0
 
 
+def test_hf_task_reads_a_datasets_folder_with_its_splits(tmp_path, monkeypatch):
+    """hf:<dataset> through datasets.load_dataset, offline: a local folder of train/test files
+    (what a Hub dataset is, once in the cache)."""
+    datasets = pytest.importorskip("datasets")
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "gsm8k_like"
+    folder.mkdir()
+    rows = _write_gsm8k_like(folder / "train.jsonl", 40)
+    with open(folder / "test.jsonl", "w") as f:
+        f.write(json.dumps({"question": "What is 2 + 2?", "answer": "2 + 2 = 4\n#### 4"}) + "\n")
+    task = get_task(f"hf:{folder}")
+    assert task.name == f"hf:{folder}" and task.numeric_answer
+    assert [e.question for e in task.examples("test", 3)] == ["What is 2 + 2?"] * 3
+    train = task.examples("train", 100)
+    assert {e.question for e in train} == {r["question"] for r in rows}
+    assert task.verify("4", task.examples("test", 1)[0]) == 1.0
+    # test_split='' splits the train split by the question's hash, as the file tasks do.
+    hashed = get_task(f"hf:{folder}", test_split="")
+    held = {e.question for e in hashed.examples("test", 100)}
+    assert held and held < {r["question"] for r in rows}
+    assert not held & {e.question for e in hashed.examples("train", 100)}
+    with pytest.raises(ValueError, match=f"task hf:{folder}: split 'validation'"):
+        get_task(f"hf:{folder}", test_split="validation")
+
+
 @pytest.mark.parametrize(
     "options, message",
     [

@@ -1,5 +1,6 @@
 """Verifiable tasks by name: built-in generators, `rg:<name>` (reasoning-gym), `tfds:<name>`,
-and question files `jsonl:<path>` / `parquet:<path>` (GSM8K, MATH or your own).
+question files `jsonl:<path>` / `parquet:<path>` and Hugging Face datasets `hf:<dataset>[:<config>]`
+(GSM8K, MATH or your own).
 
 task = get_task("countdown", num_numbers=3)
 train = task.stream("train", seed=0)           # endless
@@ -34,7 +35,7 @@ def get_task(name: str, **kwargs) -> Task:
         from moe_rl.data.tasks.tfds_math import TfdsMathTask
 
         return TfdsMathTask(name.removeprefix("tfds:"), **kwargs)
-    if name.startswith(("jsonl:", "parquet:")):
+    if name.startswith(("jsonl:", "parquet:", "hf:")):
         from moe_rl.data.tasks.files import FileTask
 
         kind, _, path = name.partition(":")
@@ -43,7 +44,8 @@ def get_task(name: str, **kwargs) -> Task:
         raise ValueError(
             f"unknown task {name!r}; registered: {', '.join(sorted(TASKS))}, or a prefix "
             "'rg:<reasoning-gym dataset>' (e.g. rg:chain_sum), 'tfds:<dataset>' "
-            "(e.g. tfds:math_dataset/arithmetic__add_or_sub), 'jsonl:<path>' or 'parquet:<path>'"
+            "(e.g. tfds:math_dataset/arithmetic__add_or_sub), 'jsonl:<path>', 'parquet:<path>' or "
+            "'hf:<dataset>[:<config>]' (e.g. hf:openai/gsm8k:main)"
         )
     return TASKS[name](**kwargs)
 

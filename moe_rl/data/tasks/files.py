@@ -1,4 +1,5 @@
-"""`jsonl:<path>` and `parquet:<path>`: question files that users bring (GSM8K, MATH, their own).
+"""`jsonl:<path>`, `parquet:<path>` and `hf:<dataset>[:<config>]`: the question sets users bring
+(GSM8K, MATH, DAPO-Math, their own), from files or through Hugging Face `datasets`.
 
 Each record gives a question and a reference answer, under keys set by the task's options
 (`question_key`, `answer_key`; GSM8K's and MATH's are the defaults 'question'/'problem' and
@@ -11,9 +12,14 @@ Each record gives a question and a reference answer, under keys set by the task'
 
 A path may hold one file or a folder of them; `test_path` gives a separate test file, else the
 records are split by a hash of the question (`test_fraction`), as the generated tasks are, so
-the splits are disjoint and fixed. Verification: equal up to spaces, or equal as exact numbers
-("0.75" and "3/4"); with the reward's `use_math_verify`, symbolic equality too (math-verify),
-only for answers written as numbers when every reference is a number (GSM8K).
+the splits are disjoint and fixed. `hf:<dataset>[:<config>]` reads the dataset's `train_split`
+and `test_split` (default 'train' and 'test'; `test_split=''` splits train by the hash) with
+`datasets.load_dataset`: a Hub name from the local cache (`HF_DATASETS_OFFLINE=1` keeps it
+there) or a local folder of data files, e.g. hf:openai/gsm8k:main.
+
+Verification: equal up to spaces, or equal as exact numbers ("0.75" and "3/4"); with the
+reward's `use_math_verify`, symbolic equality too (math-verify), only for answers written as
+numbers when every reference is a number (GSM8K).
 """
 
 from __future__ import annotations
@@ -70,6 +76,28 @@ def _read_records(path: str, kind: str) -> list[dict]:
     return records
 
 
+def _read_hf(name: str, split: str, where: str) -> list[dict]:
+    """One split of a Hugging Face dataset ('<dataset>' or '<dataset>:<config>', a Hub name or a
+    local folder) as records, read with `datasets.load_dataset`."""
+    try:
+        import datasets
+    except ImportError:
+        raise ImportError(
+            f"{where} needs the Hugging Face datasets library: pip install -e '.[hf]'"
+        ) from None
+    path, _, config = name.partition(":")
+    if os.path.isdir(name):  # a local folder whose name holds ':' is not split
+        path, config = name, ""
+    try:
+        data = datasets.load_dataset(path, config or None, split=split)
+    except ValueError as e:  # e.g. an unknown split: say which ones there are
+        raise ValueError(f"{where}: split {split!r}: {e}") from None
+    records = data.to_list()
+    if not records:
+        raise ValueError(f"{where}: split {split!r} holds no records")
+    return records
+
+
 def _key(records: list[dict], given: str, candidates: tuple[str, ...], what: str, where: str):
     keys = list(records[0])
     if given:
@@ -85,7 +113,8 @@ def _key(records: list[dict], given: str, candidates: tuple[str, ...], what: str
 
 
 class FileTask(Task):
-    """Questions and reference answers from a JSONL or Parquet file (see the module docstring)."""
+    """Questions and reference answers from records (see the module docstring): a JSONL or
+    Parquet file (`kind` 'jsonl' / 'parquet'), or a Hugging Face dataset (`kind` 'hf')."""
 
     math_answer = True
 
@@ -98,14 +127,18 @@ class FileTask(Task):
         answer_format: str = "auto",
         test_path: str = "",
         test_fraction: float = 0.1,
+        train_split: str = "train",
+        test_split: str = "test",
     ):
         where = f"task {kind}:{path}"
         if answer_format not in FORMATS:
             raise ValueError(f"{where}: answer_format={answer_format!r}; allowed: {FORMATS}")
-        if not test_path and not 0.0 < test_fraction < 1.0:
+        held_out = test_split if kind == "hf" else test_path
+        if not held_out and not 0.0 < test_fraction < 1.0:
             raise ValueError(f"{where}: test_fraction={test_fraction} must be in (0, 1)")
         self.name = f"{kind}:{path}"
-        records = _read_records(path, kind)
+        read = (lambda split: _read_hf(path, split, where)) if kind == "hf" else None
+        records = read(train_split) if read else _read_records(path, kind)
         q = _key(records, question_key, QUESTION_KEYS, "question", where)
         a = _key(records, answer_key, ANSWER_KEYS, "answer", where)
 
@@ -117,8 +150,8 @@ class FileTask(Task):
                     out.append(Example(str(row[q]).strip(), ref, {"field": str(row[a])}))
             return out
 
-        if test_path:
-            test = examples(_read_records(test_path, kind))
+        if held_out:
+            test = examples(read(test_split) if read else _read_records(test_path, kind))
             self._examples = {"train": examples(records), "test": test}
         else:
             every = examples(records)
