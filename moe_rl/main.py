@@ -74,6 +74,8 @@ def main(argv):
         jax.distributed.initialize()
     seeds = None if _SEEDS.value is None else sweep.parse_seeds(_SEEDS.value)
     module = get_recipe_module(config.recipe)
+    from moe_rl.data import corpus  # loaded by every recipe; not at import, to keep --help fast
+
     workdir = _WORKDIR.value or default_workdir(
         config, config_flags.get_config_filename(flags.FLAGS["config"])
     )
@@ -85,6 +87,8 @@ def main(argv):
             sweep.run(config, workdir, seeds, module)
     except KeyboardInterrupt:
         sys.exit(f"moe_rl: interrupted; rerun the same command to resume in {workdir}")
+    except (corpus.DatasetNotPreparedError, corpus.CorruptDatasetError) as e:
+        sys.exit(f"moe_rl: {e}")  # what to do is in the message: no traceback
     print(f"\nDone. Files in {os.path.abspath(workdir)}: {', '.join(written(workdir))}")
 
 

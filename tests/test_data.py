@@ -6,6 +6,7 @@ import operator
 import re
 from fractions import Fraction
 
+import ml_collections
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
@@ -15,6 +16,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from moe_rl.data import arithmetic, corpus, countdown_docs, draws, facts, labelled, packing, skills
 from moe_rl.data.tokenizers import ByteTokenizer, HFTokenizer, get_tokenizer, train_bpe
+from moe_rl.train import configs, lm
 
 BYTE = ByteTokenizer()
 
@@ -476,8 +478,34 @@ class MoeRlTestTexts(tfds.core.GeneratorBasedBuilder):
 def test_external_dataset_not_prepared_is_a_clear_error(tmp_path, no_downloads):
     with pytest.raises(corpus.DatasetNotPreparedError, match="tfds build tiny_shakespeare"):
         corpus.load_text_dataset("tiny_shakespeare", "train", str(tmp_path))
+    # The hint names config keys a user can set, and the download key reaches the loader.
+    with pytest.raises(corpus.DatasetNotPreparedError, match=r"--config\.data\.download=True"):
+        corpus.load_text_dataset("tiny_shakespeare", "train", str(tmp_path))
+    config = ml_collections.ConfigDict(
+        {
+            "recipe": "pretrain",
+            "data": configs.data(name="tiny_shakespeare", data_dir=str(tmp_path)),
+        }
+    )
+    config.data.download = True
+    with pytest.raises(AssertionError, match="tried to prepare tiny_shakespeare"):  # no_downloads
+        lm.load_sources(config)
     with pytest.raises(ValueError, match="Unknown dataset"):
         corpus.load_text_dataset("no_such_dataset_anywhere", "train", str(tmp_path))
+
+
+@pytest.mark.parametrize("size", [1000, 65536, 100_000])
+def test_a_truncated_corpus_file_is_named_with_what_to_do(tmp_path, size):
+    """A truncated array_record file fails at load, naming the folder to delete (at 64 KiB it
+    used to read every document as the string 'None')."""
+    cfg = corpus.arithmetic_config(200, 20, 0, "default")
+    corpus.load_text_dataset(corpus.ARITHMETIC, "train", str(tmp_path), config=cfg)
+    (path,) = tmp_path.glob("moe_rl_arithmetic/*/*/*train.array_record*")
+    with open(path, "r+b") as f:
+        f.truncate(size)
+    with pytest.raises(corpus.CorruptDatasetError, match="truncated or damaged") as e:
+        corpus.load_text_dataset(corpus.ARITHMETIC, "train", str(tmp_path), config=cfg)
+    assert f"Delete {path.parent}" in str(e.value) and "generated again" in str(e.value)
 
 
 def test_external_prepared_dataset_loads_by_name(tmp_path):

@@ -353,11 +353,17 @@ class DatasetNotPreparedError(FileNotFoundError):
     """A TFDS dataset is not in data_dir and we may not download it."""
 
 
-class TextSource(Sequence):
-    """The `key` text field of a TFDS data source, as str, by index."""
+class CorruptDatasetError(RuntimeError):
+    """A prepared dataset's files do not read (truncated or damaged): the message names the
+    folder and says to delete it."""
 
-    def __init__(self, source, key: str):
-        self._source, self.key = source, key
+
+class TextSource(Sequence):
+    """The `key` text field of a TFDS data source, as str, by index. `folder` is where the
+    prepared files live: a file that does not read (truncated, damaged) is an error naming it."""
+
+    def __init__(self, source, key: str, folder: str = "", embedded: bool = False):
+        self._source, self.key, self.folder, self.embedded = source, key, folder, embedded
 
     def __len__(self) -> int:
         return len(self._source)
@@ -366,15 +372,32 @@ class TextSource(Sequence):
         n = len(self._source)
         if not -n <= index < n:
             raise IndexError(f"index {index} out of range for {n} documents")
-        return self._text(self._source[index % n])
+        return self.__getitems__([index % n])[0]
 
     def __getitems__(self, indices: Sequence[int]) -> list[str]:
         """Many documents in one read: far faster than one by one from array_record."""
-        return [self._text(record) for record in self._source.__getitems__(list(indices))]
+        try:
+            records = self._source.__getitems__(list(indices))
+        except RuntimeError as e:  # array_record: "Corrupted Riegeli/records file", "at least 64KB"
+            raise self._corrupt(str(e).splitlines()[0][:200]) from None
+        return [self._text(record) for record in records]
 
     def _text(self, record) -> str:
         value = record[self.key]
+        if value is None:  # what a truncated array_record file yields instead of an error
+            raise self._corrupt(f"a record's {self.key!r} reads as None")
         return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+    def _corrupt(self, what: str) -> CorruptDatasetError:
+        again = (
+            "it is generated again on the next run"
+            if self.embedded
+            else "then prepare it again (tfds build ... --file_format=array_record)"
+        )
+        return CorruptDatasetError(
+            f"the prepared dataset in {self.folder} does not read ({what}): its files are "
+            f"truncated or damaged. Delete {self.folder}; {again}."
+        )
 
 
 def _text_key(features, text_key: str | None, name: str) -> str:
@@ -397,8 +420,8 @@ def _not_prepared_message(name: str, builder) -> str:
         f"TFDS dataset {name!r} is not prepared in {data_dir} and is not downloaded here "
         "(download=False). To prepare it offline: on a machine with network run\n"
         f"  tfds build {name} --data_dir=<dir> --file_format=array_record\n"
-        f"then copy <dir>/{builder.name} to {data_dir}/ (or point data_dir at the copy). "
-        "Or pass download=True where the network is available."
+        f"then copy <dir>/{builder.name} to {data_dir}/ (or point --config.data.data_dir at the "
+        "copy). Or, where the network is available, --config.data.download=True."
     )
 
 
@@ -450,4 +473,8 @@ def load_text_dataset(
                 f"needs array_record: rebuild with `tfds build {name} --file_format=array_record`."
             )
     key = _text_key(builder.info.features, text_key, name)
-    return TextSource(builder.as_data_source(split), key)
+    embedded = name == ARITHMETIC or is_labelled(name)
+    source = TextSource(builder.as_data_source(split), key, builder.data_dir, embedded)
+    if len(source):  # a damaged file fails here, before anything trains, not at some step
+        source.__getitems__(sorted({0, len(source) // 2, len(source) - 1}))
+    return source

@@ -52,6 +52,7 @@ def data(**overrides) -> ConfigDict:
             name="moe_rl_arithmetic",  # embedded corpus, or a TFDS text dataset (tiny_shakespeare)
             data_dir="",  # TFDS data_dir ('' = TFDS default ~/tensorflow_datasets)
             text_key="",  # text feature of a TFDS dataset ('' = 'text' or its only text feature)
+            download=False,  # let TFDS download and prepare a missing dataset (needs network)
             validation_split="validation",  # split used for validation loss
             num_documents=100_000,  # embedded corpus: training documents
             num_validation=2_000,  # embedded corpus: validation documents

@@ -222,7 +222,9 @@ def load_sources(config: ml_collections.ConfigDict):
     d = config.data
     if config.recipe == "sft":
         return tuple(read_pairs(path) for path in (d.sft_train, d.sft_validation))
-    kwargs = dict(data_dir=d.data_dir or None, text_key=d.text_key or None)
+    kwargs = dict(
+        data_dir=d.data_dir or None, text_key=d.text_key or None, download=d.get("download", False)
+    )
     if d.name == corpus.ARITHMETIC:
         kwargs["config"] = corpus.arithmetic_config(
             d.num_documents, d.num_validation, d.corpus_seed, d.get("mix", "default")
