@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from ml_collections import ConfigDict
 
 from moe_rl.models.config import preset
+from moe_rl.train import grpo_loss
 
 
 def optim(**overrides) -> ConfigDict:
@@ -146,15 +149,9 @@ def grpo(**overrides) -> ConfigDict:
             num_generations=16,  # completions per question (G)
             num_iterations=1,  # mu: passes over each batch of rollouts
             minibatch_size=32,  # sequences per optimizer update
-            advantage="grpo",  # grpo | dr_grpo (Liu et al. 2025) | rloo (Ahmadian 2024)
-            adv_eps=1e-4,
-            eps_low=0.2,  # PPO clip range; eps_high > eps_low is DAPO's clip-higher
-            eps_high=0.2,
-            # token (GRPO) | sequence (GSPO, Zheng et al. 2025: with eps 3e-4 / 4e-4)
-            ratio="token",
-            beta=0.04,  # KL weight (DeepSeekMath); 0 skips the reference model
-            kl="k3_loss",  # k3_loss (DeepSeekMath) | k1_reward (PPO-style reward penalty)
-            aggregation="seq_mean",  # seq_mean (GRPO) | token_mean (DAPO) | constant (Dr.)
+            # The loss: advantage, adv_eps, eps_low, eps_high, ratio, beta, kl, aggregation,
+            # with the defaults and the meaning of grpo_loss.LossConfig (one source).
+            **dataclasses.asdict(grpo_loss.LossConfig()),
             dynamic_sampling=True,  # DAPO: replace zero-variance groups
             max_refills=2,  # extra sampling rounds per step with dynamic sampling
             overlong_filter=False,  # DAPO: truncated completions carry no gradient
