@@ -53,9 +53,16 @@ def make_step(cfg: ModelConfig, params, model_state, args, reward_fn=None, eos_i
         prompts = rng.integers(3, 259, (Q, args.prompt_len)).tolist()
         t0 = time.perf_counter()
         out = sampling.generate(
-            cfg, state.params, state.model_state, prompts, jax.random.key(i), sp,
-            eos_id=eos_id, pad_id=PAD, num_samples=G,
-        )  # fmt: skip
+            cfg,
+            state.params,
+            state.model_state,
+            prompts,
+            jax.random.key(i),
+            sp,
+            eos_id=eos_id,
+            pad_id=PAD,
+            num_samples=G,
+        )
         tokens, logp, n = (np.asarray(a) for a in jax.device_get(out))
         t1 = time.perf_counter()
         P = sampling.bucket(args.prompt_len)
@@ -80,8 +87,13 @@ def make_step(cfg: ModelConfig, params, model_state, args, reward_fn=None, eos_i
         state, metrics = update(state, mb, P, G)
         jax.block_until_ready(metrics)
         t3 = time.perf_counter()
-        return {"rollout": t1 - t0, "reference": t2 - t1, "train": t3 - t2, "total": t3 - t0,
-                "length": float(n.mean())}  # fmt: skip
+        return {
+            "rollout": t1 - t0,
+            "reference": t2 - t1,
+            "train": t3 - t2,
+            "total": t3 - t0,
+            "length": float(n.mean()),
+        }
 
     return step
 

@@ -76,9 +76,12 @@ def pretrain_step(name: str, batch: int, seq_len: int, steps: int, **overrides) 
 def grpo(name: str, args) -> dict:
     """benchmarks/grpo_step.py's step, and its model FLOPs (rollout, reference, train)."""
     ns = argparse.Namespace(
-        prompts=args.prompts, generations=args.generations, new=args.new,
-        prompt_len=args.prompt_len, steps=args.grpo_steps,
-    )  # fmt: skip
+        prompts=args.prompts,
+        generations=args.generations,
+        new=args.new,
+        prompt_len=args.prompt_len,
+        steps=args.grpo_steps,
+    )
     r = grpo_step.bench(name, ns)
     cfg = ModelConfig.from_config(preset(name))
     Q, G, P, N = args.prompts, args.generations, args.prompt_len, args.new
@@ -125,8 +128,14 @@ def main():
 
     print("| step | model FLOPs | seconds | GFLOP/s | MFU |")
     print("| --- | ---: | ---: | ---: | ---: |")
-    print(row(f"pretraining, {args.model}, {args.batch} x {args.seq_len} tokens",
-              pre["flops"], pre["seconds"], peak))  # fmt: skip
+    print(
+        row(
+            f"pretraining, {args.model}, {args.batch} x {args.seq_len} tokens",
+            pre["flops"],
+            pre["seconds"],
+            peak,
+        )
+    )
     if g is not None:
         name = args.grpo_model or args.model
         shape = f"{args.prompts} x {args.generations} x {args.new} new tokens"

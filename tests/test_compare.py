@@ -45,8 +45,13 @@ def test_cost_curve_points_at_evaluations():
     rows += [{"step": 3, "val_loss": 2.0}, {"step": 6, "val_loss": 1.0}]
     curve = compare.cost_curve(rows, {3: {"val_attr_loss": 4.0}}, flops_per_step=10.0, eval_every=3)
     assert [p["step"] for p in curve] == [3, 6]
-    assert curve[0] == {"step": 3, "flops": 30.0, "seconds": 2.0, "val_loss": 2.0,
-                        "val_attr_loss": 4.0}  # fmt: skip
+    assert curve[0] == {
+        "step": 3,
+        "flops": 30.0,
+        "seconds": 2.0,
+        "val_loss": 2.0,
+        "val_attr_loss": 4.0,
+    }
     assert curve[1]["flops"] == 60.0 and curve[1]["seconds"] == 5.0
 
 
@@ -98,8 +103,12 @@ def test_expert_choices_are_the_forward_passes_routing(scan):
     ids = probes.expert_choices(cfg, params, state, batch)
     assert ids.shape == (cfg.num_moe_layers, *batch["tokens"].shape, cfg.num_experts_per_tok)
     valid = batch["segment_ids"] > 0
-    counts = np.stack([np.bincount(ids[n][valid].ravel(), minlength=cfg.n_routed_experts)
-                       for n in range(cfg.num_moe_layers)])  # fmt: skip
+    counts = np.stack(
+        [
+            np.bincount(ids[n][valid].ravel(), minlength=cfg.n_routed_experts)
+            for n in range(cfg.num_moe_layers)
+        ]
+    )
     np.testing.assert_array_equal(counts, np.asarray(aux["expert_counts"]))
 
 
@@ -189,8 +198,14 @@ def test_toy_comparison_end_to_end_and_rerun(tmp_path):
     config = toy_config(**{"data.data_dir": str(tmp_path / "tfds")})
     workdir = str(tmp_path / "run")
     result = moe_vs_dense.run(config, workdir)
-    for key in ("moe_val_loss", "dense_val_loss", "moe_val_loss_all_tokens",
-                "moe_flops_per_token", "dense_train_flops", "dense_train_seconds"):  # fmt: skip
+    for key in (
+        "moe_val_loss",
+        "dense_val_loss",
+        "moe_val_loss_all_tokens",
+        "moe_flops_per_token",
+        "dense_train_flops",
+        "dense_train_seconds",
+    ):
         assert isinstance(result[key], float) and np.isfinite(result[key]), key
     assert result["moe_train_flops"] == pytest.approx(4 * 2 * 192 * result["moe_flops_per_token"])
     ratio = result["flops_ratio_to_match"]

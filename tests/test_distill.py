@@ -282,8 +282,12 @@ def test_gkd_step_trains_on_the_tokens_the_student_sampled(monkeypatch):
     monkeypatch.setattr(sampling, "generate", fake_generate)
     step = gkd.make_gkd_step(
         lambda state, batch: (seen.append(batch) or state, {"loss": 0.0}),
-        None, tok, sampling.SamplingParams(max_new_tokens=4), seq_len=32, seed=0,
-    )  # fmt: skip
+        None,
+        tok,
+        sampling.SamplingParams(max_new_tokens=4),
+        seq_len=32,
+        seed=0,
+    )
     row = {"prompt": "1+1=", "completion": " 2"}
     fake_state = type("S", (), {"params": None, "model_state": None})()
     _, m = step(fake_state, {"rows": [row], "on_policy": True, "index": 1})

@@ -62,8 +62,12 @@ def digits(self, texts, examples, lengths):
     """A trivial verifiable reward: the fraction of the 8 answer bytes that are digits."""
     frac = np.array([sum(c.isdigit() for c in t) / 8 for t in texts], np.float32)
     zeros = np.zeros_like(frac)
-    return {"accuracy": (frac > 0).astype(np.float32), "format": zeros, "overlong": zeros,
-            "total": frac}  # fmt: skip
+    return {
+        "accuracy": (frac > 0).astype(np.float32),
+        "format": zeros,
+        "overlong": zeros,
+        "total": frac,
+    }
 
 
 def training_rows(workdir) -> list[dict]:
@@ -294,9 +298,14 @@ def test_countdown_experiment_is_r1_zero_with_its_own_task_corpus_and_lengths():
     a, b = _flatten(countdown.to_dict()), _flatten(r1_zero.to_dict())
     differ = {k for k in set(a) | set(b) if a.get(k) != b.get(k)}
     assert differ <= {
-        "name", "task.name", "task.options", "pretrain.data.mix", "sampling.max_new_tokens",
-        "eval.sampling.max_new_tokens", "grpo.num_steps",
-    }, differ  # fmt: skip
+        "name",
+        "task.name",
+        "task.options",
+        "pretrain.data.mix",
+        "sampling.max_new_tokens",
+        "eval.sampling.max_new_tokens",
+        "grpo.num_steps",
+    }, differ
     assert countdown.task.name == "countdown" and countdown.pretrain.data.mix == "countdown"
 
 

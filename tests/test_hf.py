@@ -22,22 +22,39 @@ from moe_rl.models.config import ModelConfig, model_config_dict, preset
 from tests.utils import ROOT, jitted_forward, make_config
 
 COMMON = dict(
-    vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=3,
-    num_attention_heads=4, max_position_embeddings=64,
-)  # fmt: skip
-MLA = dict(kv_lora_rank=16, qk_nope_head_dim=8, qk_rope_head_dim=4, v_head_dim=8,
-           num_key_value_heads=4)  # fmt: skip
-MOE = dict(moe_intermediate_size=16, n_routed_experts=8, n_shared_experts=1,
-           num_experts_per_tok=2, first_k_dense_replace=1)  # fmt: skip
-YARN = dict(type="yarn", factor=4.0, original_max_position_embeddings=16, mscale=0.707,
-            mscale_all_dim=0.707, beta_fast=32.0, beta_slow=1.0)  # fmt: skip
+    vocab_size=96,
+    hidden_size=32,
+    intermediate_size=48,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    max_position_embeddings=64,
+)
+MLA = dict(
+    kv_lora_rank=16, qk_nope_head_dim=8, qk_rope_head_dim=4, v_head_dim=8, num_key_value_heads=4
+)
+MOE = dict(
+    moe_intermediate_size=16,
+    n_routed_experts=8,
+    n_shared_experts=1,
+    num_experts_per_tok=2,
+    first_k_dense_replace=1,
+)
+YARN = dict(
+    type="yarn",
+    factor=4.0,
+    original_max_position_embeddings=16,
+    mscale=0.707,
+    mscale_all_dim=0.707,
+    beta_fast=32.0,
+    beta_slow=1.0,
+)
 # name -> (transformers class names, config kwargs)
 MODELS = {
     # DeepSeek-V3: sigmoid routing, 4 groups (top-2 groups), correction bias, q compression.
     "deepseek_v3": (
         "DeepseekV3",
         dict(**COMMON, **MLA, **MOE, q_lora_rank=16, n_group=4, topk_group=2),
-    ),  # fmt: skip
+    ),
     # DeepSeek-V3 layout without query compression (as Moonlight / V2-Lite).
     "deepseek_v3_no_q_lora": (
         "DeepseekV3",
@@ -56,7 +73,7 @@ MODELS = {
             topk_method="group_limited_greedy",
             rope_scaling=YARN,
         ),
-    ),  # fmt: skip
+    ),
     # Qwen2: GQA (4 query heads on 2 KV heads), q/k/v biases, tied embeddings, half rotation.
     "qwen2": ("Qwen2", dict(**COMMON, num_key_value_heads=2, tie_word_embeddings=True)),
     "llama": ("Llama", dict(**COMMON, num_key_value_heads=2, head_dim=16)),
@@ -111,8 +128,9 @@ def decode_logits(cfg, params, state, tokens, prefill=5):
     pos = positions()
     out = []
     for lo, hi in [(0, prefill)] + [(i, i + 1) for i in range(prefill, L)]:
-        logits, cache, _ = forward(params, state, jnp.asarray(tokens[:, lo:hi]), pos[:, lo:hi],
-                                   None, cache)  # fmt: skip
+        logits, cache, _ = forward(
+            params, state, jnp.asarray(tokens[:, lo:hi]), pos[:, lo:hi], None, cache
+        )
         out.append(np.asarray(logits))
     return np.concatenate(out, axis=1)
 
@@ -130,7 +148,11 @@ def test_config_maps_the_architecture(saved):
     assert cfg.rope_interleave == name.startswith("deepseek")
     if name == "deepseek_v3":
         assert (cfg.q_lora_rank, cfg.n_group, cfg.topk_group, cfg.scoring_func) == (
-            16, 4, 2, "sigmoid")  # fmt: skip
+            16,
+            4,
+            2,
+            "sigmoid",
+        )
         assert cfg.num_moe_layers == 2 and cfg.routed_scaling_factor == 2.5
     if name == "deepseek_v3_no_q_lora":
         assert cfg.q_lora_rank is None
@@ -152,8 +174,7 @@ def test_logits_match_transformers_full_forward_and_cached_decode(saved):
     np.testing.assert_allclose(decode_logits(cfg, params, state, tokens), expected, atol=1e-4)
     if name == "deepseek_v3":  # the absorbed decode above; the expanded one too
         plain = hf.model_config(folder, mla_absorb=False)
-        np.testing.assert_allclose(decode_logits(plain, params, state, tokens), expected,
-                                   atol=1e-4)  # fmt: skip
+        np.testing.assert_allclose(decode_logits(plain, params, state, tokens), expected, atol=1e-4)
 
 
 # The same for every family: one MLA MoE and one GQA model.
@@ -264,8 +285,9 @@ def test_mtp_projection_halves_follow_deepseeks_order(tmp_path, tiny_with_bias):
     ours = np.asarray(params["mtp_1_eh_proj"])  # [2D, D]
     D = cfg.hidden_size
     e, h = np.random.default_rng(0).normal(size=(2, D)).astype(np.float32)
-    np.testing.assert_allclose(w @ np.concatenate([e, h]), np.concatenate([h, e]) @ ours,
-                               rtol=1e-5, atol=1e-5)  # fmt: skip
+    np.testing.assert_allclose(
+        w @ np.concatenate([e, h]), np.concatenate([h, e]) @ ours, rtol=1e-5, atol=1e-5
+    )
 
 
 def test_dense_mla_model_round_trips(tmp_path):
@@ -463,8 +485,18 @@ def test_cli_exports_a_runs_newest_checkpoint(tmp_path, tiny):
     ckpt.save(7, {"step": np.int32(7), **model})
     ckpt.close()
     out = str(tmp_path / "hf")
-    hf_cli.main(["export", "--config", os.path.join(ROOT, "experiments/pretrain_moe.py"),
-                 "--checkpoint", str(tmp_path / "run"), "--out", out, "--no_mtp"])  # fmt: skip
+    hf_cli.main(
+        [
+            "export",
+            "--config",
+            os.path.join(ROOT, "experiments/pretrain_moe.py"),
+            "--checkpoint",
+            str(tmp_path / "run"),
+            "--out",
+            out,
+            "--no_mtp",
+        ]
+    )
     loaded_cfg, params, state = hf.load_pretrained(out)
     assert loaded_cfg.num_nextn_predict_layers == 0 and "mtp_1_eh_proj" not in params
     expected = {k: v for k, v in model["params"].items() if not k.startswith("mtp_")}
@@ -474,47 +506,137 @@ def test_cli_exports_a_runs_newest_checkpoint(tmp_path, tiny):
 
 # config.json of public checkpoints as published (architecture fields; auto_map left out).
 QWEN25_05B = dict(
-    architectures=["Qwen2ForCausalLM"], attention_dropout=0.0, bos_token_id=151643,
-    eos_token_id=151643, hidden_act="silu", hidden_size=896, initializer_range=0.02,
-    intermediate_size=4864, max_position_embeddings=32768, max_window_layers=24,
-    model_type="qwen2", num_attention_heads=14, num_hidden_layers=24, num_key_value_heads=2,
-    rms_norm_eps=1e-06, rope_theta=1000000.0, sliding_window=32768, tie_word_embeddings=True,
-    torch_dtype="bfloat16", transformers_version="4.40.1", use_cache=True,
-    use_sliding_window=False, vocab_size=151936,
-)  # fmt: skip
-DEEPSEEK_V2_LITE = dict(
-    architectures=["DeepseekV2ForCausalLM"], attention_bias=False, attention_dropout=0.0,
-    aux_loss_alpha=0.001, bos_token_id=100000, eos_token_id=100001, first_k_dense_replace=1,
-    hidden_act="silu", hidden_size=2048, initializer_range=0.02, intermediate_size=10944,
-    kv_lora_rank=512, max_position_embeddings=163840, model_type="deepseek_v2",
-    moe_intermediate_size=1408, moe_layer_freq=1, n_group=1, n_routed_experts=64,
-    n_shared_experts=2, norm_topk_prob=False, num_attention_heads=16, num_experts_per_tok=6,
-    num_hidden_layers=27, num_key_value_heads=16, pretraining_tp=1, q_lora_rank=None,
-    qk_nope_head_dim=128, qk_rope_head_dim=64, rms_norm_eps=1e-06,
-    rope_scaling=dict(beta_fast=32, beta_slow=1, factor=40, mscale=0.707, mscale_all_dim=0.707,
-                      original_max_position_embeddings=4096, type="yarn"),
-    rope_theta=10000, routed_scaling_factor=1.0, scoring_func="softmax", seq_aux=True,
-    tie_word_embeddings=False, topk_group=1, topk_method="greedy", torch_dtype="bfloat16",
-    transformers_version="4.33.1", use_cache=True, v_head_dim=128, vocab_size=102400,
-)  # fmt: skip
-DEEPSEEK_V3 = dict(
-    architectures=["DeepseekV3ForCausalLM"], attention_bias=False, attention_dropout=0.0,
-    aux_loss_alpha=0.001, bos_token_id=0, eos_token_id=1, ep_size=1, first_k_dense_replace=3,
-    hidden_act="silu", hidden_size=7168, initializer_range=0.02, intermediate_size=18432,
-    kv_lora_rank=512, max_position_embeddings=163840, model_type="deepseek_v3",
-    moe_intermediate_size=2048, moe_layer_freq=1, n_group=8, n_routed_experts=256,
-    n_shared_experts=1, norm_topk_prob=True, num_attention_heads=128, num_experts_per_tok=8,
-    num_hidden_layers=61, num_key_value_heads=128, num_nextn_predict_layers=1, q_lora_rank=1536,
-    qk_nope_head_dim=128, qk_rope_head_dim=64,
-    quantization_config=dict(activation_scheme="dynamic", fmt="e4m3", quant_method="fp8",
-                             weight_block_size=[128, 128]),
+    architectures=["Qwen2ForCausalLM"],
+    attention_dropout=0.0,
+    bos_token_id=151643,
+    eos_token_id=151643,
+    hidden_act="silu",
+    hidden_size=896,
+    initializer_range=0.02,
+    intermediate_size=4864,
+    max_position_embeddings=32768,
+    max_window_layers=24,
+    model_type="qwen2",
+    num_attention_heads=14,
+    num_hidden_layers=24,
+    num_key_value_heads=2,
     rms_norm_eps=1e-06,
-    rope_scaling=dict(beta_fast=32, beta_slow=1, factor=40, mscale=1.0, mscale_all_dim=1.0,
-                      original_max_position_embeddings=4096, type="yarn"),
-    rope_theta=10000, routed_scaling_factor=2.5, scoring_func="sigmoid",
-    tie_word_embeddings=False, topk_group=4, topk_method="noaux_tc", torch_dtype="bfloat16",
-    transformers_version="4.46.3", use_cache=True, v_head_dim=128, vocab_size=129280,
-)  # fmt: skip
+    rope_theta=1000000.0,
+    sliding_window=32768,
+    tie_word_embeddings=True,
+    torch_dtype="bfloat16",
+    transformers_version="4.40.1",
+    use_cache=True,
+    use_sliding_window=False,
+    vocab_size=151936,
+)
+DEEPSEEK_V2_LITE = dict(
+    architectures=["DeepseekV2ForCausalLM"],
+    attention_bias=False,
+    attention_dropout=0.0,
+    aux_loss_alpha=0.001,
+    bos_token_id=100000,
+    eos_token_id=100001,
+    first_k_dense_replace=1,
+    hidden_act="silu",
+    hidden_size=2048,
+    initializer_range=0.02,
+    intermediate_size=10944,
+    kv_lora_rank=512,
+    max_position_embeddings=163840,
+    model_type="deepseek_v2",
+    moe_intermediate_size=1408,
+    moe_layer_freq=1,
+    n_group=1,
+    n_routed_experts=64,
+    n_shared_experts=2,
+    norm_topk_prob=False,
+    num_attention_heads=16,
+    num_experts_per_tok=6,
+    num_hidden_layers=27,
+    num_key_value_heads=16,
+    pretraining_tp=1,
+    q_lora_rank=None,
+    qk_nope_head_dim=128,
+    qk_rope_head_dim=64,
+    rms_norm_eps=1e-06,
+    rope_scaling=dict(
+        beta_fast=32,
+        beta_slow=1,
+        factor=40,
+        mscale=0.707,
+        mscale_all_dim=0.707,
+        original_max_position_embeddings=4096,
+        type="yarn",
+    ),
+    rope_theta=10000,
+    routed_scaling_factor=1.0,
+    scoring_func="softmax",
+    seq_aux=True,
+    tie_word_embeddings=False,
+    topk_group=1,
+    topk_method="greedy",
+    torch_dtype="bfloat16",
+    transformers_version="4.33.1",
+    use_cache=True,
+    v_head_dim=128,
+    vocab_size=102400,
+)
+DEEPSEEK_V3 = dict(
+    architectures=["DeepseekV3ForCausalLM"],
+    attention_bias=False,
+    attention_dropout=0.0,
+    aux_loss_alpha=0.001,
+    bos_token_id=0,
+    eos_token_id=1,
+    ep_size=1,
+    first_k_dense_replace=3,
+    hidden_act="silu",
+    hidden_size=7168,
+    initializer_range=0.02,
+    intermediate_size=18432,
+    kv_lora_rank=512,
+    max_position_embeddings=163840,
+    model_type="deepseek_v3",
+    moe_intermediate_size=2048,
+    moe_layer_freq=1,
+    n_group=8,
+    n_routed_experts=256,
+    n_shared_experts=1,
+    norm_topk_prob=True,
+    num_attention_heads=128,
+    num_experts_per_tok=8,
+    num_hidden_layers=61,
+    num_key_value_heads=128,
+    num_nextn_predict_layers=1,
+    q_lora_rank=1536,
+    qk_nope_head_dim=128,
+    qk_rope_head_dim=64,
+    quantization_config=dict(
+        activation_scheme="dynamic", fmt="e4m3", quant_method="fp8", weight_block_size=[128, 128]
+    ),
+    rms_norm_eps=1e-06,
+    rope_scaling=dict(
+        beta_fast=32,
+        beta_slow=1,
+        factor=40,
+        mscale=1.0,
+        mscale_all_dim=1.0,
+        original_max_position_embeddings=4096,
+        type="yarn",
+    ),
+    rope_theta=10000,
+    routed_scaling_factor=2.5,
+    scoring_func="sigmoid",
+    tie_word_embeddings=False,
+    topk_group=4,
+    topk_method="noaux_tc",
+    torch_dtype="bfloat16",
+    transformers_version="4.46.3",
+    use_cache=True,
+    v_head_dim=128,
+    vocab_size=129280,
+)
 
 
 def test_public_checkpoint_configs_map_to_their_architectures():
@@ -526,7 +648,11 @@ def test_public_checkpoint_configs_map_to_their_architectures():
     assert 0.49e9 < counting.param_counts(qwen)["total"] < 0.50e9  # "Qwen2.5-0.5B": 494M
     lite = ModelConfig.from_config(model_config_dict(**hf.architecture_fields(DEEPSEEK_V2_LITE)))
     assert (lite.q_lora_rank, lite.scoring_func, lite.n_group, lite.norm_topk_prob) == (
-        None, "softmax", 1, False)  # fmt: skip
+        None,
+        "softmax",
+        1,
+        False,
+    )
     assert lite.rope_scaling.mscale == 0.707 and lite.rope_scaling.factor == 40
     counts = counting.param_counts(lite)
     assert 15.5e9 < counts["total"] < 16e9 and 2.3e9 < counts["activated"] < 2.8e9  # 15.7B/2.4B

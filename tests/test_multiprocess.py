@@ -87,8 +87,12 @@ def test_pretraining_across_two_processes_with_expert_parallelism(tmp_path):
     # one process, one device, no mesh, 3 uninterrupted steps.
     ref = subprocess.run(
         _worker(f"--workdir={tmp_path / 'ref'}", "--steps=3", "--mesh=data=1"),
-        cwd=ROOT, env=_env(1), capture_output=True, text=True, timeout=TIMEOUT,
-    )  # fmt: skip
+        cwd=ROOT,
+        env=_env(1),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
     assert ref.returncode == 0, ref.stderr[-3000:]
 
     workdir = tmp_path / "mp"

@@ -67,9 +67,12 @@ def test_grpo_and_distill_figures(tmp_path):
     assert is_png(plots.plot_grpo(rows, str(tmp_path / "g.png"), "GRPO"))
     results = {
         name: {"pass@1": p, "tokens_per_s": t, "format_rate": 1.0}
-        for name, p, t in (("teacher", 0.8, 2900.0), ("student base", 0.01, 2200.0),
-                           ("student", 0.79, 6400.0))
-    }  # fmt: skip
+        for name, p, t in (
+            ("teacher", 0.8, 2900.0),
+            ("student base", 0.01, 2200.0),
+            ("student", 0.79, 6400.0),
+        )
+    }
     params = {n: {"total": 10, "activated": a} for n, a in zip(results, (160, 49, 49), strict=True)}
     summary = {"results": results, "params": params}
     assert is_png(plots.plot_distill(summary, str(tmp_path / "d.png")))

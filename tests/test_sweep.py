@@ -112,9 +112,14 @@ def test_cli_seeds(tmp_path):
     """Two seeds of the (fast) summary recipe through the command line, then a bad flag."""
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     cmd = [
-        sys.executable, "-m", "moe_rl.main", "--config=experiments/tiny.py",
-        "--config.model.num_hidden_layers=2", "--config.seq_len=16", f"--workdir={tmp_path}",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "moe_rl.main",
+        "--config=experiments/tiny.py",
+        "--config.model.num_hidden_layers=2",
+        "--config.seq_len=16",
+        f"--workdir={tmp_path}",
+    ]
     out = subprocess.run(
         [*cmd, "--seeds=0-1"], cwd=ROOT, capture_output=True, text=True, env=env, timeout=300
     )

@@ -188,10 +188,27 @@ RG_NEEDS_CONFIG = {"composite"}
 def _garbage(n: int = 200) -> list[str]:
     rng = random.Random(0)
     alphabet = string.ascii_letters + string.punctuation + " "
-    fixed = ["", " ", "nan", "NaN", "inf", "-inf", "None", "null", "[]", "{}", "?", "...",
-             "<answer>", "\\boxed{}", "x" * 50, "nan + nanj"]  # fmt: skip
-    return fixed + ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 40)))
-                    for _ in range(n)]  # fmt: skip
+    fixed = [
+        "",
+        " ",
+        "nan",
+        "NaN",
+        "inf",
+        "-inf",
+        "None",
+        "null",
+        "[]",
+        "{}",
+        "?",
+        "...",
+        "<answer>",
+        "\\boxed{}",
+        "x" * 50,
+        "nan + nanj",
+    ]
+    return fixed + [
+        "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 40))) for _ in range(n)
+    ]
 
 
 def test_reasoning_gym_scorers_give_garbage_zero():

@@ -337,10 +337,16 @@ def test_array_metrics_are_written_every_array_every_steps(tmp_path):
         return types.SimpleNamespace(step=step), {"loss": np.float32(1 / step), "load": load}
 
     loop.train_loop(
-        state=types.SimpleNamespace(step=0), step_fn=step_fn, batches=iter(range(100)),
-        num_steps=25, workdir=str(tmp_path), checkpointer=None, checkpoint_every=100,
-        data_state=dict, array_every=10,
-    )  # fmt: skip
+        state=types.SimpleNamespace(step=0),
+        step_fn=step_fn,
+        batches=iter(range(100)),
+        num_steps=25,
+        workdir=str(tmp_path),
+        checkpointer=None,
+        checkpoint_every=100,
+        data_state=dict,
+        array_every=10,
+    )
     rows = loop.read_metrics(str(tmp_path))
     assert [r["step"] for r in rows] == list(range(1, 26))  # every step's scalars
     assert [r["step"] for r in rows if "load" in r] == [10, 20, 25]
@@ -370,9 +376,15 @@ def test_step_seconds_time_completed_steps_not_launches(tmp_path):
         jax.block_until_ready(step_fn(state, 0))
         alone.append(time.perf_counter() - start)
     loop.train_loop(
-        state=state, step_fn=step_fn, batches=iter(range(9)), num_steps=8,
-        workdir=str(tmp_path), checkpointer=None, checkpoint_every=100, data_state=dict,
-    )  # fmt: skip
+        state=state,
+        step_fn=step_fn,
+        batches=iter(range(9)),
+        num_steps=8,
+        workdir=str(tmp_path),
+        checkpointer=None,
+        checkpoint_every=100,
+        data_state=dict,
+    )
     seconds = [r["step_seconds"] for r in loop.read_metrics(str(tmp_path))]
     # Under load (pytest -n 2) a step takes 0.7-1.5x its time alone; a launch takes ~1%.
     assert len(seconds) == 8 and min(seconds) >= 0.3 * min(alone), (seconds, alone)
@@ -389,11 +401,15 @@ def test_ctrl_c_saves_the_last_completed_step_with_its_data_position(tmp_path):
     consumed = []
     with pytest.raises(KeyboardInterrupt):
         loop.train_loop(
-            state=types.SimpleNamespace(step=0), step_fn=step_fn,
-            batches=(consumed.append(i) or i for i in range(100)), num_steps=10,
-            workdir=str(tmp_path), checkpointer=checkpointer, checkpoint_every=3,
+            state=types.SimpleNamespace(step=0),
+            step_fn=step_fn,
+            batches=(consumed.append(i) or i for i in range(100)),
+            num_steps=10,
+            workdir=str(tmp_path),
+            checkpointer=checkpointer,
+            checkpoint_every=3,
             data_state=lambda: {"batches": len(consumed)},
-        )  # fmt: skip
+        )
     assert checkpointer.saved == [3, 4]  # the periodic save, then the interrupted run's last
     assert checkpointer.extras[-1] == {"data": {"batches": 4}}  # step 5's batch is not counted
     assert [r["step"] for r in loop.read_metrics(str(tmp_path))] == [1, 2, 3, 4]

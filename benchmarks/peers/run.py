@@ -129,8 +129,9 @@ class MoeRL:
 
     def _grpo_fn(self, model: str):
         a = self.args
-        ns = argparse.Namespace(prompts=a.prompts, generations=a.generations, new=a.new,
-                                prompt_len=a.prompt_len)  # fmt: skip
+        ns = argparse.Namespace(
+            prompts=a.prompts, generations=a.generations, new=a.new, prompt_len=a.prompt_len
+        )
         step = grpo_step.make_step(
             self.cfgs[model], *self.weights[model], ns, reward_fn=even_fraction, eos_id=-1
         )
@@ -146,8 +147,13 @@ class MoeRL:
 def run_peer(cmd: list[str], log: str, attempts: int = 2) -> list[float]:
     """Runs a worker; its last stdout line is JSON with 'times'. stderr is appended to `log`.
     A crashed worker is run again once (PyTorch segfaulted now and then on the loaded machine)."""
-    env = dict(os.environ, TRANSFORMERS_VERBOSITY="error", TQDM_DISABLE="1",
-               PYTHONWARNINGS="ignore", TOKENIZERS_PARALLELISM="false")  # fmt: skip
+    env = dict(
+        os.environ,
+        TRANSFORMERS_VERBOSITY="error",
+        TQDM_DISABLE="1",
+        PYTHONWARNINGS="ignore",
+        TOKENIZERS_PARALLELISM="false",
+    )
     for attempt in range(attempts):
         with open(log, "a") as err:
             err.write(f"$ {' '.join(cmd)}\n")
@@ -166,42 +172,98 @@ def benchmarks(args, venvs: str, folders: dict) -> list[dict]:
     tunix_py = os.path.join(venvs, "tunix", "bin", "python")
     hf_worker, tunix_worker = (os.path.join(HERE, f) for f in ("hf_worker.py", "tunix_worker.py"))
     common = ["--warmup", "1", "--steps", str(args.steps)]
-    grpo_shape = ["--prompts", str(args.prompts), "--generations", str(args.generations),
-                  "--new", str(args.new), "--prompt-len", str(args.prompt_len)]  # fmt: skip
+    grpo_shape = [
+        "--prompts",
+        str(args.prompts),
+        "--generations",
+        str(args.generations),
+        "--new",
+        str(args.new),
+        "--prompt-len",
+        str(args.prompt_len),
+    ]
     rows = []
     if "grpo" in args.only:
         for model in ("moe", "dense"):
-            rows.append(dict(
-                table="grpo", what=f"GRPO step, {MODELS[model][2]}", peer="TRL", torch=True,
-                cmd=[torch_py, hf_worker, "grpo", "--model", folders[model],
-                     "--workdir", args.workdir, *grpo_shape, *common],
-                ours=lambda m=model: ("grpo", m),
-            ))  # fmt: skip
-        rows.append(dict(
-            table="grpo", what="GRPO step, Qwen2", peer="Tunix", torch=False,
-            cmd=[tunix_py, tunix_worker, "--model", folders["dense"], *grpo_shape, *common],
-            ours=lambda: ("grpo", "dense"),
-        ))  # fmt: skip
+            rows.append(
+                dict(
+                    table="grpo",
+                    what=f"GRPO step, {MODELS[model][2]}",
+                    peer="TRL",
+                    torch=True,
+                    cmd=[
+                        torch_py,
+                        hf_worker,
+                        "grpo",
+                        "--model",
+                        folders[model],
+                        "--workdir",
+                        args.workdir,
+                        *grpo_shape,
+                        *common,
+                    ],
+                    ours=lambda m=model: ("grpo", m),
+                )
+            )
+        rows.append(
+            dict(
+                table="grpo",
+                what="GRPO step, Qwen2",
+                peer="Tunix",
+                torch=False,
+                cmd=[tunix_py, tunix_worker, "--model", folders["dense"], *grpo_shape, *common],
+                ours=lambda: ("grpo", "dense"),
+            )
+        )
     if "generate" in args.only:
         for batch in (8, 64):
             for new in (32, 128):
-                rows.append(dict(
-                    table="generate", what=f"generate {batch} x {new} new tokens, DeepseekV3",
-                    peer="transformers", torch=True,
-                    cmd=[torch_py, hf_worker, "generate", "--model", folders["moe"],
-                         "--batch", str(batch), "--new", str(new),
-                         "--prompt-len", str(args.prompt_len), *common],
-                    ours=lambda b=batch, n=new: ("generate", "moe", b, n),
-                ))  # fmt: skip
+                rows.append(
+                    dict(
+                        table="generate",
+                        what=f"generate {batch} x {new} new tokens, DeepseekV3",
+                        peer="transformers",
+                        torch=True,
+                        cmd=[
+                            torch_py,
+                            hf_worker,
+                            "generate",
+                            "--model",
+                            folders["moe"],
+                            "--batch",
+                            str(batch),
+                            "--new",
+                            str(new),
+                            "--prompt-len",
+                            str(args.prompt_len),
+                            *common,
+                        ],
+                        ours=lambda b=batch, n=new: ("generate", "moe", b, n),
+                    )
+                )
     if "train" in args.only:
         for model in ("moe", "dense"):
-            rows.append(dict(
-                table="train", what=f"LM train step 8 x 64, {MODELS[model][2]}",
-                peer="transformers + AdamW", torch=True,
-                cmd=[torch_py, hf_worker, "train", "--model", folders[model], "--batch", "8",
-                     "--seq-len", "64", *common],
-                ours=lambda m=model: ("train", m, 8, 64),
-            ))  # fmt: skip
+            rows.append(
+                dict(
+                    table="train",
+                    what=f"LM train step 8 x 64, {MODELS[model][2]}",
+                    peer="transformers + AdamW",
+                    torch=True,
+                    cmd=[
+                        torch_py,
+                        hf_worker,
+                        "train",
+                        "--model",
+                        folders[model],
+                        "--batch",
+                        "8",
+                        "--seq-len",
+                        "64",
+                        *common,
+                    ],
+                    ours=lambda m=model: ("train", m, 8, 64),
+                )
+            )
     return rows
 
 
@@ -223,14 +285,18 @@ def ours_times(moe_rl: MoeRL, spec: tuple, steps: int) -> list[float]:
 
 
 def table(rows: list[dict], kind: str, title: str) -> str:
-    lines = [f"### {title}", "",
-             "| benchmark | peer | peer s | moe_rl s | speedup (peer / moe_rl) | per round |",
-             "| --- | --- | ---: | ---: | ---: | --- |"]  # fmt: skip
+    lines = [
+        f"### {title}",
+        "",
+        "| benchmark | peer | peer s | moe_rl s | speedup (peer / moe_rl) | per round |",
+        "| --- | --- | ---: | ---: | ---: | --- |",
+    ]
     for r in rows:
         if r["table"] != kind:
             continue
-        peer = r["peer"] + (f" ({r['threads']} thread{'s' * (r['threads'] > 1)})"
-                            if r.get("threads") else "")  # fmt: skip
+        peer = r["peer"] + (
+            f" ({r['threads']} thread{'s' * (r['threads'] > 1)})" if r.get("threads") else ""
+        )
         if not r["peer_medians"]:
             lines.append(f"| {r['what']} | {r['peer']} | failed | | | |")
             continue
@@ -263,8 +329,9 @@ def main():
     for name, (base, overrides, _) in MODELS.items():
         cfgs[name] = ModelConfig.from_config(preset(base, **overrides))
         weights[name] = transformer.init(cfgs[name], jax.random.key(0))
-        folders[name] = hf.save_pretrained(os.path.join(args.workdir, "hf", name), cfgs[name],
-                                           *weights[name])  # fmt: skip
+        folders[name] = hf.save_pretrained(
+            os.path.join(args.workdir, "hf", name), cfgs[name], *weights[name]
+        )
     moe_rl = MoeRL(cfgs, weights, args)
     rows = benchmarks(args, args.venvs, folders)
     for r in rows:
@@ -286,8 +353,11 @@ def main():
             r["ours_times"].append(o)
             r["peer_medians"].append(float(np.median(p)))
             r["ours_medians"].append(float(np.median(o)))
-            print(f"round {rnd + 1}/{args.rounds} {r['what']}: {r['peer']} "
-                  f"{np.median(p):.3f} s, moe_rl {np.median(o):.3f} s", flush=True)  # fmt: skip
+            print(
+                f"round {rnd + 1}/{args.rounds} {r['what']}: {r['peer']} "
+                f"{np.median(p):.3f} s, moe_rl {np.median(o):.3f} s",
+                flush=True,
+            )
 
     head = (
         f"{perf.machine_description()}; load average {os.getloadavg()[0]:.1f}; float32; "
@@ -295,8 +365,11 @@ def main():
         f"{args.prompts} prompts x {args.generations} completions x exactly {args.new} new "
         f"tokens, prompt {args.prompt_len} tokens, beta 0.04, one update per step"
     )
-    titles = {"grpo": "GRPO step", "generate": "Generation (greedy, prompt 64 tokens)",
-              "train": "One LM train step"}  # fmt: skip
+    titles = {
+        "grpo": "GRPO step",
+        "generate": "Generation (greedy, prompt 64 tokens)",
+        "train": "One LM train step",
+    }
     md = "\n\n".join([head] + [table(rows, k, t) for k, t in titles.items() if k in args.only])
     print("\n" + md)
     with open(os.path.join(args.workdir, "peers.md"), "w") as f:

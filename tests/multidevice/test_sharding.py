@@ -38,8 +38,12 @@ def on_mesh(mesh, cfg, params, state, tokens, positions):
     """The model and batch placed with the default rules on `mesh`."""
     p_sh, s_sh = sharding.model_shardings(cfg, mesh)
     rows = sharding.batch_sharding(mesh)
-    return (jax.device_put(params, p_sh), jax.device_put(state, s_sh),
-            jax.device_put(tokens, rows), jax.device_put(positions, rows))  # fmt: skip
+    return (
+        jax.device_put(params, p_sh),
+        jax.device_put(state, s_sh),
+        jax.device_put(tokens, rows),
+        jax.device_put(positions, rows),
+    )
 
 
 def batch_of(tokens, positions):
@@ -91,9 +95,11 @@ def test_train_steps_equal_single_device_and_compile_once(model, reference, name
         state = jax.jit(lambda: train_state.init(cfg, tx, 0), out_shardings=state_sh)()
         batch_sh = sharding.batch_sharding(mesh, 1)
         traces = []  # a Python side effect runs once per trace (and compile)
-        sharded_step = jax.jit(lambda s, b: (traces.append(1), step(s, b))[1],
-                               in_shardings=(state_sh, batch_sh),
-                               out_shardings=(state_sh, None))  # fmt: skip
+        sharded_step = jax.jit(
+            lambda s, b: (traces.append(1), step(s, b))[1],
+            in_shardings=(state_sh, batch_sh),
+            out_shardings=(state_sh, None),
+        )
         for ref, ref_m in ref_steps:
             state, m = sharded_step(state, sharding.put_batch(batch, batch_sh))
             chex.assert_trees_all_close(m["loss"], ref_m["loss"], atol=1e-5, rtol=1e-5)
@@ -152,10 +158,13 @@ def test_sampling_and_grpo_update_run_on_a_mesh(model):
     comp = np.asarray(jax.random.randint(jax.random.key(6), (Q, G, N), 3, cfg.vocab_size))
     tokens, seg, pos = rollout.pack_groups(prompt, np.full(Q, 4), comp)
     mb = dict(
-        tokens=tokens, segment_ids=seg, positions=pos,
-        mask=np.ones((Q, G, N), np.float32), old_logp=np.full((Q, G, N), -5.0, np.float32),
+        tokens=tokens,
+        segment_ids=seg,
+        positions=pos,
+        mask=np.ones((Q, G, N), np.float32),
+        old_logp=np.full((Q, G, N), -5.0, np.float32),
         advantages=np.asarray(jax.random.normal(key, (Q, G))),
-    )  # fmt: skip
+    )
     tx = train_state.make_optimizer(configs.optim(warmup_steps=0), 10)
     lc = grpo_loss.LossConfig(beta=0.0)
     update = grpo_step.make_update(cfg, lc, tx, 1.0, 0.0)
