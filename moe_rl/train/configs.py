@@ -117,7 +117,7 @@ def task(**overrides) -> ConfigDict:
     the evaluation's (which adds the split and the number of questions)."""
     c = ConfigDict(
         dict(
-            name="arithmetic",  # a built-in task, rg:<name>, tfds:<name>, jsonl:/parquet:<path>
+            name="arithmetic",  # built-in, rg:<name>, tfds:<name>, jsonl:/parquet:<path>, hf:<name>
             # The task's knobs, "name=value,...", e.g. "num_digits=3,operators='+-'";
             # '' = its defaults (arithmetic: a + b with numbers of up to 2 digits).
             options="",

@@ -133,12 +133,17 @@ class FileTask(Task):
         where = f"task {kind}:{path}"
         if answer_format not in FORMATS:
             raise ValueError(f"{where}: answer_format={answer_format!r}; allowed: {FORMATS}")
-        held_out = test_split if kind == "hf" else test_path
-        if not held_out and not 0.0 < test_fraction < 1.0:
+        # Where the train and test records come from: two splits of a dataset, or two files.
+        if kind == "hf":
+            load = lambda split: _read_hf(path, split, where)
+            train_from, test_from = train_split, test_split
+        else:
+            load = lambda file: _read_records(file, kind)
+            train_from, test_from = path, test_path
+        if not test_from and not 0.0 < test_fraction < 1.0:
             raise ValueError(f"{where}: test_fraction={test_fraction} must be in (0, 1)")
         self.name = f"{kind}:{path}"
-        read = (lambda split: _read_hf(path, split, where)) if kind == "hf" else None
-        records = read(train_split) if read else _read_records(path, kind)
+        records = load(train_from)
         q = _key(records, question_key, QUESTION_KEYS, "question", where)
         a = _key(records, answer_key, ANSWER_KEYS, "answer", where)
 
@@ -150,8 +155,8 @@ class FileTask(Task):
                     out.append(Example(str(row[q]).strip(), ref, {"field": str(row[a])}))
             return out
 
-        if held_out:
-            test = examples(read(test_split) if read else _read_records(test_path, kind))
+        if test_from:
+            test = examples(load(test_from))
             self._examples = {"train": examples(records), "test": test}
         else:
             every = examples(records)
