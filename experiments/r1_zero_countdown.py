@@ -23,8 +23,8 @@ from ml_collections import ConfigDict
 
 from moe_rl.train import configs
 
-# A try ("Try (7 + 5) * 3: 7 + 5 = 12, 12 * 3 = 36, not 22.") is ~35 tokens: room for 6.
-MAX_NEW_TOKENS = 224
+# A try ("Try (7 + 5) * 3: 7 + 5 = 12, 12 * 3 = 36, 36 vs 22: no.") is ~37 tokens: room for 6.
+MAX_NEW_TOKENS = 256
 
 
 def get_config() -> ConfigDict:

@@ -23,7 +23,7 @@ import dataclasses
 import functools
 from collections.abc import Iterator, Sequence
 
-from moe_rl.data.countdown_docs import countdown, countdown_search, step_facts
+from moe_rl.data.countdown_docs import compare_facts, countdown, countdown_search, step_facts
 from moe_rl.data.draws import Random, Solved, choice, number, slip, weighted
 
 # Half of the think-style documents are the R1-Zero prompt (R1 paper, Table 1) and a response.
@@ -284,6 +284,7 @@ def missing(rng: Random, wrong: bool) -> Solved:
 _MAKERS = {
     "facts": facts,
     "step_facts": step_facts,
+    "compare_facts": compare_facts,
     "countdown_search": countdown_search,
     "addition": addition,
     "subtraction": subtraction,
@@ -344,13 +345,15 @@ MIXES = {
         template=0.15,
     ),
     # The Countdown base's corpus (experiments/r1_zero_countdown.py): puzzles of the RL task's
-    # size solved by trial (`countdown_search`: 1-6 tries, each worked and checked against the
-    # target) and drills of the tries' steps. No bare claims in the thinks, and fewer mistakes
-    # than the other mixes: with a third of the thinks a bare claim and a quarter of the
-    # documents wrong, a base got 76% of its steps right, checked its tries wrongly and GRPO
-    # moved it to the shorter bare claims (docs/results/r1_zero_countdown/README.md).
+    # size solved by trial (`countdown_search`: 1-6 tries, each worked and compared with the
+    # target side by side) and drills of the tries' steps and of those comparisons. No bare
+    # claims in the thinks, and fewer mistakes than the other mixes: with a third of the thinks
+    # a bare claim and a quarter of the documents wrong, a base got 76% of its steps right,
+    # checked its tries wrongly and GRPO moved it to the shorter bare claims
+    # (docs/results/r1_zero_countdown/README.md).
     "countdown": Mix(
-        {"countdown_search": 0.6, "step_facts": 0.3, "addition": 0.05, "subtraction": 0.05},
+        {"countdown_search": 0.6, "step_facts": 0.2, "compare_facts": 0.1, "addition": 0.05,
+         "subtraction": 0.05},
         {"answer": 0.1, "worked": 0.2, "think": 0.6, "prose": 0.05, "worksheet": 0.05},
         template=0.15,
         wrong_rate=0.1,
@@ -365,7 +368,7 @@ def document(rng: Random, mix: str = "default") -> str:
     make = _MAKERS[kind]
     if kind == "addition":
         make = functools.partial(addition, restate=m.restate, column=m.column, so_far=m.so_far)
-    if kind in ("facts", "step_facts"):  # a drill is its own document, in no style
+    if kind in ("facts", "step_facts", "compare_facts"):  # a drill is its own document, in no style
         return make(rng, rng.random() < m.wrong_rate).fact
     style = weighted(rng, m.styles)
     if style == "worksheet":

@@ -4,7 +4,8 @@ Countdown (TinyZero's R1-Zero task): combine the given numbers with + - * / (exa
 division, each number at most once) to reach a target. `countdown` writes a solution with
 0-2 failed attempts before it (the default mix); `countdown_search` writes a search by trial
 and checking, 1-6 tries each worked and compared with the target (the 'countdown' mix);
-`step_facts` drills the steps such tries are made of.
+`step_facts` drills the steps such tries are made of, `compare_facts` the comparisons that end
+them.
 """
 
 from __future__ import annotations
@@ -114,16 +115,19 @@ def _attempt(
 def countdown_search(rng: Random, wrong: bool, max_tries: int = 6) -> Solved:
     """Countdown solved by trial and checking, as a person without a method does it.
 
-    The writer first restates the target ("Target: 22."), so that each verdict copies it from
-    close by, then is willing to try 1..max_tries expressions (uniform). Each try is a new random
-    expression over the numbers, worked step by step and compared with the target: "Try
-    (7 + 5) * 3: 7 + 5 = 12, 12 * 3 = 36, not 22." The search stops at the first expression that
-    reaches the target ("3 * 5 = 15, 15 + 7 = 22, found it."), which is the answer; a writer
+    The writer first restates the target ("Target: 22."), then is willing to try 1..max_tries
+    expressions (uniform). Each try is a new random expression over the numbers, worked step by
+    step and compared with the target side by side: "Try (7 + 5) * 3: 7 + 5 = 12, 12 * 3 = 36,
+    36 vs 22: no." The search stops at the first expression that reaches the target ("Try
+    3 * 5 + 7: 3 * 5 = 15, 15 + 7 = 22, 22 vs 22: found it."), which is the answer; a writer
     whose tries run out answers the last one anyway ("I stop here."), a wrong answer. So success
     grows with the number of tries, and the corpus has short and long searches: what RL can
-    learn is to keep trying. If wrong, one try's last step slips (off by a little), or claims
-    the target when it does not reach it (half each); either is carried to the end.
-    3 numbers from 1..10, targets up to 100, as the Countdown RL task draws them.
+    learn is to keep trying. The verdict writes both numbers next to each other, so that seeing
+    a hit is an equality of two neighbours (`compare_facts` drills it), not a recall of the
+    target from the top of the think. If wrong, one try's last step slips (off by a little,
+    never onto the target) and is carried into its comparison: the verdicts are always right
+    about the numbers they compare. 3 numbers from 1..10, targets up to 100, as the Countdown RL
+    task draws them.
     """
     numbers, target, _, _ = countdown_puzzle(rng, 3, 10, 100)
     budget = rng.integers(1, max_tries + 1)
@@ -133,10 +137,10 @@ def countdown_search(rng: Random, wrong: bool, max_tries: int = 6) -> Solved:
     for k in range(budget):
         value, text, steps = _attempt(rng, numbers, seen)
         if k == bad:
-            value = target if rng.random() < 0.5 else slip(rng, value)
+            value = _slip_off(rng, value, target)
             steps[-1] = steps[-1].rsplit("=", 1)[0] + f"= {value}"
         hit = value == target
-        verdict = "found it" if hit else f"not {target}"
+        verdict = f"{value} vs {target}: {'found it' if hit else 'no'}"
         work.append(f"Try {text}: {', '.join(steps)}, {verdict}.")
         if hit:
             break
@@ -156,6 +160,39 @@ def countdown_search(rng: Random, wrong: bool, max_tries: int = 6) -> Solved:
     )
     fact = f"With {listed}: {text} = {target}."  # a short think: a bare claim
     return Solved(question, work, text, fact)
+
+
+def _slip_off(rng: Random, value: int, target: int) -> int:
+    """`slip(value)` that does not land on the target: a slip makes a try wrong, never a hit."""
+    while (slipped := slip(rng, value)) == target:
+        pass
+    return slipped
+
+
+def compare_facts(rng: Random, wrong: bool) -> Solved:
+    """A drill of the comparisons that end Countdown tries ("36 vs 22: no.", "22 vs 22: found
+    it."): half of the pairs equal, the others a try's value against a target, half of those
+    near misses (off by a little, or the digits swapped) so that only equality says "found it".
+
+    A search's tries miss ~9 times in 10 (see `countdown_search`), so in the searches alone
+    "no" is the prior; balanced drills teach the comparison itself. Never wrong (`wrong` is
+    ignored): a drill that mislabels an equality teaches nothing but noise.
+    """
+    del wrong
+    lines = []
+    for _ in range(rng.integers(6, 11)):
+        target = rng.integers(1, 101)
+        if rng.random() < 0.5:
+            value = target
+        elif rng.random() < 0.5:
+            value, _, _ = _combine(rng, [rng.integers(1, 11) for _ in range(3)])
+        else:
+            swapped = int(str(target)[::-1])
+            value = swapped if swapped != target and rng.random() < 0.3 else slip(rng, target)
+        lines.append(f"{value} vs {target}: {'found it' if value == target else 'no'}.")
+    title = choice(rng, ("Check:", "Compare:", "Same or not:", "Hit or miss:"))
+    text = title + "\n" + "\n".join(lines)
+    return Solved(text, [], lines[-1], text)
 
 
 def step_facts(rng: Random, wrong: bool) -> Solved:

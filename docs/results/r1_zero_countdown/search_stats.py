@@ -8,9 +8,11 @@ policy: the tries per response ("Try <expression>: <steps>, ..."), the share of 
 more than one try, with a bare claim (a think with no try), that give up ("I stop here."), whose
 answer is an expression they checked (a try ending "found it"), and how often such a checked
 answer is right; a try's arithmetic: the share of its steps "x op y = z" that are right; and its
-checking: the share of "not N" verdicts whose N is the question's target (copied right: the
-corpus of pilots 2-3 wrote "not N" after a miss, pilot 4's writes "no"), and
-the share of tries whose verdict agrees with their own last step (found it <=> it is the target).
+checking: the share of verdicts naming a target N ("not N" after a miss in pilots 2-3, "36 vs N:
+..." in pilot 5; pilot 4's "no" names none) whose N is the question's target (copied right), and
+the share of tries whose verdict agrees with their own last step (found it <=> it is the target),
+and of the tries whose last step is the target, the share called "found it" (a hit seen), with
+the share of the others called "found it" (a false hit).
 Writes search.md and search.json beside this file (or into the folder given second), with one
 response of each kind quoted.
 """
@@ -24,7 +26,9 @@ from fractions import Fraction
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-TRY = re.compile(r"Try ([^:]+): ([^.]*?), (found it|no|not -?\d+)\.")
+# A try: its expression, its steps, the side-by-side comparison (pilot 5: "36 vs 22: ") if any,
+# and the verdict ("found it", pilot 3's "not 22", pilot 4's and 5's "no").
+TRY = re.compile(r"Try ([^:]+): ([^.]*?), (?:-?\d+ vs (-?\d+): )?(found it|no|not -?\d+)\.")
 STEP = re.compile(r"(\d+) ([-+*/]) (\d+) = (-?\d+)")
 TARGET = re.compile(r"(?:equals|Reach|Make|Target:) (\d+)")
 ANSWER = re.compile(r"<answer>(.*?)</answer>", re.S)
@@ -43,21 +47,30 @@ def response_stats(text: str, question: str = "") -> dict:
     tries = TRY.findall(think)
     answer = ANSWER.search(text)
     answer = " ".join(answer.group(1).split()) if answer else None
-    checked = [" ".join(expr.split()) for expr, _, verdict in tries if verdict == "found it"]
-    steps = [s for _, work, _ in tries for s in STEP.findall(work)]
+    checked = [" ".join(expr.split()) for expr, _, _, verdict in tries if verdict == "found it"]
+    steps = [s for _, work, _, _ in tries for s in STEP.findall(work)]
     right = [OPS[op](Fraction(x), Fraction(y)) == int(z) for x, op, y, z in steps]
-    verdicts = [v for _, _, v in tries if v.startswith("not ")]  # the verdicts naming the target
-    copied = [int(v.split()[1]) == target for v in verdicts]
+    # The verdicts naming the target: "not 22" (pilots 2-3) or "36 vs 22: ..." (pilot 5).
+    verdicts = [int(vs or v.split()[1]) for _, _, vs, v in tries if vs or v.startswith("not ")]
+    copied = [named == target for named in verdicts]
     consistent = []  # the verdict agrees with the try's own last step
-    for _, work, verdict in tries:
+    hits = hits_called = misses_called = 0  # tries whose last step is the target, and verdicts
+    for _, work, _, verdict in tries:
         last = STEP.findall(work)
         if last and target is not None:
-            consistent.append((verdict == "found it") == (int(last[-1][3]) == target))
+            hit = int(last[-1][3]) == target
+            consistent.append((verdict == "found it") == hit)
+            hits += hit
+            hits_called += hit and verdict == "found it"
+            misses_called += not hit and verdict == "found it"
     return {
         "tries": len(tries),
         "verdicts": len(verdicts),
         "copied": sum(copied),
         "judged": len(consistent),
+        "hits": hits,
+        "hits_called": hits_called,
+        "misses_called": misses_called,
         "consistent": sum(consistent),
         "bare": not tries and "With " in think,
         "gave_up": "I stop here." in think,
@@ -86,6 +99,9 @@ def stats(path: str) -> dict:
         "steps right": sum(r["steps_right"] for r in rows) / steps if steps else float("nan"),
         "target copied in verdicts": ratio(rows, "copied", "verdicts"),
         "verdict agrees with its steps": ratio(rows, "consistent", "judged"),
+        "hits called found it": ratio(rows, "hits_called", "hits"),
+        "misses called found it": sum(r["misses_called"] for r in rows)
+        / max(1, sum(r["judged"] - r["hits"] for r in rows)),
         "tokens": float(np.mean([line["tokens"] for line in lines])),
     }
 
