@@ -68,12 +68,13 @@ class MoeRlArithmetic(tfds.core.GeneratorBasedBuilder):
     Bump VERSION whenever the generator's output changes: prepared copies are reused by version.
     """
 
-    VERSION = tfds.core.Version("1.3.0")
+    VERSION = tfds.core.Version("1.4.0")
     RELEASE_NOTES = {
         "1.0.0": "Initial release.",
         "1.1.0": "Mix 'r1': additions, fact drills, short and worked thinks, restated operands.",
         "1.2.0": "Mix 'r1': 80% of additions by columns, stating the digits so far; more worked.",
-        "1.3.0": "Mix 'countdown': verdicts compare side by side ('36 vs 22: no'), comparison "
+        # 1.3.0 was a withdrawn pilot's (Countdown pilot 4): never reuse a version.
+        "1.4.0": "Mix 'countdown': verdicts compare side by side ('36 vs 22: no'), comparison "
         "drills, slips never onto the target.",
     }
     BUILDER_CONFIGS = [arithmetic_config()]
