@@ -87,6 +87,13 @@ class Samples(NamedTuple):
     tokens: jax.Array  # [B, N] int32
     logprobs: jax.Array  # [B, N] float32, 0 after the row's end
     lengths: jax.Array  # [B] int32
+    # With record_routing (an MoE): the experts each MoE layer chose for every token the
+    # sampler fed through the model, for routing replay in training (moe.route): the
+    # completion's tokens [n_moe_layers, B, N, K] (-1 where a token was never fed: the last
+    # one of a row when decoding stopped, and after the row's end) and the prompts' from the
+    # prefill [n_moe_layers, Q, P, K] (left-padded like the prompts).
+    routing: jax.Array | None = None
+    prompt_routing: jax.Array | None = None
 
 
 def bucket(n: int, minimum: int = 8, step: int = 128) -> int:
@@ -135,10 +142,10 @@ def _pick(logits_BV: jax.Array, key: jax.Array, sp: SamplingParams):
     return token_B, token_logprobs(logits_BV, token_B, sp.temperature)
 
 
-def _generate(cfg, sp, eos_id, pad_id, n, params, state, prompt_QP, prompt_len_Q, key):
+def _generate(cfg, sp, eos_id, pad_id, n, record, params, state, prompt_QP, prompt_len_Q, key):
     """Prefill the left-padded prompts once, then decode n samples of each, up to
-    sp.max_new_tokens tokens (rows question-major)."""
-    _TRACES[(cfg, sp, n, prompt_QP.shape)] += 1
+    sp.max_new_tokens tokens (rows question-major); `record`: keep the MoE layers' routing."""
+    _TRACES[(cfg, sp, n, record, prompt_QP.shape)] += 1
     Q, P = prompt_QP.shape
     B, N = Q * n, sp.max_new_tokens
     slots_P = jnp.arange(P, dtype=jnp.int32)
@@ -146,9 +153,10 @@ def _generate(cfg, sp, eos_id, pad_id, n, params, state, prompt_QP, prompt_len_Q
     seg_QP = (slots_P[None] >= pad_Q1).astype(jnp.int32)
     positions_QP = jnp.maximum(slots_P[None] - pad_Q1, 0)
     cache = transformer.init_cache(cfg, Q, P + N)
-    logits_QPV, cache, _ = transformer.forward(
+    logits_QPV, cache, aux = transformer.forward(
         cfg, params, state, prompt_QP, positions_QP, seg_QP, cache, mtp=False
     )
+    prompt_routing = aux["expert_ids"] if record else None
     if n > 1:
         cache = transformer.repeat_cache(cfg, cache, n)
     logits_BV = jnp.repeat(logits_QPV[:, -1], n, axis=0)
@@ -168,15 +176,20 @@ def _generate(cfg, sp, eos_id, pad_id, n, params, state, prompt_QP, prompt_len_Q
     lengths_B = jnp.zeros((B,), jnp.int32)
     done_B = prompt_len_B == 0  # batch-padding rows
     state_t = emit(0, logits_BV, tokens_BN, logprobs_BN, lengths_B, done_B)
+    # The routing of completion token t - 1, fed at decode step t; -1 until fed.
+    routing = None
+    if record:
+        M, _, _, K = prompt_routing.shape
+        routing = jnp.full((M, B, N, K), -1, jnp.int32)
 
     def cond(carry):
-        t, _, (*_, done_B) = carry
+        t, _, _, (*_, done_B) = carry
         return (t < N) & ~jnp.all(done_B)
 
     def body(carry):
-        t, cache, (token_B, *rest) = carry
+        t, cache, routing, (token_B, *rest) = carry
         positions_B1 = (prompt_len_B + t - 1)[:, None]
-        logits_B1V, cache, _ = transformer.forward(
+        logits_B1V, cache, aux = transformer.forward(
             cfg,
             params,
             state,
@@ -186,14 +199,19 @@ def _generate(cfg, sp, eos_id, pad_id, n, params, state, prompt_QP, prompt_len_Q
             cache,
             mtp=False,
         )
-        return t + 1, cache, emit(t, logits_B1V[:, 0], *rest)
+        if record:
+            routing = jax.lax.dynamic_update_slice(routing, aux["expert_ids"], (0, 0, t - 1, 0))
+        return t + 1, cache, routing, emit(t, logits_B1V[:, 0], *rest)
 
-    carry = (jnp.int32(1), cache, state_t)
-    _, _, (_, tokens_BN, logprobs_BN, lengths_B, _) = jax.lax.while_loop(cond, body, carry)
-    return Samples(tokens_BN, logprobs_BN, lengths_B)
+    carry = (jnp.int32(1), cache, routing, state_t)
+    _, _, routing, (_, tokens_BN, logprobs_BN, lengths_B, _) = jax.lax.while_loop(cond, body, carry)
+    if record:  # after a row's end the sampler fed padding: nothing to replay there
+        fed_BN = jnp.arange(N)[None] < lengths_B[:, None]
+        routing = jnp.where(fed_BN[None, :, :, None], routing, -1)
+    return Samples(tokens_BN, logprobs_BN, lengths_B, routing, prompt_routing)
 
 
-_generate_jit = jax.jit(_generate, static_argnums=(0, 1, 2, 3, 4))
+_generate_jit = jax.jit(_generate, static_argnums=(0, 1, 2, 3, 4, 5))
 
 
 def left_pad(prompts: Sequence[Sequence[int]], pad_id: int, length: int, rows: int):
@@ -218,11 +236,14 @@ def generate(
     eos_id: int,
     pad_id: int,
     num_samples: int = 1,
+    record_routing: bool = False,
 ) -> Samples:
     """Samples `num_samples` continuations of each prompt (token ids, each non-empty);
     deterministic in `key`. Each prompt is prefilled once and its cache shared by its samples.
 
-    Returns arrays with num_samples rows per prompt (prompt-major), `max_new_tokens` columns.
+    Returns arrays with num_samples rows per prompt (prompt-major), `max_new_tokens` columns;
+    with `record_routing` (an MoE model) also the experts chosen for every token fed
+    (`Samples.routing`, `Samples.prompt_routing`).
     """
     if not prompts:
         raise ValueError("no prompts")
@@ -241,10 +262,25 @@ def generate(
         raise ValueError(f"num_samples={num_samples} must be >= 1")
     Q = len(prompts)
     prompt_QP, lengths_Q = left_pad(prompts, pad_id, P, bucket(Q, minimum=1, step=1 << 30))
+    if record_routing and not cfg.is_moe:
+        raise ValueError("record_routing needs an MoE model (model.n_routed_experts > 0)")
     out = _generate_jit(
-        cfg, sp, eos_id, pad_id, num_samples, params, state, prompt_QP, lengths_Q, key
+        cfg,
+        sp,
+        eos_id,
+        pad_id,
+        num_samples,
+        record_routing,
+        params,
+        state,
+        prompt_QP,
+        lengths_Q,
+        key,
     )
-    return Samples(*(a[: Q * num_samples] for a in out))
+    B = Q * num_samples
+    routing = None if out.routing is None else out.routing[:, :B]
+    prompt_routing = None if out.prompt_routing is None else out.prompt_routing[:, :Q]
+    return Samples(out.tokens[:B], out.logprobs[:B], out.lengths[:B], routing, prompt_routing)
 
 
 def sample_texts(

@@ -231,6 +231,10 @@ def test_grpo_resumes_exactly(base_dir, tmp_path):
         ("pretrain.train.batch_size", 0, r"pretrain\.train\.batch_size=0"),
         ("pretrain.optim.warmup_steps", -1, r"pretrain\.optim\.warmup_steps=-1"),
         ("grpo.ratio", "sequence", r"ratio='sequence' \(GSPO\) with grpo.eps_low=0.2"),
+        ("grpo.loss", "ppo", r"grpo\.loss='ppo'; allowed: \('grpo', 'cispo'\)"),
+        ("grpo.old_logprobs", "x", r"grpo\.old_logprobs='x'; allowed: \('sampler', 'recompute'\)"),
+        ("grpo.is_correction", "token_mask", r"set grpo\.old_logprobs='recompute'"),
+        ("grpo.is_threshold", 0.5, r"grpo\.is_threshold=0.5 must be > 1"),
     ],
 )
 def test_bad_config_fails_before_compiling(key, value, message):
@@ -281,6 +285,31 @@ def test_every_variant_runs_together(base_dir, tmp_path, monkeypatch):
         lambda a, b: np.abs(a - b).max(), after["model_state"], base["model_state"]
     )
     assert max(jax.tree.leaves(moved)) > 0  # the balancing bias was updated during RL
+
+
+def test_v32_cispo_and_mismatch_corrections_run_together(base_dir, tmp_path, monkeypatch):
+    """CISPO with V3.2's unbiased KL and off-policy masking, pi_old recomputed by the trainer
+    and token TIS, in one short run; at float32 the sampler and the trainer agree to ~1e-6."""
+    monkeypatch.setattr(rollout.Roller, "score", digits)
+    config = small_config(
+        base_dir,
+        **{
+            "grpo.num_steps": 2,
+            "grpo.loss": "cispo",
+            "grpo.kl_unbiased": True,
+            "grpo.off_policy_mask": True,
+            "grpo.old_logprobs": "recompute",
+            "grpo.is_correction": "token_truncate",
+        },
+    )
+    r1_zero.run(config, str(tmp_path))
+    rows = training_rows(tmp_path)
+    assert [r["step"] for r in rows] == [1, 2]
+    for r in rows:
+        assert all(np.isfinite(v) for v in r.values())
+        assert 0 <= r["mismatch_mean"] <= r["mismatch_max"] < 1e-4  # float32: ~1e-6
+        assert r["is_corrected_fraction"] == 0 and r["is_weight_mean"] == pytest.approx(1, 1e-4)
+        assert 0 <= r["off_policy_masked"] <= 1 and r["kl"] >= 0
 
 
 def test_a_missing_init_checkpoint_is_an_error_that_writes_nothing(tmp_path):

@@ -406,3 +406,164 @@ class PolicyLossJitTest(chex.TestCase):
         want = ref_loss(logp_BN, old_BN, ref_BN, adv_B, mask_BN, c)
         chex.assert_trees_all_close(got[0][0], want, **VALUE_TOL)
         chex.assert_trees_all_close(got, fn(*args), **VALUE_TOL)
+
+
+# -- CISPO, V3.2's unbiased KL and off-policy masking, TIS / MIS ---------------------------------
+
+
+def ref_extended_loss(x_BN, const_BN, old_BN, ref_BN, sampler_BN, adv_B, mask_BN, c):
+    """The loss from each paper's formula with loops, float64. `x` is the log-prob being
+    differentiated; `const` the same log-probs where the formulas hold them constant
+    (stop_gradient: CISPO's clipped weight, V3.2's masking drift), so that central differences
+    in `x` alone give the gradient the papers define."""
+    C = c.is_threshold
+    per_token, loss_mask = np.zeros(x_BN.shape), np.zeros(x_BN.shape)
+    for b in range(x_BN.shape[0]):
+        valid = [t for t in range(x_BN.shape[1]) if mask_BN[b, t] > 0]
+        a = adv_B[b]
+        # V3.2: mean log(pi_old / pi_theta) over the sequence, a constant.
+        drift = sum(old_BN[b, t] - const_BN[b, t] for t in valid) / max(len(valid), 1)
+        seq_masked = c.off_policy_mask and a < 0 and drift > c.off_policy_delta
+        seq_log_w = sum(old_BN[b, t] - sampler_BN[b, t] for t in valid)
+        for t in valid:
+            r = np.exp(x_BN[b, t] - old_BN[b, t])
+            r_const = np.exp(const_BN[b, t] - old_BN[b, t])
+            if c.loss == "cispo":  # MiniMax-M1 eq. 4: sg(clipped weight) * A * log pi
+                term = -min(max(r_const, 1 - c.eps_low), 1 + c.eps_high) * a * x_BN[b, t]
+            else:
+                term = -min(r * a, min(max(r, 1 - c.eps_low), 1 + c.eps_high) * a)
+            keep = 1.0
+            if c.is_correction != "none":
+                log_w = seq_log_w if c.is_correction.startswith("sequence") else None
+                w = np.exp(old_BN[b, t] - sampler_BN[b, t] if log_w is None else log_w)
+                if c.is_correction.endswith("truncate"):
+                    term *= min(w, C)
+                else:
+                    keep = float(1 / C <= w <= C)
+            if seq_masked:
+                term = 0.0
+            kl = 0.0
+            if c.beta > 0:
+                d = ref_BN[b, t] - x_BN[b, t]
+                kl = np.exp(d) - d - 1
+                if c.kl_unbiased:  # V3.2: weighted by pi_theta / pi_old, gradient kept
+                    kl *= r
+            per_token[b, t] = term + c.beta * kl
+            loss_mask[b, t] = keep
+    return aggregate(per_token, loss_mask, c.aggregation)
+
+
+def extended_inputs(seed):
+    logp_BN, old_BN, ref_BN, rewards_QG = make_inputs(seed)
+    rng = np.random.default_rng(seed + 100)
+    sampler_BN = f32(old_BN + rng.normal(0.0, 0.4, old_BN.shape))  # weights on both sides of C
+    adv_B = f32(ref_advantages(rewards_QG, "grpo").reshape(-1))
+    return logp_BN, old_BN, ref_BN, sampler_BN, adv_B, loop_mask(LENGTHS_B, N)
+
+
+def check_extended(c, seed=SEED):
+    logp_BN, old_BN, ref_BN, sampler_BN, adv_B, mask_BN = extended_inputs(seed)
+    as32 = lambda x: jnp.asarray(x, jnp.float32)
+    fn = lambda lp: grpo_loss.policy_loss(
+        lp, as32(old_BN), as32(ref_BN), as32(adv_B), as32(mask_BN), c, as32(sampler_BN)
+    )
+    (loss, metrics), grad_BN = jax.value_and_grad(fn, has_aux=True)(as32(logp_BN))
+    args = (old_BN, ref_BN, sampler_BN, adv_B, mask_BN, c)
+    want = ref_extended_loss(logp_BN, logp_BN, *args)
+    chex.assert_trees_all_close(loss, want, **VALUE_TOL)
+    want_grad, h = np.zeros(logp_BN.shape), 1e-6
+    for b, t in itertools.product(range(B), range(N)):
+        up, down = logp_BN.copy(), logp_BN.copy()
+        up[b, t] += h
+        down[b, t] -= h
+        want_grad[b, t] = (
+            ref_extended_loss(up, logp_BN, *args) - ref_extended_loss(down, logp_BN, *args)
+        ) / (2 * h)
+    chex.assert_trees_all_close(grad_BN, want_grad, **GRAD_TOL)
+    chex.assert_trees_all_equal(grad_BN * (1 - mask_BN), jnp.zeros((B, N)))
+    return metrics, np.asarray(grad_BN)
+
+
+@pytest.mark.parametrize("correction", grpo_loss.IS_CORRECTIONS)
+@pytest.mark.parametrize("loss", grpo_loss.LOSSES)
+def test_cispo_and_sampler_corrections_match_their_formulas(loss, correction):
+    """CISPO and TIS / MIS (token and sequence), value and gradient, against the loops."""
+    aggregation = "token_mean" if correction.endswith("mask") else "seq_mean"
+    c = loss_config(loss=loss, is_correction=correction, beta=0.0, aggregation=aggregation)
+    metrics, _ = check_extended(c)
+    if correction != "none":  # the random sampler log-probs leave [1/C, C] on some tokens
+        assert 0 < float(metrics["is_corrected_fraction"]) < 1
+
+
+@pytest.mark.parametrize("aggregation", grpo_loss.AGGREGATIONS)
+def test_unbiased_kl_and_off_policy_masking_match_v32(aggregation):
+    """V3.2's unbiased KL (k3 x ratio, gradient through the ratio) and off-policy sequence
+    masking, with both GRPO and CISPO terms."""
+    for loss in grpo_loss.LOSSES:
+        c = loss_config(
+            loss=loss,
+            beta=0.04,
+            kl_unbiased=True,
+            off_policy_mask=True,
+            off_policy_delta=0.1,
+            aggregation=aggregation,
+        )
+        metrics, grad_BN = check_extended(c)
+        assert 0 < float(metrics["off_policy_masked"]) < 1  # some sequences masked, not all
+
+
+def test_off_policy_mask_drops_only_drifted_negative_sequences():
+    logp_BN, old_BN, _, sampler_BN, adv_B, mask_BN = extended_inputs(SEED)
+    c = loss_config(beta=0.0, off_policy_mask=True, off_policy_delta=0.1)
+    grad = lambda c: np.asarray(
+        jax.grad(lambda lp: grpo_loss.policy_loss(lp, old_BN, None, adv_B, mask_BN, c)[0])(
+            jnp.asarray(logp_BN, jnp.float32)
+        )
+    )
+    drift_B = ((old_BN - logp_BN) * mask_BN).sum(-1) / mask_BN.sum(-1)
+    dropped = (adv_B < 0) & (drift_B > 0.1)
+    assert dropped.any() and (~dropped & (adv_B < 0)).any()
+    g, g_plain = grad(c), grad(dataclasses.replace(c, off_policy_mask=False))
+    assert np.all(g[dropped] == 0)
+    np.testing.assert_array_equal(g[~dropped], g_plain[~dropped])
+
+
+def test_cispo_keeps_the_gradient_of_clipped_tokens():
+    """Where the GRPO surrogate gives a clipped token no gradient, CISPO gives it the clipped
+    weight's: -clip(r) * A per token (token_mean over the tokens)."""
+    logp_BN, old_BN, _, _, adv_B, mask_BN = extended_inputs(SEED)
+    c = loss_config(loss="cispo", beta=0.0, aggregation="token_mean")
+    g = jax.grad(lambda lp: grpo_loss.policy_loss(lp, old_BN, None, adv_B, mask_BN, c)[0])(
+        jnp.asarray(logp_BN, jnp.float32)
+    )
+    r = np.exp(logp_BN - old_BN)
+    want = -np.clip(r, 1 - EPS_LOW, 1 + EPS_HIGH) * adv_B[:, None] * mask_BN / mask_BN.sum()
+    chex.assert_trees_all_close(g, want, **VALUE_TOL)
+    assert np.all(np.asarray(g)[mask_BN > 0] != 0)
+
+
+def test_corrections_change_nothing_on_policy():
+    """With pi_old = sampler = pi_theta (the first update of an on-policy step), TIS/MIS weigh
+    1, nothing is masked, and the unbiased KL's value is the plain k3's."""
+    logp_BN, _, ref_BN, _, adv_B, mask_BN = extended_inputs(SEED)
+    args = [jnp.asarray(x, jnp.float32) for x in (logp_BN, logp_BN, ref_BN, adv_B, mask_BN)]
+    plain = loss_config(beta=0.04)
+    want, _ = grpo_loss.policy_loss(*args, plain)
+    for correction in grpo_loss.IS_CORRECTIONS[1:]:
+        c = dataclasses.replace(plain, is_correction=correction, kl_unbiased=True)
+        c = dataclasses.replace(c, off_policy_mask=True, off_policy_delta=0.0)
+        got, metrics = grpo_loss.policy_loss(*args, c, args[1])
+        chex.assert_trees_all_close(got, want, **VALUE_TOL)
+        assert float(metrics["is_corrected_fraction"]) == 0
+        assert float(metrics["off_policy_masked"]) == 0
+
+
+def test_new_choices_are_validated():
+    with pytest.raises(ValueError, match=r"grpo\.loss\b.*cispo"):
+        grpo_loss.LossConfig(loss="x")
+    with pytest.raises(ValueError, match=r"grpo\.is_correction\b.*token_truncate"):
+        grpo_loss.LossConfig(is_correction="x")
+    with pytest.raises(ValueError, match=r"grpo\.is_threshold"):
+        grpo_loss.LossConfig(is_threshold=1.0)
+    with pytest.raises(ValueError, match=r"grpo\.ratio must be 'token'"):
+        grpo_loss.LossConfig(loss="cispo", ratio="sequence")

@@ -75,7 +75,7 @@ def routed_output(impl: str, x_TD, ids_TK, gates_TK, w_gate_EDF, w_up_EDF, w_dow
 
 
 def route(
-    logits_TE: jax.Array, bias_E: jax.Array, cfg: ModelConfig
+    logits_TE: jax.Array, bias_E: jax.Array, cfg: ModelConfig, replay_TK: jax.Array | None = None
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Returns (scores [T,E], expert ids [T,K], gates [T,K]), all routing math in float32.
 
@@ -83,6 +83,11 @@ def route(
     `topk_group` groups (a group scores the sum of its two best biased scores, sec. 2.1.2 and
     the V3 reference code); gates g = s[top-k] / sum(s[top-k]) * routed_scaling_factor.
     With softmax scores (DeepSeek-V2) a group scores its best expert (group-limited greedy).
+
+    `replay_TK`: routing replay (R3, Ma et al. 2025; DeepSeek-V3.2's Keep Routing): the
+    experts recorded for each token (e.g. by the sampler) replace the selection; the gates are
+    the current scores at those experts, normalised as above, so the router keeps its
+    gradient. A token whose first recorded id is negative (nothing recorded) selects its own.
     """
     logits_TE = logits_TE.astype(jnp.float32)
     if cfg.scoring_func == "sigmoid":
@@ -102,6 +107,9 @@ def route(
         keep_TG = jax.nn.one_hot(top_groups_Tg, G, dtype=jnp.bool_).any(axis=1)
         choice_TE = jnp.where(keep_TG[:, :, None], choice_TGe, -jnp.inf).reshape(T, E)
     _, expert_ids_TK = jax.lax.top_k(choice_TE, cfg.num_experts_per_tok)
+    if replay_TK is not None:
+        recorded_T1 = replay_TK[:, :1] >= 0
+        expert_ids_TK = jnp.where(recorded_T1, replay_TK.astype(jnp.int32), expert_ids_TK)
     gates_TK = jnp.take_along_axis(scores_TE, expert_ids_TK, axis=-1)
     if cfg.norm_topk_prob:
         gates_TK = gates_TK / (gates_TK.sum(-1, keepdims=True) + 1e-20)
@@ -126,13 +134,23 @@ def sequence_balance_loss(
     return jnp.mean(jnp.sum(f_BE * p_BE, axis=-1))
 
 
+def replay_differs(own_TK: jax.Array, replay_TK: jax.Array, valid_T: jax.Array) -> jax.Array:
+    """How many valid tokens with a recorded routing would select other experts (as a set)
+    than the recorded ones: the sampler/trainer routing mismatch that replay removes."""
+    recorded_T = (replay_TK[:, 0] >= 0) & valid_T
+    same_T = jnp.all(jnp.sort(own_TK, -1) == jnp.sort(replay_TK, -1), axis=-1)
+    return jnp.sum(recorded_T & ~same_T).astype(jnp.float32)
+
+
 class MoE(nn.Module):
-    """Routed + shared experts; returns (output, {'expert_counts' [E], 'balance_loss' []})."""
+    """Routed + shared experts; returns (output, {'expert_counts' [E], 'balance_loss' [],
+    'expert_ids' [B, L, K]}, and with `replay_BLK` 'replay_differs' [] and 'replay_tokens' [])."""
 
     cfg: ModelConfig
+    replay_apply: bool = True  # False: only compare the routing with `replay_BLK`
 
     @nn.compact
-    def __call__(self, x_BLD, valid_BL):
+    def __call__(self, x_BLD, valid_BL, replay_BLK=None):
         cfg = self.cfg
         dt, pdt, init = cfg.compute_dtype, cfg.weight_dtype, normal_init(cfg)
         B, L, D = x_BLD.shape
@@ -156,7 +174,11 @@ class MoE(nn.Module):
 
         x_TD = x_BLD.reshape(B * L, D).astype(dt)
         logits_TE = x_TD.astype(jnp.float32) @ w_router.astype(jnp.float32)
-        scores_TE, ids_TK, gates_TK = route(logits_TE, bias.value, cfg)
+        K = cfg.num_experts_per_tok
+        replay_TK = None if replay_BLK is None else replay_BLK.reshape(B * L, K)
+        scores_TE, ids_TK, gates_TK = route(
+            logits_TE, bias.value, cfg, replay_TK if self.replay_apply else None
+        )
         y_TD = routed_output(
             cfg.moe_impl,
             x_TD,
@@ -172,11 +194,16 @@ class MoE(nn.Module):
 
         valid = valid_BL.reshape(-1).astype(jnp.float32)
         counts_E = jnp.einsum("tke,t->e", jax.nn.one_hot(ids_TK, E, dtype=jnp.float32), valid)
-        K = cfg.num_experts_per_tok
         balance = sequence_balance_loss(
             scores_TE.reshape(B, L, E), ids_TK.reshape(B, L, K), valid_BL
         )
-        return y_BLD.astype(dt), {"expert_counts": counts_E, "balance_loss": balance}
+        aux = {"expert_counts": counts_E, "balance_loss": balance}
+        aux["expert_ids"] = ids_TK.reshape(B, L, K)
+        if replay_TK is not None:
+            own_TK = route(logits_TE, bias.value, cfg)[1] if self.replay_apply else ids_TK
+            aux["replay_differs"] = replay_differs(own_TK, replay_TK, valid > 0)
+            aux["replay_tokens"] = jnp.sum((replay_TK[:, 0] >= 0) & (valid > 0)).astype(jnp.float32)
+        return y_BLD.astype(dt), aux
 
 
 def update_bias(bias_E: jax.Array, counts_E: jax.Array, rate: float) -> jax.Array:

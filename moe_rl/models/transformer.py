@@ -29,9 +29,10 @@ class DecoderLayer(nn.Module):
 
     cfg: ModelConfig
     moe: bool
+    replay_apply: bool = True
 
     @nn.compact
-    def __call__(self, x_BLD, ctx, cache=None):
+    def __call__(self, x_BLD, ctx, cache=None, replay_BLK=None):
         positions_BL, mask_BLS, valid_BL, cache_index = ctx
         cfg = self.cfg
         norm = lambda name: RMSNorm(
@@ -43,7 +44,7 @@ class DecoderLayer(nn.Module):
         h_BLD = x_BLD + attn_out
         ffn_in = norm("post_attention_layernorm")(h_BLD)
         if self.moe:
-            ffn_out, aux = MoE(cfg, name="mlp")(ffn_in, valid_BL)
+            ffn_out, aux = MoE(cfg, self.replay_apply, name="mlp")(ffn_in, valid_BL, replay_BLK)
         else:
             ffn_out, aux = MLP(cfg, cfg.intermediate_size, name="mlp")(ffn_in), {}
         return h_BLD + ffn_out, new_cache, aux
@@ -54,11 +55,15 @@ class _ScanStep(nn.Module):
 
     cfg: ModelConfig
     moe: bool
+    replay_apply: bool = True
 
     @nn.compact
-    def __call__(self, x_BLD, cache, ctx):
+    def __call__(self, x_BLD, xs, ctx):
+        cache, replay_BLK = xs
         layer = nn.remat(DecoderLayer, prevent_cse=False) if self.cfg.remat else DecoderLayer
-        x_BLD, new_cache, aux = layer(self.cfg, self.moe, name="layer")(x_BLD, ctx, cache)
+        x_BLD, new_cache, aux = layer(self.cfg, self.moe, self.replay_apply, name="layer")(
+            x_BLD, ctx, cache, replay_BLK
+        )
         return x_BLD, (new_cache, aux)
 
 
@@ -68,9 +73,11 @@ class LayerStack(nn.Module):
     cfg: ModelConfig
     moe: bool
     num_layers: int
+    replay_apply: bool = True
 
     @nn.compact
-    def __call__(self, x_BLD, ctx, caches=None):
+    def __call__(self, x_BLD, ctx, caches=None, replay=None):
+        """`replay`: recorded expert ids [num_layers, B, L, K] (MoE layers; see moe.route)."""
         cfg = self.cfg
         if cfg.scan_layers:
             scanned = nn.scan(
@@ -81,13 +88,18 @@ class LayerStack(nn.Module):
                 length=self.num_layers,
                 metadata_params={nn.PARTITION_NAME: "layers"},
             )
-            x_BLD, (new_caches, aux) = scanned(cfg, self.moe, name="scan")(x_BLD, caches, ctx)
+            x_BLD, (new_caches, aux) = scanned(cfg, self.moe, self.replay_apply, name="scan")(
+                x_BLD, (caches, replay), ctx
+            )
             return x_BLD, new_caches, aux
         layer_cls = nn.remat(DecoderLayer) if cfg.remat else DecoderLayer
         new_caches, auxes = [], []
         for i in range(self.num_layers):
             cache = None if caches is None else caches[i]
-            x_BLD, new_cache, aux = layer_cls(cfg, self.moe, name=str(i))(x_BLD, ctx, cache)
+            replay_BLK = None if replay is None else replay[i]
+            x_BLD, new_cache, aux = layer_cls(cfg, self.moe, self.replay_apply, name=str(i))(
+                x_BLD, ctx, cache, replay_BLK
+            )
             new_caches.append(new_cache)
             auxes.append(aux)
         aux = jax.tree.map(lambda *xs: jnp.stack(xs), *auxes) if auxes and auxes[0] else {}
@@ -108,6 +120,8 @@ class Transformer(nn.Module):
         cache=None,
         mtp=True,
         shared_prefix=False,
+        replay=None,
+        replay_apply=True,
     ):
         cfg = self.cfg
         B, L = tokens_BL.shape
@@ -135,8 +149,8 @@ class Transformer(nn.Module):
                 continue
             caches = None if cache is None else cache[kind]
             x_BLD, new_cache[kind], layer_aux = LayerStack(
-                cfg, kind == "moe", n, name=f"{kind}_layers"
-            )(x_BLD, ctx, caches)
+                cfg, kind == "moe", n, replay_apply, name=f"{kind}_layers"
+            )(x_BLD, ctx, caches, replay if kind == "moe" else None)
             aux.update(layer_aux)
 
         norm = lambda name: RMSNorm(
@@ -230,6 +244,8 @@ def forward(
     *,
     mtp: bool = True,
     shared_prefix: bool = False,
+    replay: jax.Array | None = None,
+    replay_apply: bool = True,
 ):
     """Pure forward pass -> (logits [B,L,V] float32, new cache or None, aux dict).
 
@@ -238,8 +254,15 @@ def forward(
     prompt and to itself, exactly as if it were its own row [prompt, continuation]. GRPO packs
     a question's G completions this way: the prompt is computed once, not G times.
 
+    `replay`: routing replay, the expert ids to use [n_moe_layers, B, L, K] (int32; a token
+    whose ids are -1 routes itself), e.g. those the sampler recorded (`moe.route`); with
+    `replay_apply` False the model routes itself and only counts where it differs from them.
+
     aux: 'expert_counts' [n_moe_layers, E] (valid tokens per expert), 'balance_loss'
-    [n_moe_layers], and with MTP (no cache) 'mtp_logits' [D, B, L, V], 'mtp_expert_counts'.
+    [n_moe_layers], 'expert_ids' [n_moe_layers, B, L, K] (the experts used), with `replay`
+    'replay_differs' and 'replay_tokens' [n_moe_layers] (valid replayed tokens whose own
+    routing would differ; all valid replayed tokens), and with MTP (no cache) 'mtp_logits'
+    [D, B, L, V], 'mtp_expert_counts'.
     """
     variables = {"params": params, **state}
     return Transformer(cfg).apply(
@@ -250,6 +273,8 @@ def forward(
         cache,
         mtp=mtp,
         shared_prefix=shared_prefix,
+        replay=replay,
+        replay_apply=replay_apply,
     )
 
 

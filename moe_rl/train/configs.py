@@ -152,6 +152,15 @@ def grpo(**overrides) -> ConfigDict:
             # The loss: advantage, adv_eps, eps_low, eps_high, ratio, beta, kl, aggregation,
             # with the defaults and the meaning of grpo_loss.LossConfig (one source).
             **dataclasses.asdict(grpo_loss.LossConfig()),
+            # pi_old of the ratio: the sampler's log-probs, or a training forward of the same
+            # weights before the step's first update (what is_correction weighs the sampler's
+            # against; one more forward per step).
+            old_logprobs="sampler",
+            # Routing replay (R3, Ma et al. 2025, "Stabilizing MoE RL by aligning training and
+            # inference routers"; DeepSeek-V3.2's Keep Routing): the training forwards route
+            # each token to the experts the sampler chose for it (gates from the current
+            # router). Off, the sampler's routing is still recorded, to measure the mismatch.
+            routing_replay=False,
             dynamic_sampling=True,  # DAPO: replace zero-variance groups
             max_refills=2,  # extra sampling rounds per step with dynamic sampling
             overlong_filter=False,  # DAPO: truncated completions carry no gradient

@@ -28,6 +28,9 @@ from moe_rl.train.rollout import QuestionStream, Roller, Rollout
 GSPO_MAX_EPS = 0.01  # the widest clip range accepted for sequence ratios
 
 
+OLD_LOGPROBS = ("sampler", "recompute")
+
+
 def validate_grpo_config(config: ml_collections.ConfigDict) -> None:
     """Every check that needs no compilation; errors name the key and the allowed values."""
     g, t = config.grpo, config.task
@@ -61,6 +64,18 @@ def validate_grpo_config(config: ml_collections.ConfigDict) -> None:
             raise ValueError(
                 f"config.{key}={config[key.split('.')[0]][key.split('.')[1]]!r}; allowed: {allowed}"
             )
+    if g.routing_replay and not ModelConfig.from_config(config.model).is_moe:
+        raise ValueError(
+            "config.grpo.routing_replay=True replays an MoE's expert choices: config.model has "
+            "no routed experts (model.n_routed_experts=0)"
+        )
+    if g.old_logprobs not in OLD_LOGPROBS:
+        raise ValueError(f"config.grpo.old_logprobs={g.old_logprobs!r}; allowed: {OLD_LOGPROBS}")
+    if g.is_correction != "none" and g.old_logprobs != "recompute":
+        raise ValueError(
+            f"config.grpo.is_correction={g.is_correction!r} weighs pi_old against the sampler: "
+            "with grpo.old_logprobs='sampler' the weight is 1; set grpo.old_logprobs='recompute'"
+        )
     if g.ratio == "sequence" and max(g.eps_low, g.eps_high) > GSPO_MAX_EPS:
         # A sequence ratio is exp(mean token log-ratio): within ~1e-3 of 1 after one update,
         # so a token-level clip range never clips it.
@@ -199,6 +214,8 @@ def train(
         num_iterations=g.num_iterations,
         minibatch_size=g.minibatch_size,
         bias_rate=g.bias_update_rate,
+        old_logprobs=g.old_logprobs,
+        routing_replay=g.routing_replay,
         state_sh=state_sh,
         row_sh=row_sh,
         on_rollout=write_samples,
@@ -213,7 +230,7 @@ def train(
             checkpointer=ckpt,
             checkpoint_every=g.checkpoint_every,
             data_state=lambda: {"questions": questions.position},
-            progress_keys=("reward", "accuracy", "format", "response_length"),
+            progress_keys=("reward", "accuracy", "format", "response_length", "mismatch_max"),
             desc=config.get("name", "grpo"),
             on_step=on_step,
         )

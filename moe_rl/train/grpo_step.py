@@ -2,13 +2,16 @@
 
 1. rollout: Q questions x G completions from the current policy, scored by rules
    (`rollout.Roller`; DAPO dynamic sampling refills zero-variance groups);
-2. the frozen reference's log-probs of the completions, only when beta > 0 (the sampler's
-   log-probs are the old policy's); with kl='k1_reward' the KL penalty goes into the rewards
-   and the advantages are recomputed (`grpo_loss.kl_penalized_rewards`);
+2. with grpo.old_logprobs='recompute', pi_old's log-probs from a training forward of the
+   weights that sampled (else the sampler's log-probs are pi_old's); the frozen reference's
+   log-probs of the completions, only when beta > 0; with kl='k1_reward' the KL penalty goes
+   into the rewards and the advantages are recomputed (`grpo_loss.kl_penalized_rewards`);
 3. mu passes over the rollouts in shuffled minibatches of whole groups, each an AdamW update
-   of the clipped surrogate (+ beta * k3 KL) and, for an MoE with bias_update_rate > 0, the
-   balancing-bias update from the real tokens' expert loads;
-4. the step's metrics: rewards, lengths, rollout statistics, the updates' means, timings.
+   of the policy loss (`grpo_loss.policy_loss`: GRPO's clipped surrogate or CISPO, + beta *
+   k3 KL, with V3.2's masks and TIS/MIS if asked) and, for an MoE with bias_update_rate > 0,
+   the balancing-bias update from the real tokens' expert loads;
+4. the step's metrics: rewards, lengths, rollout statistics, the updates' means, the
+   sampler/trainer mismatch (`mismatch_metrics`), timings.
 """
 
 from __future__ import annotations
@@ -28,12 +31,26 @@ from moe_rl.train import grpo_loss, train_state
 from moe_rl.train.rollout import QuestionStream, Roller, Rollout
 
 
-def completion_logits(cfg, params, model_state, tokens_QL, seg_QL, pos_QL, P: int, G: int):
+def completion_logits(
+    cfg, params, model_state, tokens_QL, seg_QL, pos_QL, P: int, G: int, replay=None, apply=True
+):
     """Logits predicting each completion token [Q, G, N, V], their targets [Q, G, N], and the
     forward's aux dict. Token t of completion j is predicted at the prompt's last slot (t = 0)
-    or at the slot before it in its own segment."""
+    or at the slot before it in its own segment. `replay`: the sampler's routing
+    [Q, M, L, K], replayed (`apply`) or only compared with the model's own (moe.route)."""
+    if replay is not None:
+        replay = jnp.swapaxes(replay, 0, 1)  # [M, Q, L, K], as the layers take it
     logits_QLV, _, aux = transformer.forward(
-        cfg, params, model_state, tokens_QL, pos_QL, seg_QL, mtp=False, shared_prefix=True
+        cfg,
+        params,
+        model_state,
+        tokens_QL,
+        pos_QL,
+        seg_QL,
+        mtp=False,
+        shared_prefix=True,
+        replay=replay,
+        replay_apply=apply,
     )
     Q, L = tokens_QL.shape
     N = (L - P) // G
@@ -42,21 +59,36 @@ def completion_logits(cfg, params, model_state, tokens_QL, seg_QL, pos_QL, P: in
     return logits_QLV[:, source], tokens_QL[:, target], aux
 
 
-def completion_logprobs(cfg, params, model_state, tokens_QL, seg_QL, pos_QL, P, G, temp):
-    """log softmax(logits / T) of every completion token, [Q, G, N]."""
+def completion_logprobs(
+    cfg, params, model_state, tokens_QL, seg_QL, pos_QL, P, G, temp, replay=None
+):
+    """log softmax(logits / T) of every completion token, [Q, G, N] (`replay`: replayed)."""
     logits, targets, _ = completion_logits(
-        cfg, params, model_state, tokens_QL, seg_QL, pos_QL, P, G
+        cfg, params, model_state, tokens_QL, seg_QL, pos_QL, P, G, replay
     )
     return sampling.token_logprobs(logits, targets, temp)
 
 
+def routing_mismatch(aux: dict) -> jax.Array:
+    """The share of (valid token, MoE layer) routing decisions of this forward whose experts
+    differ from the sampler's recorded ones."""
+    return jnp.sum(aux["replay_differs"]) / jnp.maximum(jnp.sum(aux["replay_tokens"]), 1.0)
+
+
 def make_update(
-    cfg: ModelConfig, lc: grpo_loss.LossConfig, tx, temperature: float, bias_rate, state_sh=None
+    cfg: ModelConfig,
+    lc: grpo_loss.LossConfig,
+    tx,
+    temperature: float,
+    bias_rate,
+    state_sh=None,
+    routing_replay: bool = False,
 ):
     """(state, minibatch, prompt_len, G) -> (state, metrics): one AdamW step on the GRPO loss
     over a minibatch of packed question rows (`state.step` counts GRPO steps: not moved).
     `state_sh`: on a mesh, the train state's shardings, kept by the update (metrics
-    replicated)."""
+    replicated). A minibatch with the sampler's routing ('replay') has it replayed if
+    `routing_replay`, else only compared (the 'routing_mismatch' metric)."""
 
     def loss_fn(params, model_state, mb, prompt_len, G):
         logits, targets, aux = completion_logits(
@@ -68,13 +100,15 @@ def make_update(
             mb["positions"],
             prompt_len,
             G,
+            mb.get("replay"),
+            routing_replay,
         )
         logits = logits.astype(jnp.float32) / (temperature if temperature > 0 else 1.0)
         logp_all = jax.nn.log_softmax(logits, axis=-1)  # [Q, G, N, V]
         logp = jnp.take_along_axis(logp_all, targets[..., None], axis=-1)[..., 0]
         flat = lambda a: a.reshape(-1, a.shape[-1])  # [Q, G, N] -> [Q*G, N]
         mask = flat(mb["mask"])
-        ref = mb.get("ref_logp")
+        ref, sampler = mb.get("ref_logp"), mb.get("sampler_logp")
         loss, metrics = grpo_loss.policy_loss(
             flat(logp),
             flat(mb["old_logp"]),
@@ -82,9 +116,12 @@ def make_update(
             mb["advantages"].reshape(-1),
             mask,
             lc,
+            None if sampler is None else flat(sampler),
         )
         entropy = flat(-jnp.sum(jnp.exp(logp_all) * logp_all, axis=-1))
         metrics["entropy"] = (entropy * mask).sum() / jnp.maximum(mask.sum(), 1.0)
+        if "replay" in mb:
+            metrics["routing_mismatch"] = routing_mismatch(aux)
         counts = transformer.counts_like_bias(cfg, model_state, aux) if cfg.is_moe else None
         return loss, (metrics, counts)
 
@@ -103,8 +140,10 @@ def make_update(
     )
 
 
-def minibatches(ro: Rollout, ref_logp, rows: int, key) -> list[dict]:
-    """Shuffled minibatches of `rows` whole question groups."""
+def minibatches(ro: Rollout, ref_logp, rows: int, key, old_logp=None) -> list[dict]:
+    """Shuffled minibatches of `rows` whole question groups. `old_logp`: pi_old recomputed by
+    the trainer (grpo.old_logprobs='recompute'; the sampler's then go along as
+    'sampler_logp'), else the sampler's are pi_old."""
     order = np.asarray(jax.random.permutation(key, len(ro.tokens_QL)))
     batches = []
     for i in range(0, len(order), rows):
@@ -114,9 +153,13 @@ def minibatches(ro: Rollout, ref_logp, rows: int, key) -> list[dict]:
             "segment_ids": ro.segment_ids_QL[idx],
             "positions": ro.positions_QL[idx],
             "mask": ro.mask_QGN[idx],
-            "old_logp": ro.old_logp_QGN[idx],
+            "old_logp": (ro.old_logp_QGN if old_logp is None else old_logp)[idx],
             "advantages": ro.advantages_QG[idx],
         }
+        if old_logp is not None:
+            mb["sampler_logp"] = ro.old_logp_QGN[idx]
+        if ro.routing_QMLK is not None:
+            mb["replay"] = ro.routing_QMLK[idx]
         if ref_logp is not None:
             mb["ref_logp"] = ref_logp[idx]
         batches.append(mb)
@@ -139,8 +182,25 @@ def step_metrics(ro: Rollout, train: list[dict]) -> dict[str, float]:
     if (~correct).any():
         m["length_incorrect"] = float(lengths[~correct].mean())
     for key in train[0]:
-        m[key] = float(np.mean([t[key] for t in train]))
+        reduce = np.max if key.endswith("_max") else np.mean
+        m[key] = float(reduce([t[key] for t in train]))
     return m
+
+
+def mismatch_metrics(ro: Rollout, old_logp, train: list[dict]) -> dict[str, float]:
+    """|log pi_sampler - log pi_trainer| over the completion tokens, at the sampling weights:
+    from the recomputed pi_old when there is one, else from the step's first update (whose
+    forward runs on the weights that sampled, pi_old being the sampler's)."""
+    m = {}
+    if "routing_mismatch" in train[0]:  # the first update's forward: the sampling weights
+        m["routing_mismatch"] = float(train[0]["routing_mismatch"])
+    if old_logp is None:
+        m["mismatch_mean"] = float(train[0]["logp_diff_mean"])
+        m["mismatch_max"] = float(train[0]["logp_diff_max"])
+        return m
+    mask = ro.mask_QGN > 0
+    diff = np.abs(np.asarray(old_logp, np.float64) - ro.old_logp_QGN)[mask]
+    return {**m, "mismatch_mean": float(diff.mean()), "mismatch_max": float(diff.max())}
 
 
 def make_step(
@@ -155,17 +215,23 @@ def make_step(
     num_iterations: int,
     minibatch_size: int,
     bias_rate: float,
+    old_logprobs: str = "sampler",
+    routing_replay: bool = False,
     state_sh=None,
     row_sh=None,
     on_rollout: Callable[[int, Rollout], None] | None = None,
 ) -> Callable:
     """`step(state, n) -> (state, metrics)`: GRPO step n (1-based) from `state` (see the module
-    docstring). `ref`: the reference (params, model_state), None when beta = 0. On a mesh,
+    docstring). `ref`: the reference (params, model_state), None when beta = 0.
+    `old_logprobs`: 'sampler' (pi_old is the sampler's log-probs) or 'recompute' (a training
+    forward of the weights that sampled, before the first update). `routing_replay`: every
+    training-side forward (update, recomputed pi_old, reference) routes each token to the
+    experts the sampler chose (R3; V3.2's Keep Routing). On a mesh,
     `state_sh` are the state's shardings and `row_sh` splits the packed rows over the batch
     axes. `on_rollout(n, rollout)` sees each step's scored completions (e.g. samples.txt)."""
     temperature = roller.sp.temperature
     G = roller.g.num_generations
-    update = make_update(cfg, lc, tx, temperature, bias_rate, state_sh)
+    update = make_update(cfg, lc, tx, temperature, bias_rate, state_sh, routing_replay)
     ref_fn = jax.jit(completion_logprobs, static_argnums=(0, 6, 7, 8))
     put = (lambda b: b) if row_sh is None else (lambda b: sharding.put_batch(b, row_sh))
 
@@ -173,19 +239,35 @@ def make_step(
         key = jax.random.fold_in(jax.random.key(seed), n - 1)
         ro = roller.rollout(state.params, state.model_state, questions, key)
         start = time.perf_counter()
-        ref_logp = None
-        if lc.beta > 0:
-            packed = put(dict(t=ro.tokens_QL, s=ro.segment_ids_QL, p=ro.positions_QL))
-            ref_logp = np.asarray(
-                ref_fn(
-                    cfg, *ref, packed["t"], packed["s"], packed["p"], ro.prompt_len, G, temperature
-                )
+        ref_logp = old_logp = None
+        replay = ro.routing_QMLK if routing_replay else None
+        packed = lambda: put(
+            dict(t=ro.tokens_QL, s=ro.segment_ids_QL, p=ro.positions_QL)
+            | ({} if replay is None else dict(r=replay))
+        )
+        logprobs = lambda params, model_state, b: np.asarray(
+            ref_fn(
+                cfg,
+                params,
+                model_state,
+                b["t"],
+                b["s"],
+                b["p"],
+                ro.prompt_len,
+                G,
+                temperature,
+                b.get("r"),
             )
+        )
+        if old_logprobs == "recompute":
+            old_logp = logprobs(state.params, state.model_state, packed())
+        if lc.beta > 0:
+            ref_logp = logprobs(*ref, packed())
             if lc.kl == "k1_reward":
                 flat = lambda a: a.reshape(-1, a.shape[-1])  # [Q, G, N] -> [Q*G, N]
                 ro.rewards["total"] = grpo_loss.kl_penalized_rewards(
                     ro.rewards["total"],
-                    flat(ro.old_logp_QGN),
+                    flat(ro.old_logp_QGN if old_logp is None else old_logp),
                     flat(ref_logp),
                     flat(ro.mask_QGN),
                     lc.beta,
@@ -199,12 +281,13 @@ def make_step(
         train = []
         for it in range(num_iterations):
             order_key = jax.random.fold_in(key, 1000 + it)
-            for mb in minibatches(ro, ref_logp, minibatch_size // G, order_key):
+            for mb in minibatches(ro, ref_logp, minibatch_size // G, order_key, old_logp):
                 state, m = update(state, put(mb), ro.prompt_len, G)
                 train.append(m)
         train = jax.device_get(train)
         state = state.replace(step=state.step + 1)
         metrics = step_metrics(ro, train)
+        metrics.update(mismatch_metrics(ro, old_logp, train))
         metrics.update(ref_seconds=ref_seconds, train_seconds=time.perf_counter() - start)
         metrics["tokens_per_s"] = metrics["generated_tokens"] / metrics["rollout_seconds"]
         if on_rollout is not None:

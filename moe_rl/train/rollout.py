@@ -39,6 +39,11 @@ class Rollout:
     advantages_QG: np.ndarray
     prompt_len: int
     stats: dict[str, float]
+    # The experts the sampler chose for each token of the packed rows [Q, n_moe_layers,
+    # P + G*N, K] (-1 where none was recorded: padding, the tokens never fed), for routing
+    # replay and the routing-mismatch metric; None for a dense model. Rows first, like the
+    # other arrays, so that a mesh splits them alike.
+    routing_QMLK: np.ndarray | None = None
 
 
 def pack_groups(prompt_QP, prompt_len_Q, tokens_QGN, lengths_QG=None):
@@ -60,6 +65,18 @@ def pack_groups(prompt_QP, prompt_len_Q, tokens_QGN, lengths_QG=None):
     segments = np.concatenate([seg_prompt, seg_comp], axis=1).astype(np.int32)
     positions = np.concatenate([pos_prompt, pos_comp], axis=1).astype(np.int32)
     return tokens, segments, positions
+
+
+def pack_routing(groups: list[dict], P: int) -> np.ndarray:
+    """The groups' recorded routing in the packed layout of `pack_groups`: [Q, M, P + G*N, K],
+    each prompt's right-aligned in its P slots, -1 on the padding before it."""
+    rows = []
+    for gr in groups:
+        prompt_MpK, comp_MGNK = gr["prompt_routing"], gr["routing"]
+        M, G, N, K = comp_MGNK.shape
+        pad = np.full((M, P - prompt_MpK.shape[1], K), -1, np.int32)
+        rows.append(np.concatenate([pad, prompt_MpK, comp_MGNK.reshape(M, G * N, K)], axis=1))
+    return np.stack(rows).astype(np.int32)
 
 
 class QuestionStream:
@@ -87,8 +104,9 @@ class Roller:
         self.g, self.t = config.grpo, config.task
 
     def sample_groups(self, params, model_state, examples, key):
-        """G completions of each example, each prompt prefilled once:
-        (texts, tokens [Q,G,N], logprobs [Q,G,N], lengths [Q,G], prompts [Q,P], lengths [Q])."""
+        """G completions of each example, each prompt prefilled once: (texts, tokens [Q,G,N],
+        logprobs [Q,G,N], lengths [Q,G], prompts [Q,P], lengths [Q], routing), routing (an
+        MoE's; else None) = (completions' [M,Q,G,N,K], prompts' [M,Q,P,K])."""
         G, tok = self.g.num_generations, self.tokenizer
         _, ids = evaluate.prompts_for(tok, examples, self.t.template, self.t.think_opened)
         P = sampling.bucket(max(map(len, ids)))
@@ -103,11 +121,17 @@ class Roller:
             eos_id=tok.eos_id,
             pad_id=tok.pad_id,
             num_samples=G,
+            record_routing=self.cfg.is_moe,
         )
-        tokens, logp, lengths = (np.asarray(a) for a in jax.device_get(out))
+        out = jax.device_get(out)
+        tokens, logp, lengths = (np.asarray(a) for a in out[:3])
         texts = [tok.decode(row[:n]) for row, n in zip(tokens, lengths, strict=True)]
         Q, N = len(ids), tokens.shape[1]
         shape = (Q, G, N)
+        routing = None
+        if out.routing is not None:
+            M, _, _, K = out.routing.shape
+            routing = (np.asarray(out.routing).reshape(M, Q, G, N, K), out.prompt_routing)
         return (
             texts,
             tokens.reshape(shape),
@@ -115,6 +139,7 @@ class Roller:
             lengths.reshape(Q, G),
             prompt_QP,
             prompt_len_Q,
+            routing,
         )
 
     def score(self, texts, examples_S, lengths):
@@ -144,7 +169,7 @@ class Roller:
         sampled_accuracy = []  # of every completion sampled, before dynamic sampling's filter
         while len(kept) < Q and rounds <= (g.max_refills if g.dynamic_sampling else 0):
             examples = questions.take(Q)
-            texts, tokens, logp, lengths, prompt, prompt_len = self.sample_groups(
+            texts, tokens, logp, lengths, prompt, prompt_len, routing = self.sample_groups(
                 params, model_state, examples, jax.random.fold_in(key, rounds)
             )
             examples_S = [ex for ex in examples for _ in range(G)]
@@ -163,6 +188,9 @@ class Roller:
                     examples=examples_S[rows],
                     rewards={k: v[rows] for k, v in r.items()},
                 )
+                if routing is not None:  # [M, G, N, K] and the prompt's [M, P, K]
+                    group["routing"] = routing[0][:, q]
+                    group["prompt_routing"] = np.asarray(routing[1][:, q, -prompt_len[q] :])
                 informative = np.ptp(r["accuracy"][rows]) > 0
                 (kept if informative or not g.dynamic_sampling else spare).append(group)
             rounds += 1
@@ -191,7 +219,11 @@ class Roller:
         adv_QG = grpo_loss.advantages(
             jnp.asarray(rew["total"]).reshape(Q, G), g.advantage, g.adv_eps
         )
+        routing_QMLK = None
+        if "routing" in groups[0]:
+            routing_QMLK = pack_routing(groups, P)
         return Rollout(
+            routing_QMLK=routing_QMLK,
             tokens_QL=tokens_QL,
             segment_ids_QL=seg_QL,
             positions_QL=pos_QL,
