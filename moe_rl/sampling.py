@@ -94,6 +94,10 @@ class Samples(NamedTuple):
     # prefill [n_moe_layers, Q, P, K] (left-padded like the prompts).
     routing: jax.Array | None = None
     prompt_routing: jax.Array | None = None
+    # With keep_mask (DeepSeek-V3.2's Keep Sampling Mask): the tokens top-k/top-p kept at each
+    # step [B, N, V] (False after the row's end); `logprobs` are then those of the truncated
+    # distribution the token was drawn from, log softmax over the kept tokens.
+    kept: jax.Array | None = None
 
 
 def bucket(n: int, minimum: int = 8, step: int = 128) -> int:
@@ -133,19 +137,26 @@ def filter_logits(logits_BV: jax.Array, sp: SamplingParams) -> jax.Array:
     return logits
 
 
-def _pick(logits_BV: jax.Array, key: jax.Array, sp: SamplingParams):
-    """(token [B], its log-prob [B]) for one step."""
+def _pick(logits_BV: jax.Array, key: jax.Array, sp: SamplingParams, keep_mask: bool = False):
+    """(token [B], its log-prob [B], the kept tokens [B, V] or None) for one step. With
+    `keep_mask` the log-prob is of the truncated distribution (filtered logits)."""
     if sp.greedy:
         token_B = jnp.argmax(logits_BV, axis=-1).astype(jnp.int32)
-    else:
-        token_B = jax.random.categorical(key, filter_logits(logits_BV, sp)).astype(jnp.int32)
-    return token_B, token_logprobs(logits_BV, token_B, sp.temperature)
+        kept_BV = jnp.ones(logits_BV.shape, bool) if keep_mask else None
+        return token_B, token_logprobs(logits_BV, token_B, sp.temperature), kept_BV
+    filtered_BV = filter_logits(logits_BV, sp)
+    token_B = jax.random.categorical(key, filtered_BV).astype(jnp.int32)
+    if keep_mask:
+        return token_B, token_logprobs(filtered_BV, token_B), jnp.isfinite(filtered_BV)
+    return token_B, token_logprobs(logits_BV, token_B, sp.temperature), None
 
 
 def _generate(cfg, sp, eos_id, pad_id, n, record, params, state, prompt_QP, prompt_len_Q, key):
     """Prefill the left-padded prompts once, then decode n samples of each, up to
-    sp.max_new_tokens tokens (rows question-major); `record`: keep the MoE layers' routing."""
+    sp.max_new_tokens tokens (rows question-major). `record`: what else to keep, a tuple of
+    'routing' (the MoE layers' experts) and 'mask' (the sampling mask)."""
     _TRACES[(cfg, sp, n, record, prompt_QP.shape)] += 1
+    keep_mask = "mask" in record
     Q, P = prompt_QP.shape
     B, N = Q * n, sp.max_new_tokens
     slots_P = jnp.arange(P, dtype=jnp.int32)
@@ -156,29 +167,34 @@ def _generate(cfg, sp, eos_id, pad_id, n, record, params, state, prompt_QP, prom
     logits_QPV, cache, aux = transformer.forward(
         cfg, params, state, prompt_QP, positions_QP, seg_QP, cache, mtp=False
     )
-    prompt_routing = aux["expert_ids"] if record else None
+    prompt_routing = aux["expert_ids"] if "routing" in record else None
     if n > 1:
         cache = transformer.repeat_cache(cfg, cache, n)
     logits_BV = jnp.repeat(logits_QPV[:, -1], n, axis=0)
     prompt_len_B = jnp.repeat(prompt_len_Q, n)
 
-    def emit(t, logits_BV, tokens_BN, logprobs_BN, lengths_B, done_B):
-        token_B, logprob_B = _pick(logits_BV, jax.random.fold_in(key, t), sp)
+    def emit(t, logits_BV, tokens_BN, logprobs_BN, kept_BNV, lengths_B, done_B):
+        token_B, logprob_B, kept_BV = _pick(logits_BV, jax.random.fold_in(key, t), sp, keep_mask)
         lengths_B = lengths_B + (~done_B).astype(jnp.int32)
         token_B = jnp.where(done_B, pad_id, token_B)
         logprob_B = jnp.where(done_B, 0.0, logprob_B)
         tokens_BN = jax.lax.dynamic_update_slice(tokens_BN, token_B[:, None], (0, t))
         logprobs_BN = jax.lax.dynamic_update_slice(logprobs_BN, logprob_B[:, None], (0, t))
-        return token_B, tokens_BN, logprobs_BN, lengths_B, done_B | (token_B == eos_id)
+        if keep_mask:
+            kept_BV = kept_BV & ~done_B[:, None]
+            kept_BNV = jax.lax.dynamic_update_slice(kept_BNV, kept_BV[:, None], (0, t, 0))
+        done_B = done_B | (token_B == eos_id)
+        return token_B, tokens_BN, logprobs_BN, kept_BNV, lengths_B, done_B
 
     tokens_BN = jnp.full((B, N), pad_id, jnp.int32)
     logprobs_BN = jnp.zeros((B, N), jnp.float32)
+    kept_BNV = jnp.zeros((B, N, cfg.vocab_size), bool) if keep_mask else None
     lengths_B = jnp.zeros((B,), jnp.int32)
     done_B = prompt_len_B == 0  # batch-padding rows
-    state_t = emit(0, logits_BV, tokens_BN, logprobs_BN, lengths_B, done_B)
+    state_t = emit(0, logits_BV, tokens_BN, logprobs_BN, kept_BNV, lengths_B, done_B)
     # The routing of completion token t - 1, fed at decode step t; -1 until fed.
     routing = None
-    if record:
+    if "routing" in record:
         M, _, _, K = prompt_routing.shape
         routing = jnp.full((M, B, N, K), -1, jnp.int32)
 
@@ -199,16 +215,18 @@ def _generate(cfg, sp, eos_id, pad_id, n, record, params, state, prompt_QP, prom
             cache,
             mtp=False,
         )
-        if record:
+        if "routing" in record:
             routing = jax.lax.dynamic_update_slice(routing, aux["expert_ids"], (0, 0, t - 1, 0))
         return t + 1, cache, routing, emit(t, logits_B1V[:, 0], *rest)
 
     carry = (jnp.int32(1), cache, routing, state_t)
-    _, _, routing, (_, tokens_BN, logprobs_BN, lengths_B, _) = jax.lax.while_loop(cond, body, carry)
-    if record:  # after a row's end the sampler fed padding: nothing to replay there
+    _, _, routing, (_, tokens_BN, logprobs_BN, kept_BNV, lengths_B, _) = jax.lax.while_loop(
+        cond, body, carry
+    )
+    if "routing" in record:  # after a row's end the sampler fed padding: nothing to replay
         fed_BN = jnp.arange(N)[None] < lengths_B[:, None]
         routing = jnp.where(fed_BN[None, :, :, None], routing, -1)
-    return Samples(tokens_BN, logprobs_BN, lengths_B, routing, prompt_routing)
+    return Samples(tokens_BN, logprobs_BN, lengths_B, routing, prompt_routing, kept_BNV)
 
 
 _generate_jit = jax.jit(_generate, static_argnums=(0, 1, 2, 3, 4, 5))
@@ -237,13 +255,15 @@ def generate(
     pad_id: int,
     num_samples: int = 1,
     record_routing: bool = False,
+    keep_mask: bool = False,
 ) -> Samples:
     """Samples `num_samples` continuations of each prompt (token ids, each non-empty);
     deterministic in `key`. Each prompt is prefilled once and its cache shared by its samples.
 
     Returns arrays with num_samples rows per prompt (prompt-major), `max_new_tokens` columns;
     with `record_routing` (an MoE model) also the experts chosen for every token fed
-    (`Samples.routing`, `Samples.prompt_routing`).
+    (`Samples.routing`, `Samples.prompt_routing`); with `keep_mask` the top-k/top-p masks
+    (`Samples.kept`) and the truncated distribution's log-probs.
     """
     if not prompts:
         raise ValueError("no prompts")
@@ -264,23 +284,15 @@ def generate(
     prompt_QP, lengths_Q = left_pad(prompts, pad_id, P, bucket(Q, minimum=1, step=1 << 30))
     if record_routing and not cfg.is_moe:
         raise ValueError("record_routing needs an MoE model (model.n_routed_experts > 0)")
+    record = ("routing",) * record_routing + ("mask",) * keep_mask
     out = _generate_jit(
-        cfg,
-        sp,
-        eos_id,
-        pad_id,
-        num_samples,
-        record_routing,
-        params,
-        state,
-        prompt_QP,
-        lengths_Q,
-        key,
+        cfg, sp, eos_id, pad_id, num_samples, record, params, state, prompt_QP, lengths_Q, key
     )
     B = Q * num_samples
     routing = None if out.routing is None else out.routing[:, :B]
     prompt_routing = None if out.prompt_routing is None else out.prompt_routing[:, :Q]
-    return Samples(out.tokens[:B], out.logprobs[:B], out.lengths[:B], routing, prompt_routing)
+    kept = None if out.kept is None else out.kept[:B]
+    return Samples(out.tokens[:B], out.logprobs[:B], out.lengths[:B], routing, prompt_routing, kept)
 
 
 def sample_texts(

@@ -1,5 +1,6 @@
-"""Routing replay (R3; DeepSeek-V3.2's Keep Routing): the sampler records each token's experts,
-the training forward routes to them, against slow references."""
+"""What the sampler records for the trainer, against slow references: routing replay (R3;
+DeepSeek-V3.2's Keep Routing: each token's experts, routed to again in training) and V3.2's
+Keep Sampling Mask (the top-k/top-p truncation, applied to the trainer's logits)."""
 
 import chex
 import jax
@@ -153,3 +154,49 @@ def test_record_routing_needs_an_moe(tiny_dense):
             pad_id=PAD,
             record_routing=True,
         )
+
+
+def test_kept_sampling_mask_is_the_truncation_and_matches_the_sampler(tiny):
+    """The recorded mask is exactly what top-k/top-p kept at each fed slot (recomputed here
+    from the training forward's logits); applied to the trainer's logits it gives the
+    sampler's log-probs of the truncated distribution, which the unmasked ones are not."""
+    cfg, params, state = tiny
+    prompts = [[2, 5, 7, 9, 11], [3, 4, 6]]
+    G, sp = 2, sampling.SamplingParams(temperature=0.7, top_k=12, top_p=0.9, max_new_tokens=6)
+    out = sampling.generate(
+        cfg,
+        params,
+        state,
+        prompts,
+        jax.random.key(7),
+        sp,
+        eos_id=EOS,
+        pad_id=PAD,
+        num_samples=G,
+        keep_mask=True,
+    )
+    Q, N, V = len(prompts), sp.max_new_tokens, cfg.vocab_size
+    lengths = np.asarray(out.lengths).reshape(Q, G)
+    P = sampling.bucket(max(map(len, prompts)))
+    prompt_QP, prompt_len = sampling.left_pad(prompts, PAD, P, Q)
+    tokens_QGN = np.asarray(out.tokens).reshape(Q, G, N)
+    packed = rollout.pack_groups(prompt_QP, prompt_len, tokens_QGN, lengths)
+    logits, targets, _ = grpo_step.completion_logits(cfg, params, state, *packed, P, G)
+    kept = np.asarray(out.kept).reshape(Q, G, N, V)
+    fed = np.arange(N) < lengths[..., None]
+    want = np.isfinite(np.asarray(sampling.filter_logits(logits.reshape(-1, V), sp)))
+    np.testing.assert_array_equal(kept[fed], want.reshape(Q, G, N, V)[fed])
+    assert not kept[~fed].any()
+    assert np.all(kept[fed].sum(-1) <= sp.top_k) and np.all(
+        np.take_along_axis(kept, tokens_QGN[..., None], -1)[..., 0][fed]
+    )
+    sampler = np.asarray(out.logprobs).reshape(Q, G, N)
+    masked = grpo_step.keep_sampling_mask(logits / sp.temperature, kept)
+    trainer = np.asarray(sampling.token_logprobs(masked, targets))
+    np.testing.assert_allclose(trainer[fed], sampler[fed], atol=1e-5)
+    plain = np.asarray(sampling.token_logprobs(logits, targets, sp.temperature))
+    assert np.abs(plain[fed] - sampler[fed]).max() > 1e-3  # the mask is what makes them agree
+    recomputed = grpo_step.completion_logprobs(
+        cfg, params, state, *packed, P, G, sp.temperature, None, kept
+    )
+    np.testing.assert_allclose(np.asarray(recomputed)[fed], sampler[fed], atol=1e-5)

@@ -161,6 +161,11 @@ def grpo(**overrides) -> ConfigDict:
             # each token to the experts the sampler chose for it (gates from the current
             # router). Off, the sampler's routing is still recorded, to measure the mismatch.
             routing_replay=False,
+            # DeepSeek-V3.2's Keep Sampling Mask: the sampler's top-k/top-p truncation is kept
+            # and applied to pi_theta's logits in training (and to a recomputed pi_old), so
+            # both policies share one action subset; the sampler's log-probs are then of the
+            # truncated distribution. Changes nothing with top_k=0 and top_p=1 (the default).
+            keep_sampling_mask=False,
             dynamic_sampling=True,  # DAPO: replace zero-variance groups
             max_refills=2,  # extra sampling rounds per step with dynamic sampling
             overlong_filter=False,  # DAPO: truncated completions carry no gradient

@@ -60,13 +60,26 @@ def completion_logits(
 
 
 def completion_logprobs(
-    cfg, params, model_state, tokens_QL, seg_QL, pos_QL, P, G, temp, replay=None
+    cfg, params, model_state, tokens_QL, seg_QL, pos_QL, P, G, temp, replay=None, kept=None
 ):
-    """log softmax(logits / T) of every completion token, [Q, G, N] (`replay`: replayed)."""
+    """log softmax(logits / T) of every completion token, [Q, G, N] (`replay`: the routing
+    replayed; `kept`: the sampling mask applied, `keep_sampling_mask`)."""
     logits, targets, _ = completion_logits(
         cfg, params, model_state, tokens_QL, seg_QL, pos_QL, P, G, replay
     )
-    return sampling.token_logprobs(logits, targets, temp)
+    if kept is None:
+        return sampling.token_logprobs(logits, targets, temp)
+    logits = keep_sampling_mask(logits.astype(jnp.float32) / (temp if temp > 0 else 1.0), kept)
+    return sampling.token_logprobs(logits, targets)
+
+
+def keep_sampling_mask(logits_QGNV: jax.Array, kept_QGNV: jax.Array) -> jax.Array:
+    """DeepSeek-V3.2's Keep Sampling Mask (arXiv 2512.02556, sec. 3.1): the tokens the
+    sampler's top-k/top-p dropped get -inf, so pi_theta is the same truncated distribution
+    the sampler drew from (and reported log-probs of). A slot with nothing kept (after a
+    completion's end) keeps its logits."""
+    recorded = kept_QGNV.any(-1, keepdims=True)
+    return jnp.where(kept_QGNV | ~recorded, logits_QGNV, -jnp.inf)
 
 
 def routing_mismatch(aux: dict) -> jax.Array:
@@ -104,6 +117,8 @@ def make_update(
             routing_replay,
         )
         logits = logits.astype(jnp.float32) / (temperature if temperature > 0 else 1.0)
+        if "kept" in mb:
+            logits = keep_sampling_mask(logits, mb["kept"])
         logp_all = jax.nn.log_softmax(logits, axis=-1)  # [Q, G, N, V]
         logp = jnp.take_along_axis(logp_all, targets[..., None], axis=-1)[..., 0]
         flat = lambda a: a.reshape(-1, a.shape[-1])  # [Q, G, N] -> [Q*G, N]
@@ -118,7 +133,8 @@ def make_update(
             lc,
             None if sampler is None else flat(sampler),
         )
-        entropy = flat(-jnp.sum(jnp.exp(logp_all) * logp_all, axis=-1))
+        p_logp = jnp.where(jnp.isfinite(logp_all), jnp.exp(logp_all) * logp_all, 0.0)
+        entropy = flat(-jnp.sum(p_logp, axis=-1))
         metrics["entropy"] = (entropy * mask).sum() / jnp.maximum(mask.sum(), 1.0)
         if "replay" in mb:
             metrics["routing_mismatch"] = routing_mismatch(aux)
@@ -160,6 +176,8 @@ def minibatches(ro: Rollout, ref_logp, rows: int, key, old_logp=None) -> list[di
             mb["sampler_logp"] = ro.old_logp_QGN[idx]
         if ro.routing_QMLK is not None:
             mb["replay"] = ro.routing_QMLK[idx]
+        if ro.kept_QGNV is not None:
+            mb["kept"] = ro.kept_QGNV[idx]
         if ref_logp is not None:
             mb["ref_logp"] = ref_logp[idx]
         batches.append(mb)
@@ -241,9 +259,10 @@ def make_step(
         start = time.perf_counter()
         ref_logp = old_logp = None
         replay = ro.routing_QMLK if routing_replay else None
-        packed = lambda: put(
+        packed = lambda kept=None: put(
             dict(t=ro.tokens_QL, s=ro.segment_ids_QL, p=ro.positions_QL)
             | ({} if replay is None else dict(r=replay))
+            | ({} if kept is None else dict(k=kept))
         )
         logprobs = lambda params, model_state, b: np.asarray(
             ref_fn(
@@ -257,10 +276,11 @@ def make_step(
                 G,
                 temperature,
                 b.get("r"),
+                b.get("k"),
             )
         )
-        if old_logprobs == "recompute":
-            old_logp = logprobs(state.params, state.model_state, packed())
+        if old_logprobs == "recompute":  # the policy's: with the sampler's mask if kept
+            old_logp = logprobs(state.params, state.model_state, packed(ro.kept_QGNV))
         if lc.beta > 0:
             ref_logp = logprobs(*ref, packed())
             if lc.kl == "k1_reward":

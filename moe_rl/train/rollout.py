@@ -44,6 +44,8 @@ class Rollout:
     # replay and the routing-mismatch metric; None for a dense model. Rows first, like the
     # other arrays, so that a mesh splits them alike.
     routing_QMLK: np.ndarray | None = None
+    # grpo.keep_sampling_mask: the tokens the sampler's top-k/top-p kept [Q, G, N, V]
+    kept_QGNV: np.ndarray | None = None
 
 
 def pack_groups(prompt_QP, prompt_len_Q, tokens_QGN, lengths_QG=None):
@@ -105,8 +107,9 @@ class Roller:
 
     def sample_groups(self, params, model_state, examples, key):
         """G completions of each example, each prompt prefilled once: (texts, tokens [Q,G,N],
-        logprobs [Q,G,N], lengths [Q,G], prompts [Q,P], lengths [Q], routing), routing (an
-        MoE's; else None) = (completions' [M,Q,G,N,K], prompts' [M,Q,P,K])."""
+        logprobs [Q,G,N], lengths [Q,G], prompts [Q,P], lengths [Q], recorded), `recorded`
+        what the sampler kept besides: an MoE's 'routing' [M,Q,G,N,K] and 'prompt_routing'
+        [M,Q,P,K], with grpo.keep_sampling_mask the 'kept' tokens [Q,G,N,V]."""
         G, tok = self.g.num_generations, self.tokenizer
         _, ids = evaluate.prompts_for(tok, examples, self.t.template, self.t.think_opened)
         P = sampling.bucket(max(map(len, ids)))
@@ -122,16 +125,20 @@ class Roller:
             pad_id=tok.pad_id,
             num_samples=G,
             record_routing=self.cfg.is_moe,
+            keep_mask=self.g.keep_sampling_mask,
         )
         out = jax.device_get(out)
         tokens, logp, lengths = (np.asarray(a) for a in out[:3])
         texts = [tok.decode(row[:n]) for row, n in zip(tokens, lengths, strict=True)]
         Q, N = len(ids), tokens.shape[1]
         shape = (Q, G, N)
-        routing = None
+        recorded = {}
         if out.routing is not None:
             M, _, _, K = out.routing.shape
-            routing = (np.asarray(out.routing).reshape(M, Q, G, N, K), out.prompt_routing)
+            recorded["routing"] = np.asarray(out.routing).reshape(M, Q, G, N, K)
+            recorded["prompt_routing"] = np.asarray(out.prompt_routing)
+        if out.kept is not None:
+            recorded["kept"] = np.asarray(out.kept).reshape(Q, G, N, -1)
         return (
             texts,
             tokens.reshape(shape),
@@ -139,7 +146,7 @@ class Roller:
             lengths.reshape(Q, G),
             prompt_QP,
             prompt_len_Q,
-            routing,
+            recorded,
         )
 
     def score(self, texts, examples_S, lengths):
@@ -169,7 +176,7 @@ class Roller:
         sampled_accuracy = []  # of every completion sampled, before dynamic sampling's filter
         while len(kept) < Q and rounds <= (g.max_refills if g.dynamic_sampling else 0):
             examples = questions.take(Q)
-            texts, tokens, logp, lengths, prompt, prompt_len, routing = self.sample_groups(
+            texts, tokens, logp, lengths, prompt, prompt_len, recorded = self.sample_groups(
                 params, model_state, examples, jax.random.fold_in(key, rounds)
             )
             examples_S = [ex for ex in examples for _ in range(G)]
@@ -188,9 +195,11 @@ class Roller:
                     examples=examples_S[rows],
                     rewards={k: v[rows] for k, v in r.items()},
                 )
-                if routing is not None:  # [M, G, N, K] and the prompt's [M, P, K]
-                    group["routing"] = routing[0][:, q]
-                    group["prompt_routing"] = np.asarray(routing[1][:, q, -prompt_len[q] :])
+                if "routing" in recorded:  # [M, G, N, K], the prompt's [M, P_q, K]
+                    group["routing"] = recorded["routing"][:, q]
+                    group["prompt_routing"] = recorded["prompt_routing"][:, q, -prompt_len[q] :]
+                if "kept" in recorded:
+                    group["kept"] = recorded["kept"][q]  # [G, N, V]
                 informative = np.ptp(r["accuracy"][rows]) > 0
                 (kept if informative or not g.dynamic_sampling else spare).append(group)
             rounds += 1
@@ -224,6 +233,7 @@ class Roller:
             routing_QMLK = pack_routing(groups, P)
         return Rollout(
             routing_QMLK=routing_QMLK,
+            kept_QGNV=stack("kept") if "kept" in groups[0] else None,
             tokens_QL=tokens_QL,
             segment_ids_QL=seg_QL,
             positions_QL=pos_QL,
