@@ -215,9 +215,20 @@ def test_pretraining_recipe_with_expert_parallelism_trains_like_one_device(tmp_p
         pretrain.run(config, str(tmp_path / "bad"))
 
 
-def test_grpo_recipe_on_a_mesh_trains_like_one_device(tmp_path):
+REPLAY = {  # issue 18's sampler/trainer alignment, all at once
+    "grpo.routing_replay": True,
+    "grpo.keep_sampling_mask": True,
+    "grpo.old_logprobs": "recompute",
+    "grpo.is_correction": "token_truncate",
+    "sampling.top_k": 20,
+}
+
+
+@pytest.mark.parametrize("extra", [{}, REPLAY], ids=["default", "replay"])
+def test_grpo_recipe_on_a_mesh_trains_like_one_device(tmp_path, extra):
     """`experiments/r1_zero.py` with --config.mesh.expert=4: the same rewards, losses and
-    final policy as on one device (the rollouts are sampled from the split policy)."""
+    final policy as on one device (the rollouts are sampled from the split policy); also with
+    routing replay, the kept sampling mask and TIS against a recomputed pi_old."""
     import os
     import runpy
 
@@ -244,6 +255,7 @@ def test_grpo_recipe_on_a_mesh_trains_like_one_device(tmp_path):
                 "eval.batch_size": 4,
                 "eval.sampling.max_new_tokens": 6,
                 **{f"mesh.{k}": v for k, v in mesh.items()},
+                **extra,
             }
         )
         return c
@@ -258,7 +270,11 @@ def test_grpo_recipe_on_a_mesh_trains_like_one_device(tmp_path):
     for a, b in zip(rows(tmp_path / "ep"), rows(tmp_path / "one"), strict=True):
         np.testing.assert_allclose(a["reward"], b["reward"], rtol=1e-6)
         np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-4, atol=1e-6)
+        if extra:  # the sampler's routing and log-probs agree with the trainer's at float32
+            assert a["routing_mismatch"] == 0 and a["mismatch_max"] < 1e-4
     assert ep["after"]["pass@1"] == one["after"]["pass@1"]
+    if extra:
+        return
     with pytest.raises(ValueError, match="config.grpo.num_questions=4 rows"):
         c = config(data=-1, expert=4)
         c.grpo.update(num_questions=4, minibatch_size=8)
