@@ -55,6 +55,19 @@ def test_learned_bpe_specials_digits_and_compression(learned_bpe):
     assert sum(len(tok.encode(d)) for d in docs) < 0.7 * sum(len(d.encode()) for d in docs)
 
 
+def test_learned_bpe_with_whole_numbers_merges_frequent_numbers(tmp_path):
+    """split_digits=False ('bpe:<vocab>:numbers'): frequent numbers become one token each, two
+    equal numbers two equal tokens; any text still round-trips."""
+    docs = list(arithmetic.documents(2000, seed=0, mix="countdown"))
+    tok = train_bpe(docs, 600, str(tmp_path), split_digits=False)
+    assert sum(len(tok.encode(str(n))) == 1 for n in range(101)) >= 60
+    a, b = tok.encode("36 vs 36:")[0], tok.encode("36 vs 36:")[-2]
+    assert a == b and tok.decode([a]) == "36"
+    assert tok.decode(tok.encode("12345 x")) == "12345 x"
+    with pytest.raises(ValueError, match="'bpe:<vocab size >= 260>:numbers'"):
+        lm.run_tokenizer("bpe:600:whole", docs, str(tmp_path / "x"))
+
+
 def test_learned_bpe_is_deterministic(learned_bpe, tmp_path):
     tok, docs = learned_bpe
     again = train_bpe(docs, 300, str(tmp_path))

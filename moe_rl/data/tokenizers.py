@@ -139,11 +139,15 @@ def _chat_template(config: dict, folder: str) -> str | None:
     return template
 
 
-def train_bpe(texts: Iterable[str], vocab_size: int, folder: str) -> HFTokenizer:
+def train_bpe(
+    texts: Iterable[str], vocab_size: int, folder: str, split_digits: bool = True
+) -> HFTokenizer:
     """Trains a byte-level BPE tokenizer on `texts` and saves it as a Hugging Face folder.
 
-    Digits are split one by one (as Llama does: numbers stay readable digit by digit), PAD,
-    BOS and EOS are ids 0, 1, 2 ("<pad>", "<s>", "</s>"); any UTF-8 text round-trips.
+    Digits are split one by one (as Llama does: numbers stay readable digit by digit), or with
+    `split_digits=False` a run of digits is one piece that BPE may merge whole (as GPT-2's
+    does: a frequent number becomes one token, so two equal numbers are two equal tokens).
+    PAD, BOS and EOS are ids 0, 1, 2 ("<pad>", "<s>", "</s>"); any UTF-8 text round-trips.
     Deterministic for the same texts in the same order.
     """
     from tokenizers import decoders, models, pre_tokenizers, trainers
@@ -151,7 +155,7 @@ def train_bpe(texts: Iterable[str], vocab_size: int, folder: str) -> HFTokenizer
     tok = tokenizers.Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.Sequence(
         [
-            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.Digits(individual_digits=split_digits),
             pre_tokenizers.ByteLevel(add_prefix_space=False),
         ]
     )

@@ -294,16 +294,20 @@ BPE_DOCUMENTS = 20_000  # training documents a 'bpe:<vocab>' tokenizer is learne
 
 def run_tokenizer(name: str, train_src, workdir: str):
     """config.data.tokenizer: 'byte', a Hugging Face folder/file, or 'bpe:<vocab size>' = a BPE
-    learned from the first training documents, saved in <workdir>/tokenizer and reused."""
+    learned from the first training documents (digits split), 'bpe:<vocab size>:numbers' the
+    same with whole numbers mergeable into one token; saved in <workdir>/tokenizer, reused."""
     if not name.startswith("bpe:"):
         return tokenizers.get_tokenizer(name)
     folder = os.path.join(workdir, "tokenizer")
     if os.path.exists(os.path.join(folder, "tokenizer.json")):
         return tokenizers.get_tokenizer(folder)
-    size = name.removeprefix("bpe:")
-    if not size.isdigit() or int(size) < 260:
-        raise ValueError(f"config.data.tokenizer={name!r}: expected 'bpe:<vocab size >= 260>'")
+    size, _, digits = name.removeprefix("bpe:").partition(":")
+    if not size.isdigit() or int(size) < 260 or digits not in ("", "numbers"):
+        raise ValueError(
+            f"config.data.tokenizer={name!r}: expected 'bpe:<vocab size >= 260>' or "
+            "'bpe:<vocab size >= 260>:numbers'"
+        )
     if isinstance(train_src[0], tuple):
         raise ValueError("config.data.tokenizer='bpe:...' is for pretraining corpora")
     texts = (train_src[i] for i in range(min(len(train_src), BPE_DOCUMENTS)))
-    return tokenizers.train_bpe(texts, int(size), folder)
+    return tokenizers.train_bpe(texts, int(size), folder, split_digits=digits != "numbers")
