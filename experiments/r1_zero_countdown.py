@@ -14,7 +14,7 @@ Runtime:  seed 0 alone on the 2-core VM: 14.5 min (base 6.1, its evaluation 0.4,
           steps of 9-14 s, the R1-Zero prompt of 191 tokens + up to 224 new ones).
 Result:   not yet the goal (+20 points): seed 0's held-out pass@1 0.059 -> 0.135. The base
           searches (3.3 tries per answer); GRPO collapsed the search to one more accurate try.
-          docs/results/r1_zero_countdown/ (README: the three attempts and what to try next;
+          docs/results/r1_zero_countdown/ (README: the six attempts and what to try next;
           search.md: tries, checked answers, step accuracy and target copying before/after,
           from docs/results/r1_zero_countdown/search_stats.py).
 """
@@ -23,8 +23,8 @@ from ml_collections import ConfigDict
 
 from moe_rl.train import configs
 
-# A try ("Try (7 + 5) * 3: 7 + 5 = 12, 12 * 3 = 36, 36 vs 22: no.") is ~37 tokens: room for 6.
-MAX_NEW_TOKENS = 256
+# A try ("Try (7 + 5) * 3: 7 + 5 = 12, 12 * 3 = 36, not 22.") is ~35 tokens: room for 6.
+MAX_NEW_TOKENS = 224
 
 
 def get_config() -> ConfigDict:
@@ -34,12 +34,6 @@ def get_config() -> ConfigDict:
     config.name = "r1_zero_countdown"
     config.task.name = "countdown"  # its defaults: 3 numbers in 1..10, target <= 100, at most once
     config.pretrain.data.mix = "countdown"
-    # Whole numbers as tokens (a BPE of 1024 learned on the mix, digit runs unsplit: every
-    # number up to 115 and 420 in all are one token): a hit is then two equal tokens
-    # ("22 vs 22"), which a tiny model compares; with digits split it did not learn to
-    # (pilot 5: "found it" after 26% of its "N vs N" and 7% of its "M vs N").
-    config.pretrain.data.tokenizer = "bpe:1024:numbers"
-    config.model.vocab_size = 1024
     config.sampling.max_new_tokens = MAX_NEW_TOKENS
     config.eval.sampling.max_new_tokens = MAX_NEW_TOKENS
     return config

@@ -280,6 +280,42 @@ def test_countdown_search_tries_until_a_checked_hit():
                 assert _evaluate(f"{x} {op} {y}") == int(z)
             value = int(step.findall(w)[-1][3])
             assert value == _evaluate(text)  # the steps evaluate the expression tried
+            assert w.endswith("found it.") == (value == target)
+            assert sorted(map(int, re.findall(r"\d+", text))) == sorted(numbers)
+        # It stops at the first hit, which is the answer; a search that runs out says so.
+        assert all(w.endswith(f"not {target}.") for w in tries[:-1])
+        if tries[-1].endswith("found it."):
+            found += 1
+            assert p.answer == texts[-1] and len(p.steps) == 1 + len(tries)
+        else:
+            assert p.steps[-1] == "I stop here." and p.answer == texts[-1]
+        tries_seen += len(tries)
+    assert 0.15 < found / 400 < 0.6 and 2 < tries_seen / 400 < 4
+    # Wrong searches: a try's last step slips or claims the target (a false hit).
+    wrong = [countdown_docs.countdown_search(rng, wrong=True) for _ in range(300)]
+    claims = [p for p in wrong if p.steps[-1].endswith("found it.")]
+    assert any(_evaluate(p.answer) != _countdown_question(p.question)[1] for p in claims)
+
+
+def test_countdown_search_with_side_by_side_comparisons():
+    """compare=True (the 'countdown_compare' mix): 'N vs T' verdicts, always right about the
+    numbers they compare."""
+    rng = draws.Random(2)
+    step = re.compile(r"(\d+) ([-+*/]) (\d+) = (\d+)")
+    found = tries_seen = 0
+    for _ in range(400):
+        p = countdown_docs.countdown_search(rng, wrong=False, max_tries=6, compare=True)
+        numbers, target = _countdown_question(p.question)
+        assert p.steps[0] == f"Target: {target}."  # restated before the tries
+        tries = [w for w in p.steps if w.startswith("Try ")]
+        assert 1 <= len(tries) <= 6
+        texts = [w[4:].split(":", 1)[0] for w in tries]
+        assert len(set(texts)) == len(texts)  # no expression tried twice (3 numbers: enough)
+        for text, w in zip(texts, tries, strict=True):
+            for x, op, y, z in step.findall(w):  # every step right
+                assert _evaluate(f"{x} {op} {y}") == int(z)
+            value = int(step.findall(w)[-1][3])
+            assert value == _evaluate(text)  # the steps evaluate the expression tried
             # The verdict compares the try's value with the target side by side.
             verdict = "found it" if value == target else "no"
             assert w.endswith(f", {value} vs {target}: {verdict}.")
@@ -297,7 +333,7 @@ def test_countdown_search_tries_until_a_checked_hit():
     # of the slipped value: no false "found it".
     slipped = 0
     for _ in range(300):
-        p = countdown_docs.countdown_search(rng, wrong=True)
+        p = countdown_docs.countdown_search(rng, wrong=True, compare=True)
         _, target = _countdown_question(p.question)
         for w in (w for w in p.steps if w.startswith("Try ")):
             x, op, y, z = step.findall(w)[-1]
@@ -348,10 +384,18 @@ def test_countdown_mix_is_mostly_searches_in_the_think_format():
     assert len(searches) / len(thinks) > 0.85  # the rest are additions and subtractions
     assert np.mean([d.count("Try ") > 1 for d in searches]) > 0.4
     titles = ("Steps:", "Practice:", "Mental math:", "Quick ones:")
-    assert 0.12 < np.mean([d.split("\n")[0] in titles for d in docs]) < 0.28
-    titles = ("Check:", "Compare:", "Same or not:", "Hit or miss:")
-    assert 0.06 < np.mean([d.split("\n")[0] in titles for d in docs]) < 0.14
+    assert 0.2 < np.mean([d.split("\n")[0] in titles for d in docs]) < 0.4
     assert corpus.arithmetic_config(mix="countdown").name.endswith("_mixcountdown")
+
+
+def test_countdown_compare_mix_has_comparison_verdicts_and_drills():
+    docs = list(arithmetic.documents(2000, seed=0, mix="countdown_compare"))
+    searches = [d for d in docs if re.search(r"<think> Target: \d+\. Try ", d)]
+    assert searches and all(" vs " in d for d in searches)
+    steps = ("Steps:", "Practice:", "Mental math:", "Quick ones:")
+    assert 0.12 < np.mean([d.split("\n")[0] in steps for d in docs]) < 0.28
+    checks = ("Check:", "Compare:", "Same or not:", "Hit or miss:")
+    assert 0.06 < np.mean([d.split("\n")[0] in checks for d in docs]) < 0.14
 
 
 @pytest.fixture

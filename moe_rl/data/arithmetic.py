@@ -314,6 +314,8 @@ class Mix:
     template: the fraction of think-style documents inside the R1-Zero prompt; the rest use
       "Question: ... Answer:" labels. The prompt is ~120 tokens that a model learns to predict
       within a hundred steps, so beyond that it only costs compute.
+    compare: Countdown searches compare each try's value with the target side by side
+      (`countdown_docs.countdown_search`).
     """
 
     kinds: dict[str, float]
@@ -324,6 +326,7 @@ class Mix:
     so_far: bool = False
     template: float = 0.5
     wrong_rate: float = WRONG_RATE
+    compare: bool = False
 
 
 # Named document mixes. 'r1' is the base model's corpus for experiments/r1_zero.py: mostly
@@ -345,18 +348,26 @@ MIXES = {
         template=0.15,
     ),
     # The Countdown base's corpus (experiments/r1_zero_countdown.py): puzzles of the RL task's
-    # size solved by trial (`countdown_search`: 1-6 tries, each worked and compared with the
-    # target side by side) and drills of the tries' steps and of those comparisons. No bare
-    # claims in the thinks, and fewer mistakes than the other mixes: with a third of the thinks
-    # a bare claim and a quarter of the documents wrong, a base got 76% of its steps right,
-    # checked its tries wrongly and GRPO moved it to the shorter bare claims
-    # (docs/results/r1_zero_countdown/README.md).
+    # size solved by trial (`countdown_search`: 1-6 tries, each worked and checked against the
+    # target) and drills of the tries' steps. No bare claims in the thinks, and fewer mistakes
+    # than the other mixes: with a third of the thinks a bare claim and a quarter of the
+    # documents wrong, a base got 76% of its steps right, checked its tries wrongly and GRPO
+    # moved it to the shorter bare claims (docs/results/r1_zero_countdown/README.md).
     "countdown": Mix(
+        {"countdown_search": 0.6, "step_facts": 0.3, "addition": 0.05, "subtraction": 0.05},
+        {"answer": 0.1, "worked": 0.2, "think": 0.6, "prose": 0.05, "worksheet": 0.05},
+        template=0.15,
+        wrong_rate=0.1,
+    ),
+    # Countdown pilots 5-6: the searches' verdicts compare side by side ("36 vs 22: no"),
+    # with balanced drills of such comparisons (docs/results/r1_zero_countdown/README.md).
+    "countdown_compare": Mix(
         {"countdown_search": 0.6, "step_facts": 0.2, "compare_facts": 0.1, "addition": 0.05,
          "subtraction": 0.05},
         {"answer": 0.1, "worked": 0.2, "think": 0.6, "prose": 0.05, "worksheet": 0.05},
         template=0.15,
         wrong_rate=0.1,
+        compare=True,
     ),
 }  # fmt: skip
 
@@ -368,6 +379,8 @@ def document(rng: Random, mix: str = "default") -> str:
     make = _MAKERS[kind]
     if kind == "addition":
         make = functools.partial(addition, restate=m.restate, column=m.column, so_far=m.so_far)
+    if kind == "countdown_search":
+        make = functools.partial(countdown_search, compare=m.compare)
     if kind in ("facts", "step_facts", "compare_facts"):  # a drill is its own document, in no style
         return make(rng, rng.random() < m.wrong_rate).fact
     style = weighted(rng, m.styles)

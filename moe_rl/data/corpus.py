@@ -74,8 +74,8 @@ class MoeRlArithmetic(tfds.core.GeneratorBasedBuilder):
         "1.1.0": "Mix 'r1': additions, fact drills, short and worked thinks, restated operands.",
         "1.2.0": "Mix 'r1': 80% of additions by columns, stating the digits so far; more worked.",
         # 1.3.0 was a withdrawn pilot's (Countdown pilot 4): never reuse a version.
-        "1.4.0": "Mix 'countdown': verdicts compare side by side ('36 vs 22: no'), comparison "
-        "drills, slips never onto the target.",
+        "1.4.0": "Mix 'countdown_compare': verdicts compare side by side ('36 vs 22: no'), "
+        "comparison drills, slips never onto the target; the other mixes as in 1.2.0.",
     }
     BUILDER_CONFIGS = [arithmetic_config()]
 

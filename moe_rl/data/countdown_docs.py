@@ -112,22 +112,25 @@ def _attempt(
     return value, text, steps
 
 
-def countdown_search(rng: Random, wrong: bool, max_tries: int = 6) -> Solved:
+def countdown_search(rng: Random, wrong: bool, max_tries: int = 6, compare: bool = False) -> Solved:
     """Countdown solved by trial and checking, as a person without a method does it.
 
-    The writer first restates the target ("Target: 22."), then is willing to try 1..max_tries
-    expressions (uniform). Each try is a new random expression over the numbers, worked step by
-    step and compared with the target side by side: "Try (7 + 5) * 3: 7 + 5 = 12, 12 * 3 = 36,
-    36 vs 22: no." The search stops at the first expression that reaches the target ("Try
-    3 * 5 + 7: 3 * 5 = 15, 15 + 7 = 22, 22 vs 22: found it."), which is the answer; a writer
+    The writer first restates the target ("Target: 22."), so that each verdict copies it from
+    close by, then is willing to try 1..max_tries expressions (uniform). Each try is a new random
+    expression over the numbers, worked step by step and compared with the target: "Try
+    (7 + 5) * 3: 7 + 5 = 12, 12 * 3 = 36, not 22." The search stops at the first expression that
+    reaches the target ("3 * 5 = 15, 15 + 7 = 22, found it."), which is the answer; a writer
     whose tries run out answers the last one anyway ("I stop here."), a wrong answer. So success
     grows with the number of tries, and the corpus has short and long searches: what RL can
-    learn is to keep trying. The verdict writes both numbers next to each other, so that seeing
-    a hit is an equality of two neighbours (`compare_facts` drills it), not a recall of the
-    target from the top of the think. If wrong, one try's last step slips (off by a little,
-    never onto the target) and is carried into its comparison: the verdicts are always right
-    about the numbers they compare. 3 numbers from 1..10, targets up to 100, as the Countdown RL
-    task draws them.
+    learn is to keep trying. If wrong, one try's last step slips (off by a little), or claims
+    the target when it does not reach it (half each); either is carried to the end.
+    3 numbers from 1..10, targets up to 100, as the Countdown RL task draws them.
+
+    `compare` (the 'countdown_compare' mix): the verdict writes both numbers side by side,
+    "36 vs 22: no." / "22 vs 22: found it.", so that seeing a hit is an equality of two
+    neighbours (`compare_facts` drills it), not a recall of the target; and a wrong try's slip
+    never lands on the target and is carried into its comparison, so the verdicts are always
+    right about the numbers they compare.
     """
     numbers, target, _, _ = countdown_puzzle(rng, 3, 10, 100)
     budget = rng.integers(1, max_tries + 1)
@@ -136,11 +139,17 @@ def countdown_search(rng: Random, wrong: bool, max_tries: int = 6) -> Solved:
     work, text = [f"Target: {target}."], ""
     for k in range(budget):
         value, text, steps = _attempt(rng, numbers, seen)
-        if k == bad:
+        if k == bad and compare:
             value = _slip_off(rng, value, target)
             steps[-1] = steps[-1].rsplit("=", 1)[0] + f"= {value}"
+        elif k == bad:
+            value = target if rng.random() < 0.5 else slip(rng, value)
+            steps[-1] = steps[-1].rsplit("=", 1)[0] + f"= {value}"
         hit = value == target
-        verdict = f"{value} vs {target}: {'found it' if hit else 'no'}"
+        if compare:
+            verdict = f"{value} vs {target}: {'found it' if hit else 'no'}"
+        else:
+            verdict = "found it" if hit else f"not {target}"
         work.append(f"Try {text}: {', '.join(steps)}, {verdict}.")
         if hit:
             break
