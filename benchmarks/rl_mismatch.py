@@ -63,22 +63,7 @@ def measure(cfg, params, state, Q: int, G: int, N: int, seed: int) -> dict:
         num_samples=G,
         record_routing=True,
     )
-    M, K = cfg.num_moe_layers, cfg.num_experts_per_tok
-    lengths = np.asarray(out.lengths).reshape(Q, G)
-    P = out.prompt_routing.shape[2]
-    prompt_QP, prompt_len = sampling.left_pad(prompts, PAD, P, Q)
-    packed = rollout.pack_groups(
-        prompt_QP, prompt_len, np.asarray(out.tokens).reshape(Q, G, N), lengths
-    )
-    routing = np.asarray(out.routing).reshape(M, Q, G, N, K)
-    groups = [
-        dict(
-            routing=routing[:, q],
-            prompt_routing=np.asarray(out.prompt_routing[:, q, P - prompt_len[q] :]),
-        )
-        for q in range(Q)
-    ]
-    replay = rollout.pack_routing(groups, P)
+    packed, lengths, P, replay = rollout.pack_samples(prompts, out, G, PAD)
     mask = np.arange(N) < lengths[..., None]
     sampler = np.asarray(out.logprobs).reshape(Q, G, N)[mask]
     row = {"tokens": int(mask.sum())}

@@ -263,12 +263,15 @@ def test_r1_mix_leans_to_the_think_format_and_is_named_in_the_config():
         corpus.arithmetic_config(mix="x")
 
 
-def test_countdown_search_tries_until_a_checked_hit():
+@pytest.mark.parametrize("compare", [False, True])
+def test_countdown_search_tries_until_a_checked_hit(compare):
+    """Both verdict styles: "not <target>" and, with compare (the 'countdown_compare' mix),
+    "<value> vs <target>: no" / ": found it"."""
     rng = draws.Random(2)
     step = re.compile(r"(\d+) ([-+*/]) (\d+) = (\d+)")
     found = tries_seen = 0
     for _ in range(400):
-        p = countdown_docs.countdown_search(rng, wrong=False, max_tries=6)
+        p = countdown_docs.countdown_search(rng, wrong=False, max_tries=6, compare=compare)
         numbers, target = _countdown_question(p.question)
         assert p.steps[0] == f"Target: {target}."  # restated before the tries
         tries = [w for w in p.steps if w.startswith("Try ")]
@@ -281,9 +284,14 @@ def test_countdown_search_tries_until_a_checked_hit():
             value = int(step.findall(w)[-1][3])
             assert value == _evaluate(text)  # the steps evaluate the expression tried
             assert w.endswith("found it.") == (value == target)
+            if compare:  # the try's value and the target side by side
+                assert w.endswith(
+                    f", {value} vs {target}: {'found it' if value == target else 'no'}."
+                )
             assert sorted(map(int, re.findall(r"\d+", text))) == sorted(numbers)
         # It stops at the first hit, which is the answer; a search that runs out says so.
-        assert all(w.endswith(f"not {target}.") for w in tries[:-1])
+        miss = ": no." if compare else f"not {target}."
+        assert all(w.endswith(miss) for w in tries[:-1])
         if tries[-1].endswith("found it."):
             found += 1
             assert p.answer == texts[-1] and len(p.steps) == 1 + len(tries)
@@ -291,44 +299,17 @@ def test_countdown_search_tries_until_a_checked_hit():
             assert p.steps[-1] == "I stop here." and p.answer == texts[-1]
         tries_seen += len(tries)
     assert 0.15 < found / 400 < 0.6 and 2 < tries_seen / 400 < 4
-    # Wrong searches: a try's last step slips or claims the target (a false hit).
-    wrong = [countdown_docs.countdown_search(rng, wrong=True) for _ in range(300)]
-    claims = [p for p in wrong if p.steps[-1].endswith("found it.")]
-    assert any(_evaluate(p.answer) != _countdown_question(p.question)[1] for p in claims)
+    if not compare:  # wrong searches: a try's last step slips or claims the target (false hit)
+        wrong = [countdown_docs.countdown_search(rng, wrong=True) for _ in range(300)]
+        claims = [p for p in wrong if p.steps[-1].endswith("found it.")]
+        assert any(_evaluate(p.answer) != _countdown_question(p.question)[1] for p in claims)
 
 
-def test_countdown_search_with_side_by_side_comparisons():
-    """compare=True (the 'countdown_compare' mix): 'N vs T' verdicts, always right about the
-    numbers they compare."""
+def test_countdown_search_comparisons_are_right_about_their_numbers():
+    """compare=True: a wrong try's slip never lands on the target and is carried into its
+    comparison, so no "found it" is false."""
     rng = draws.Random(2)
     step = re.compile(r"(\d+) ([-+*/]) (\d+) = (\d+)")
-    found = tries_seen = 0
-    for _ in range(400):
-        p = countdown_docs.countdown_search(rng, wrong=False, max_tries=6, compare=True)
-        numbers, target = _countdown_question(p.question)
-        assert p.steps[0] == f"Target: {target}."  # restated before the tries
-        tries = [w for w in p.steps if w.startswith("Try ")]
-        assert 1 <= len(tries) <= 6
-        texts = [w[4:].split(":", 1)[0] for w in tries]
-        assert len(set(texts)) == len(texts)  # no expression tried twice (3 numbers: enough)
-        for text, w in zip(texts, tries, strict=True):
-            for x, op, y, z in step.findall(w):  # every step right
-                assert _evaluate(f"{x} {op} {y}") == int(z)
-            value = int(step.findall(w)[-1][3])
-            assert value == _evaluate(text)  # the steps evaluate the expression tried
-            # The verdict compares the try's value with the target side by side.
-            verdict = "found it" if value == target else "no"
-            assert w.endswith(f", {value} vs {target}: {verdict}.")
-            assert sorted(map(int, re.findall(r"\d+", text))) == sorted(numbers)
-        # It stops at the first hit, which is the answer; a search that runs out says so.
-        assert all(w.endswith(": no.") for w in tries[:-1])
-        if tries[-1].endswith("found it."):
-            found += 1
-            assert p.answer == texts[-1] and len(p.steps) == 1 + len(tries)
-        else:
-            assert p.steps[-1] == "I stop here." and p.answer == texts[-1]
-        tries_seen += len(tries)
-    assert 0.15 < found / 400 < 0.6 and 2 < tries_seen / 400 < 4
     # Wrong searches: one try's last step slips, never onto the target, and its comparison is
     # of the slipped value: no false "found it".
     slipped = 0
@@ -431,7 +412,8 @@ def test_corpus_prepares_offline_deterministically(tmp_path, no_downloads):
     valid = corpus.load_text_dataset(
         corpus.ARITHMETIC, "validation", str(tmp_path / "a"), config=config
     )
-    assert list(tmp_path.glob("a/moe_rl_arithmetic/*/1.2.0/*train.array_record*"))
+    version = corpus.MoeRlArithmetic.VERSION
+    assert list(tmp_path.glob(f"a/moe_rl_arithmetic/*/{version}/*train.array_record*"))
     assert (len(train), len(valid)) == (120, 30)
     assert list(train) == list(again) == list(arithmetic.documents(120, [3, 0]))
     assert train.__getitems__([5, 2]) == [train[5], train[2]] and train[-1] == train[119]

@@ -102,21 +102,9 @@ def test_sampler_routing_replayed_in_the_packed_training_forward(tiny):
     Q, N, M = len(prompts), sp.max_new_tokens, cfg.num_moe_layers
     K = cfg.num_experts_per_tok
     assert out.routing.shape == (M, Q * G, N, K)
-    lengths = np.asarray(out.lengths).reshape(Q, G)
-    P = out.prompt_routing.shape[2]
-    prompt_QP, prompt_len = sampling.left_pad(prompts, PAD, P, Q)
-    tokens_QL, seg_QL, pos_QL = rollout.pack_groups(
-        prompt_QP, prompt_len, np.asarray(out.tokens).reshape(Q, G, N), lengths
+    (tokens_QL, seg_QL, pos_QL), lengths, P, replay_QMLK = rollout.pack_samples(
+        prompts, out, G, PAD
     )
-    routing = np.asarray(out.routing).reshape(M, Q, G, N, K)
-    groups = [
-        dict(
-            routing=routing[:, q],
-            prompt_routing=np.asarray(out.prompt_routing[:, q, P - prompt_len[q] :]),
-        )
-        for q in range(Q)
-    ]
-    replay_QMLK = rollout.pack_routing(groups, P)
     logp, targets, aux = grpo_step.completion_logits(
         cfg, params, state, tokens_QL, seg_QL, pos_QL, P, G, replay_QMLK
     )
@@ -176,11 +164,8 @@ def test_kept_sampling_mask_is_the_truncation_and_matches_the_sampler(tiny):
         keep_mask=True,
     )
     Q, N, V = len(prompts), sp.max_new_tokens, cfg.vocab_size
-    lengths = np.asarray(out.lengths).reshape(Q, G)
-    P = sampling.bucket(max(map(len, prompts)))
-    prompt_QP, prompt_len = sampling.left_pad(prompts, PAD, P, Q)
+    packed, lengths, P, _ = rollout.pack_samples(prompts, out, G, PAD)
     tokens_QGN = np.asarray(out.tokens).reshape(Q, G, N)
-    packed = rollout.pack_groups(prompt_QP, prompt_len, tokens_QGN, lengths)
     logits, targets, _ = grpo_step.completion_logits(cfg, params, state, *packed, P, G)
     kept = np.asarray(out.kept).reshape(Q, G, N, V)
     fed = np.arange(N) < lengths[..., None]

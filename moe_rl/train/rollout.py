@@ -81,6 +81,31 @@ def pack_routing(groups: list[dict], P: int) -> np.ndarray:
     return np.stack(rows).astype(np.int32)
 
 
+def pack_samples(prompts, out: sampling.Samples, G: int, pad_id: int):
+    """A `sampling.generate(..., num_samples=G)` output of `prompts` in the packed training
+    layout: (tokens, segment ids, positions) [Q, P + G*N], the lengths [Q, G], the prompt
+    length P, and with `out.routing` the record for replay [Q, M, P + G*N, K] (else None),
+    P being the sampler's prompt bucket."""
+    Q, N = len(prompts), out.tokens.shape[1]
+    lengths_QG = np.asarray(out.lengths).reshape(Q, G)
+    P = sampling.bucket(max(map(len, prompts)))
+    prompt_QP, prompt_len_Q = sampling.left_pad(prompts, pad_id, P, Q)
+    packed = pack_groups(
+        prompt_QP, prompt_len_Q, np.asarray(out.tokens).reshape(Q, G, N), lengths_QG
+    )
+    replay = None
+    if out.routing is not None:
+        M, _, _, K = out.routing.shape
+        routing = np.asarray(out.routing).reshape(M, Q, G, N, K)
+        prompt_routing = np.asarray(out.prompt_routing)
+        groups = [
+            dict(routing=routing[:, q], prompt_routing=prompt_routing[:, q, P - prompt_len_Q[q] :])
+            for q in range(Q)
+        ]
+        replay = pack_routing(groups, P)
+    return packed, lengths_QG, P, replay
+
+
 class QuestionStream:
     """The task's training questions in a fixed order; its position is checkpointed."""
 
