@@ -73,6 +73,8 @@ def main(argv):
 
         jax.distributed.initialize()
     seeds = None if _SEEDS.value is None else sweep.parse_seeds(_SEEDS.value)
+    if seeds is None and "seed" in config:  # '{seed}' in a path means this run's seed too
+        config = sweep.seed_config(config, config.seed)
     module = get_recipe_module(config.recipe)
     from moe_rl.data import corpus  # loaded by every recipe; not at import, to keep --help fast
 

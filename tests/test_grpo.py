@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from moe_rl import checkpoint, evaluate, sampling
+from moe_rl import checkpoint, evaluate, sampling, sweep
 from moe_rl.data import tokenizers
 from moe_rl.data.tasks import get_task
 from moe_rl.models.config import ModelConfig
@@ -235,6 +235,7 @@ def test_grpo_resumes_exactly(base_dir, tmp_path):
         ("grpo.old_logprobs", "x", r"grpo\.old_logprobs='x'; allowed: \('sampler', 'recompute'\)"),
         ("grpo.is_correction", "token_mask", r"set grpo\.old_logprobs='recompute'"),
         ("grpo.is_threshold", 0.5, r"grpo\.is_threshold=0.5 must be > 1"),
+        ("grpo.off_policy_steps", 2, r"grpo\.off_policy_steps=2; allowed: \(0, 1\)"),
     ],
 )
 def test_bad_config_fails_before_compiling(key, value, message):
@@ -312,6 +313,65 @@ def test_v32_cispo_and_mismatch_corrections_run_together(base_dir, tmp_path, mon
         assert 0 <= r["off_policy_masked"] <= 1 and r["kl"] >= 0
 
 
+def test_one_step_off_policy_samples_with_the_previous_weights_and_resumes_exactly(
+    base_dir, tmp_path, monkeypatch
+):
+    """grpo.off_policy_steps=1: step n trains on rollouts sampled with the weights of step
+    n-1's start (theta_0, theta_0, theta_1, theta_2: found by their fingerprints among every
+    step's checkpoint), the versions are in the metrics, and a run killed after step 2
+    samples steps 3 and 4 again with the same weights and ends at the same policy."""
+    monkeypatch.setattr(rollout.Roller, "score", digits)
+    sampled_with = []  # the sampling weights' fingerprint of each rollout, in order
+    original = rollout.Roller.rollout
+
+    def spy(self, params, model_state, questions, key):
+        sampled_with.append(fingerprint({"params": params, "model_state": model_state}))
+        return original(self, params, model_state, questions, key)
+
+    monkeypatch.setattr(rollout.Roller, "rollout", spy)
+    config = small_config(
+        base_dir,
+        **{
+            "grpo.off_policy_steps": 1,
+            "grpo.old_logprobs": "recompute",
+            "grpo.is_correction": "token_truncate",
+            "grpo.checkpoint_every": 1,
+            "grpo.keep_checkpoints": 10,
+        },
+    )
+    work = str(tmp_path / "run")
+    r1_zero.run(config, work)
+    cfg = ModelConfig.from_config(config.model)
+    abstract = jax.eval_shape(lambda: evaluate.init_model(cfg, 0))
+    ckpt = checkpoint.Checkpointer(os.path.join(work, "grpo"), read_only=True)
+    theta = [checkpoint.Checkpointer(base_dir, read_only=True).restore_latest_model(abstract)[0]]
+    theta += [ckpt.restore_model(n, abstract) for n in (1, 2, 3, 4)]
+    prints = [fingerprint(t) for t in theta]
+    assert len(set(prints)) == 5  # every update moved the weights
+    assert sampled_with == [prints[0], prints[0], prints[1], prints[2]]
+    rows = training_rows(work)
+    assert [r["sampler_version"] for r in rows] == [0, 0, 1, 2]
+    assert [r["policy_lag"] for r in rows] == [0, 1, 1, 1]
+    # Step 1 samples with the weights it updates; later steps' pi_old (recomputed) is one
+    # update ahead of the sampler, which TIS weighs.
+    assert rows[0]["mismatch_max"] < 1e-4 < min(r["mismatch_max"] for r in rows[1:])
+    for n in (3, 4):  # killed after step 2 (its rollout of step 3 in flight: lost)
+        shutil.rmtree(os.path.join(work, "grpo", "checkpoints", str(n)))
+    del sampled_with[:]
+    r1_zero.run(config, work)
+    assert sampled_with == [prints[1], prints[2]]
+    final = checkpoint.Checkpointer(os.path.join(work, "grpo"), read_only=True).restore_model(
+        4, abstract
+    )
+    jax.tree.map(np.testing.assert_array_equal, final, theta[4])
+
+
+def fingerprint(model) -> float:
+    """A number that changes whenever any weight does."""
+    leaves = jax.tree.leaves(model)
+    return float(sum(np.abs(np.asarray(x, np.float64)).sum() for x in leaves))
+
+
 def test_a_missing_init_checkpoint_is_an_error_that_writes_nothing(tmp_path):
     missing = tmp_path / "no_such_base"
     config = small_config(str(missing))
@@ -346,3 +406,20 @@ def _flatten(d: dict, prefix: str = "") -> dict:
         else:
             out[f"{prefix}{k}"] = v
     return out
+
+
+@pytest.mark.parametrize("variant", ["plain", "replay"])
+def test_bf16_experiment_is_r1_zero_in_bfloat16_from_the_same_seeds_base(variant):
+    path = os.path.join(ROOT, "experiments", "r1_zero_bf16.py")
+    bf16 = runpy.run_path(path)["get_config"](variant)
+    r1 = runpy.run_path(os.path.join(ROOT, "experiments", "r1_zero.py"))["get_config"]()
+    grpo.validate_grpo_config(bf16)
+    a, b = _flatten(bf16.to_dict()), _flatten(r1.to_dict())
+    differ = {k for k in set(a) | set(b) if a.get(k) != b.get(k)}
+    replay = {"grpo.routing_replay", "grpo.old_logprobs", "grpo.is_correction"}
+    assert differ == {"name", "model.dtype", "init_checkpoint"} | (
+        replay if variant == "replay" else set()
+    )
+    assert sweep.seed_config(bf16, 2).init_checkpoint == "runs/r1_zero/seed_2/base"
+    with pytest.raises(ValueError, match=r"allowed variants: \('plain', 'replay'\)"):
+        runpy.run_path(path)["get_config"]("fp8")

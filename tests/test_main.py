@@ -88,3 +88,20 @@ def test_help_lists_recipes_and_experiments():
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert "Recipes (config.recipe): " in out.stdout and "r1_zero" in out.stdout
     assert "experiments/r1_zero.py" in out.stdout and "experiments/moe_vs_dense.py" in out.stdout
+
+
+def test_cli_fills_the_seed_into_paths_of_a_single_run(tmp_path):
+    """'{seed}' in a config path is config.seed without --seeds too: the bf16 experiment of
+    seed 7 looks for seed 7's base (absent here: the error names it)."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "moe_rl.main",
+        "--config=experiments/r1_zero_bf16.py:plain",
+        "--config.seed=7",
+        f"--workdir={tmp_path}",
+    ]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode != 0
+    assert "config.init_checkpoint='runs/r1_zero/seed_7/base'" in out.stderr, out.stderr[-2000:]

@@ -166,6 +166,12 @@ def grpo(**overrides) -> ConfigDict:
             # both policies share one action subset; the sampler's log-probs are then of the
             # truncated distribution. Changes nothing with top_k=0 and top_p=1 (the default).
             keep_sampling_mask=False,
+            # One-step-off-policy rollouts (grpo_step.OffPolicyStep): 1 samples step n+1's
+            # batch with the weights of step n's start while step n updates, so each batch is
+            # one policy version old (pi_old the sampler's, or with old_logprobs='recompute'
+            # the current weights' and is_correction weighing the staleness); 0 samples with
+            # the weights being updated.
+            off_policy_steps=0,
             dynamic_sampling=True,  # DAPO: replace zero-variance groups
             max_refills=2,  # extra sampling rounds per step with dynamic sampling
             overlong_filter=False,  # DAPO: truncated completions carry no gradient

@@ -29,6 +29,7 @@ GSPO_MAX_EPS = 0.01  # the widest clip range accepted for sequence ratios
 
 
 OLD_LOGPROBS = ("sampler", "recompute")
+OFF_POLICY_STEPS = (0, 1)
 
 
 def validate_grpo_config(config: ml_collections.ConfigDict) -> None:
@@ -68,6 +69,11 @@ def validate_grpo_config(config: ml_collections.ConfigDict) -> None:
         raise ValueError(
             "config.grpo.routing_replay=True replays an MoE's expert choices: config.model has "
             "no routed experts (model.n_routed_experts=0)"
+        )
+    if g.off_policy_steps not in OFF_POLICY_STEPS:
+        raise ValueError(
+            f"config.grpo.off_policy_steps={g.off_policy_steps!r}; allowed: {OFF_POLICY_STEPS} "
+            "(0: sample with the weights being updated; 1: one step behind, overlapped)"
         )
     if g.old_logprobs not in OLD_LOGPROBS:
         raise ValueError(f"config.grpo.old_logprobs={g.old_logprobs!r}; allowed: {OLD_LOGPROBS}")
@@ -175,11 +181,22 @@ def train(
     updates_per_step = g.num_iterations * (g.num_questions * g.num_generations // g.minibatch_size)
     tx = train_state.make_optimizer(config.optim, g.num_steps * updates_per_step)
     fresh = lambda: train_state.create(params, model_state, tx, jax.random.key(config.seed))
+    off_policy = g.off_policy_steps > 0  # the loop's state then holds the sampling weights too
+    if off_policy:
+        fresh = lambda: grpo_step.OffPolicyState.start(
+            train_state.create(params, model_state, tx, jax.random.key(config.seed))
+        )
     abstract = jax.eval_shape(fresh)
-    state_sh = row_sh = None
+    state_sh = row_sh = loop_sh = None
     if mesh is not None:  # the state split as in pretraining; rollout rows split over the batch
-        state_sh = sharding.state_shardings(abstract, cfg, mesh)
-        abstract = sharding.with_shardings(abstract, state_sh)
+        state_sh = sharding.state_shardings(
+            abstract.as_train_state() if off_policy else abstract, cfg, mesh
+        )
+        loop_sh = state_sh
+        if off_policy:
+            model_sh = sharding.model_shardings(cfg, mesh)
+            loop_sh = grpo_step.off_policy_shardings(state_sh, model_sh)
+        abstract = sharding.with_shardings(abstract, loop_sh)
         row_sh = sharding.batch_sharding(mesh)
     rl_dir = os.path.join(workdir, "grpo")
     ckpt = checkpoint.Checkpointer(rl_dir, keep=g.keep_checkpoints)
@@ -195,8 +212,8 @@ def train(
             state = state.replace(step=jnp.asarray(extra["grpo_step"], jnp.int32))
             extra = {"data": {"questions": extra["questions"]}}
         questions.set_position(extra["data"]["questions"])
-    if state_sh is not None:
-        state = jax.device_put(state, state_sh)
+    if loop_sh is not None:
+        state = jax.device_put(state, loop_sh)
     samples_path = os.path.join(workdir, "samples.txt")
 
     def write_samples(n: int, ro) -> None:  # every samples_every steps, the first and the last
@@ -219,7 +236,12 @@ def train(
         state_sh=state_sh,
         row_sh=row_sh,
         on_rollout=write_samples,
+        off_policy_steps=g.off_policy_steps,
+        num_steps=g.num_steps,
     )
+    # The question stream's position after the rollouts trained on so far: with a rollout in
+    # flight (off_policy_steps=1) the one before it, which a resumed run samples again.
+    position = lambda: questions.position if not off_policy else step.position
     try:
         state, _ = loop.train_loop(
             state=state,
@@ -229,14 +251,16 @@ def train(
             workdir=workdir,
             checkpointer=ckpt,
             checkpoint_every=g.checkpoint_every,
-            data_state=lambda: {"questions": questions.position},
+            data_state=lambda: {"questions": position()},
             progress_keys=("reward", "accuracy", "format", "response_length", "mismatch_max"),
             desc=config.get("name", "grpo"),
             on_step=on_step,
         )
     finally:
+        if off_policy:
+            step.close()
         ckpt.close()
-    return state
+    return state.as_train_state() if off_policy else state
 
 
 class HeldOut:

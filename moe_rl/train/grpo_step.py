@@ -1,7 +1,9 @@
 """One GRPO step (DeepSeekMath sec. 4.1; DeepSeek-R1-Zero), as a `loop.train_loop` step function.
 
 1. rollout: Q questions x G completions from the current policy, scored by rules
-   (`rollout.Roller`; DAPO dynamic sampling refills zero-variance groups);
+   (`rollout.Roller`; DAPO dynamic sampling refills zero-variance groups); with
+   grpo.off_policy_steps=1 from the policy one update older, sampled while the previous step
+   updated (`OffPolicyStep`);
 2. with grpo.old_logprobs='recompute', pi_old's log-probs from a training forward of the
    weights that sampled (else the sampler's log-probs are pi_old's); the frozen reference's
    log-probs of the completions, only when beta > 0; with kl='k1_reward' the KL penalty goes
@@ -16,9 +18,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
 
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -238,24 +244,34 @@ def make_step(
     state_sh=None,
     row_sh=None,
     on_rollout: Callable[[int, Rollout], None] | None = None,
+    off_policy_steps: int = 0,
+    num_steps: int = 0,
 ) -> Callable:
     """`step(state, n) -> (state, metrics)`: GRPO step n (1-based) from `state` (see the module
     docstring). `ref`: the reference (params, model_state), None when beta = 0.
     `old_logprobs`: 'sampler' (pi_old is the sampler's log-probs) or 'recompute' (a training
-    forward of the weights that sampled, before the first update). `routing_replay`: every
+    forward of the weights at the step's start, before its first update: the weights that
+    sampled, or with off_policy_steps=1 the next ones). `routing_replay`: every
     training-side forward (update, recomputed pi_old, reference) routes each token to the
     experts the sampler chose (R3; V3.2's Keep Routing). On a mesh,
     `state_sh` are the state's shardings and `row_sh` splits the packed rows over the batch
-    axes. `on_rollout(n, rollout)` sees each step's scored completions (e.g. samples.txt)."""
+    axes. `on_rollout(n, rollout)` sees each step's scored completions (e.g. samples.txt).
+    `off_policy_steps=1`: an `OffPolicyStep` over `OffPolicyState`s, sampling step n+1's
+    rollouts while step n updates (no prefetch after step `num_steps`)."""
     temperature = roller.sp.temperature
     G = roller.g.num_generations
     update = make_update(cfg, lc, tx, temperature, bias_rate, state_sh, routing_replay)
     ref_fn = jax.jit(completion_logprobs, static_argnums=(0, 6, 7, 8))
     put = (lambda b: b) if row_sh is None else (lambda b: sharding.put_batch(b, row_sh))
 
-    def step(state: train_state.TrainState, n: int):
-        key = jax.random.fold_in(jax.random.key(seed), n - 1)
-        ro = roller.rollout(state.params, state.model_state, questions, key)
+    def collect(params, model_state, n: int) -> Rollout:  # step n's rollouts
+        return roller.rollout(params, model_state, questions, step_key(n))
+
+    def step_key(n: int) -> jax.Array:
+        return jax.random.fold_in(jax.random.key(seed), n - 1)
+
+    def learn(state: train_state.TrainState, ro: Rollout, n: int):
+        key = step_key(n)
         start = time.perf_counter()
         ref_logp = old_logp = None
         replay = ro.routing_QMLK if routing_replay else None
@@ -314,4 +330,95 @@ def make_step(
             on_rollout(n, ro)
         return state, metrics
 
-    return step
+    if off_policy_steps == 0:
+        return lambda state, n: learn(state, collect(state.params, state.model_state, n), n)
+    return OffPolicyStep(collect, learn, questions, num_steps)
+
+
+# ----------------------------------------------------------------------------------------------
+# One-step-off-policy rollouts (grpo.off_policy_steps=1).
+
+
+@flax.struct.dataclass
+class OffPolicyState(train_state.TrainState):
+    """The loop state of one-step-off-policy GRPO: the train state and the weights that sample
+    the next step's rollouts (the policy before the last update), checkpointed together, so a
+    resumed run samples that step again with the same weights (its top level holds the
+    train state's 'params' and 'model_state': a checkpoint still loads as a model)."""
+
+    sampler: Any  # {'params', 'model_state'}
+    sampler_step: jax.Array  # the number of updates behind those weights (their version)
+
+    @classmethod
+    def start(cls, state: train_state.TrainState) -> OffPolicyState:
+        """Step 0: the sampler holds a copy of the initial weights (the updates donate the
+        train state's buffers)."""
+        return cls.of(state, _copy_weights(state), jnp.zeros((), jnp.int32))
+
+    @classmethod
+    def of(cls, state: train_state.TrainState, sampler, sampler_step) -> OffPolicyState:
+        fields = {f.name: getattr(state, f.name) for f in dataclasses.fields(state)}
+        return cls(**fields, sampler=sampler, sampler_step=sampler_step)
+
+    def as_train_state(self) -> train_state.TrainState:
+        names = [f.name for f in dataclasses.fields(train_state.TrainState)]
+        return train_state.TrainState(**{k: getattr(self, k) for k in names})
+
+
+def off_policy_shardings(state_sh: train_state.TrainState, model_sh) -> OffPolicyState:
+    """An `OffPolicyState`'s shardings from the train state's and the model's (params,
+    model_state) ones; the version replicated like the step."""
+    params_sh, model_state_sh = model_sh
+    sampler = {"params": params_sh, "model_state": model_state_sh}
+    return OffPolicyState.of(state_sh, sampler, state_sh.step)
+
+
+def _copy_weights(state) -> dict:
+    """A copy of the policy's weights that outlives the next update's donated buffers."""
+    copied = jax.tree.map(jnp.copy, {"params": state.params, "model_state": state.model_state})
+    return jax.block_until_ready(copied)
+
+
+class OffPolicyStep:
+    """One-step-off-policy GRPO (`grpo.off_policy_steps=1`): while step n updates the policy
+    on its rollouts, step n+1's are sampled in a background thread with the weights of step
+    n's start, so every batch after the first is one policy version old (Noukhovitch et al.
+    2024, "Asynchronous RLHF"; the one-step overlap of verl's and AReaL's async trainers). The
+    ratio's pi_old is then the sampler's (grpo.old_logprobs='sampler'), or with 'recompute'
+    the current weights' (decoupled PPO's proximal policy), the staleness then corrected by
+    grpo.is_correction like the sampler/trainer mismatch.
+
+    Determinism: each step's rollouts depend only on the sampling weights, the step's key and
+    the question stream's position, all checkpointed (`OffPolicyState.sampler`,
+    `position`), so a killed run that resumes after step n samples step n+1 again as it was.
+    On one device both threads share it: the overlap hides the host's part of a rollout
+    (decoding, scoring, dynamic sampling's rounds) and the device's idle gaps."""
+
+    def __init__(self, collect: Callable, learn: Callable, questions: QuestionStream, num_steps):
+        self.collect, self.learn, self.num_steps = collect, learn, num_steps
+        self.questions = questions
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rollout")
+        self.pending: dict[int, tuple[Future, int]] = {}  # step -> (its rollout, version)
+        self.position: int | None = None  # the question stream's, before the next rollout
+
+    def __call__(self, state: OffPolicyState, n: int):
+        if n in self.pending:
+            future, version = self.pending.pop(n)
+            ro = future.result()
+        else:  # the first step, or the first after a resume: its sampler is in the state
+            version = int(state.sampler_step)
+            ro = self.collect(state.sampler["params"], state.sampler["model_state"], n)
+        weights = _copy_weights(state)  # step n's start: they sample step n+1
+        self.position = self.questions.position
+        if n < self.num_steps:
+            rollout = self.pool.submit(
+                self.collect, weights["params"], weights["model_state"], n + 1
+            )
+            self.pending[n + 1] = (rollout, n - 1)
+        train, metrics = self.learn(state.as_train_state(), ro, n)
+        metrics.update(sampler_version=float(version), policy_lag=float(n - 1 - version))
+        return OffPolicyState.of(train, weights, jnp.asarray(n - 1, jnp.int32)), metrics
+
+    def close(self) -> None:
+        """Waits for a rollout in flight (a stopped run's prefetch) and ends the thread."""
+        self.pool.shutdown(wait=True, cancel_futures=True)

@@ -222,13 +222,19 @@ REPLAY = {  # issue 18's sampler/trainer alignment, all at once
     "grpo.is_correction": "token_truncate",
     "sampling.top_k": 20,
 }
+OFF_POLICY = {  # one-step-off-policy rollouts, the staleness weighed by TIS
+    "grpo.off_policy_steps": 1,
+    "grpo.old_logprobs": "recompute",
+    "grpo.is_correction": "token_truncate",
+}
 
 
-@pytest.mark.parametrize("extra", [{}, REPLAY], ids=["default", "replay"])
+@pytest.mark.parametrize("extra", [{}, REPLAY, OFF_POLICY], ids=["default", "replay", "off_policy"])
 def test_grpo_recipe_on_a_mesh_trains_like_one_device(tmp_path, extra):
     """`experiments/r1_zero.py` with --config.mesh.expert=4: the same rewards, losses and
     final policy as on one device (the rollouts are sampled from the split policy); also with
-    routing replay, the kept sampling mask and TIS against a recomputed pi_old."""
+    routing replay, the kept sampling mask and TIS against a recomputed pi_old, and with
+    one-step-off-policy rollouts (sampled in a thread from the split sampling weights)."""
     import os
     import runpy
 
@@ -270,8 +276,10 @@ def test_grpo_recipe_on_a_mesh_trains_like_one_device(tmp_path, extra):
     for a, b in zip(rows(tmp_path / "ep"), rows(tmp_path / "one"), strict=True):
         np.testing.assert_allclose(a["reward"], b["reward"], rtol=1e-6)
         np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-4, atol=1e-6)
-        if extra:  # the sampler's routing and log-probs agree with the trainer's at float32
+        if extra is REPLAY:  # the sampler's routing and log-probs agree with the trainer's
             assert a["routing_mismatch"] == 0 and a["mismatch_max"] < 1e-4
+        if extra is OFF_POLICY:
+            assert a["policy_lag"] == b["policy_lag"] == min(a["step"] - 1, 1)
     assert ep["after"]["pass@1"] == one["after"]["pass@1"]
     if extra:
         return
