@@ -379,6 +379,28 @@ def test_countdown_compare_mix_has_comparison_verdicts_and_drills():
     assert 0.06 < np.mean([d.split("\n")[0] in checks for d in docs]) < 0.14
 
 
+def test_patient_countdown_searches_stop_only_at_a_hit_or_their_last_try():
+    """patient=True (the 'countdown_patient' mix): a search that gives up has tried 6 times,
+    one that stops sooner stops at a hit; the mix's searches are patient and compare."""
+    rng = draws.Random(3)
+    lengths, gave_up = [], 0
+    for _ in range(300):
+        p = countdown_docs.countdown_search(rng, wrong=False, compare=True, patient=True)
+        tries = [w for w in p.steps if w.startswith("Try ")]
+        lengths.append(len(tries))
+        if p.steps[-1] == "I stop here.":
+            gave_up += 1
+            assert len(tries) == 6
+        else:
+            assert tries[-1].endswith("found it.")
+    assert 0.2 < gave_up / 300 < 0.8 and np.mean(lengths) > 4
+    docs = list(arithmetic.documents(2000, seed=0, mix="countdown_patient"))
+    searches = [d for d in docs if re.search(r"<think> Target: \d+\. Try ", d)]
+    assert searches and all(" vs " in d for d in searches)
+    stopped = [d for d in searches if "I stop here." in d]
+    assert stopped and all(d.count("Try ") == 6 for d in stopped)
+
+
 @pytest.fixture
 def no_downloads(monkeypatch):
     """Any attempt to download or prepare a non-embedded dataset fails the test."""

@@ -316,6 +316,7 @@ class Mix:
       within a hundred steps, so beyond that it only costs compute.
     compare: Countdown searches compare each try's value with the target side by side
       (`countdown_docs.countdown_search`).
+    patient: Countdown searches go on to a hit or to their last try (`countdown_search`).
     """
 
     kinds: dict[str, float]
@@ -327,6 +328,7 @@ class Mix:
     template: float = 0.5
     wrong_rate: float = WRONG_RATE
     compare: bool = False
+    patient: bool = False
 
 
 # Named document mixes. 'r1' is the base model's corpus for experiments/r1_zero.py: mostly
@@ -369,6 +371,17 @@ MIXES = {
         wrong_rate=0.1,
         compare=True,
     ),
+    # Countdown pilot 7: pilot 6's corpus with searches that never stop early (a hit or 6
+    # tries): pilot 6's base gave up after ~2 tries (docs/results/r1_zero_countdown/README.md).
+    "countdown_patient": Mix(
+        {"countdown_search": 0.6, "step_facts": 0.2, "compare_facts": 0.1, "addition": 0.05,
+         "subtraction": 0.05},
+        {"answer": 0.1, "worked": 0.2, "think": 0.6, "prose": 0.05, "worksheet": 0.05},
+        template=0.15,
+        wrong_rate=0.1,
+        compare=True,
+        patient=True,
+    ),
 }  # fmt: skip
 
 
@@ -380,7 +393,7 @@ def document(rng: Random, mix: str = "default") -> str:
     if kind == "addition":
         make = functools.partial(addition, restate=m.restate, column=m.column, so_far=m.so_far)
     if kind == "countdown_search":
-        make = functools.partial(countdown_search, compare=m.compare)
+        make = functools.partial(countdown_search, compare=m.compare, patient=m.patient)
     if kind in ("facts", "step_facts", "compare_facts"):  # a drill is its own document, in no style
         return make(rng, rng.random() < m.wrong_rate).fact
     style = weighted(rng, m.styles)

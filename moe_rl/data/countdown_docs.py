@@ -112,7 +112,9 @@ def _attempt(
     return value, text, steps
 
 
-def countdown_search(rng: Random, wrong: bool, max_tries: int = 6, compare: bool = False) -> Solved:
+def countdown_search(
+    rng: Random, wrong: bool, max_tries: int = 6, compare: bool = False, patient: bool = False
+) -> Solved:
     """Countdown solved by trial and checking, as a person without a method does it.
 
     The writer first restates the target ("Target: 22."), so that each verdict copies it from
@@ -131,9 +133,13 @@ def countdown_search(rng: Random, wrong: bool, max_tries: int = 6, compare: bool
     neighbours (`compare_facts` drills it), not a recall of the target; and a wrong try's slip
     never lands on the target and is carried into its comparison, so the verdicts are always
     right about the numbers they compare.
+
+    `patient` (the 'countdown_patient' mix): every writer is willing to try max_tries
+    expressions, so a search stops only at a hit or after max_tries misses: the corpus never
+    gives up while tries remain, and its long searches are the successful ones more often.
     """
     numbers, target, _, _ = countdown_puzzle(rng, 3, 10, 100)
-    budget = rng.integers(1, max_tries + 1)
+    budget = max_tries if patient else rng.integers(1, max_tries + 1)
     bad = rng.below(budget) if wrong else -1
     seen: set[str] = set()
     work, text = [f"Target: {target}."], ""
