@@ -6,8 +6,8 @@
 uses; a random model picks it rarely, so rows almost always run to the end: the mean is
 printed), one update per step over all 32 completions, KL weight 0.04 (so the reference
 forward runs), float32, random prompts of 64 tokens, random rewards. Medians after a
-warm-up step (which includes compilation, reported separately). Peers' numbers on this
-machine: ../shared/PEERS.md.
+warm-up step (which includes compilation, reported separately). The peers in the same shape:
+benchmarks/peers/ (run.sh).
 """
 
 from __future__ import annotations

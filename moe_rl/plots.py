@@ -152,7 +152,7 @@ def plot_expert_load(rows: Rows | str, path: str) -> str | None:
         ax.set_title(f"MoE layer {layer}: load / fair share")
         ax.set_xlabel("step")
         ax.set_ylabel("expert")
-        fig.colorbar(im, ax=ax)
+        fig.colorbar(im, ax=ax, label="share / uniform share")
     return _save(fig, path)
 
 
@@ -176,7 +176,7 @@ def plot_balance(runs: dict[str, Rows | str], path: str) -> str | None:
         if steps.size:
             _plot_line(ax, steps, values, label=name or None, color=f"C{i}")
     ax.axhline(1.0, color="gray", linestyle=":", linewidth=1)
-    ax.set(xlabel="step", title="max expert load / mean load")
+    ax.set(xlabel="step", ylabel="max / mean expert load", title="max expert load / mean load")
     ax.grid(alpha=0.3)
     if len(runs) > 1:
         ax.legend()
@@ -194,7 +194,11 @@ def plot_balance(runs: dict[str, Rows | str], path: str) -> str | None:
                     linewidth=0.8,
                     label=f"layer {layer}" if e == 0 else None,
                 )
-        ax.set(xlabel="step", title=f"routing bias per expert ({name})" if name else "routing bias")
+        ax.set(
+            xlabel="step",
+            ylabel="bias added to the routing score",
+            title=f"routing bias per expert ({name})" if name else "routing bias",
+        )
         ax.grid(alpha=0.3)
         ax.legend()
     return _save(fig, path)
@@ -230,6 +234,7 @@ def plot_distill(summary: dict | str, path: str) -> str | None:
         bars = ax.bar(names, values, color=[f"C{i}" for i in range(len(names))])
         ax.bar_label(bars, [fmt.format(v) for v in values])
         ax.set_title(label)
+        ax.set_ylabel(label)
         ax.margins(y=0.15)
         ax.tick_params(axis="x", labelsize=8)
     return _save(fig, path)
@@ -281,7 +286,7 @@ def plot_cost_curves(
                     ax.plot(x, y, label=name, **style)
             if target and target.get(key) is not None:
                 ax.axhline(target[key], color="gray", linestyle="--", linewidth=1)
-            ax.set(xlabel=label, title=key)
+            ax.set(xlabel=label, ylabel=UNITS.get(key, "nats / token"), title=key)
             ax.grid(alpha=0.3)
             ax.legend()
     return _save(fig, path, title)
@@ -319,5 +324,5 @@ def plot_expert_shares(
         ax.set_xticks(range(0, n_experts, max(1, n_experts // 16)))
         ax.set_title(f"MoE layer {layer}: share of a kind's tokens per expert / uniform (1/E)")
         ax.set_xlabel("routed expert")
-        fig.colorbar(im, ax=ax)
+        fig.colorbar(im, ax=ax, label="share / uniform share")
     return _save(fig, path, title)

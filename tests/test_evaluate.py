@@ -147,6 +147,12 @@ def test_eval_end_to_end_on_fresh_model(tmp_path, capsys):
     assert m["questions"] == 3 and m["samples_per_question"] == 2
     assert m["pass@1"] == 0.0  # an untrained model writes random bytes
     assert 1 <= m["mean_length"] <= 6
-    assert json.loads((tmp_path / "eval.json").read_text())["metrics"] == m
+    saved = json.loads((tmp_path / "eval.json").read_text())
+    assert saved["metrics"] == m
+    # with what it was made: the template, the sampling settings, the extractor
+    settings = saved["settings"]
+    assert settings["task"]["template"] == result["settings"]["task"]["template"]
+    assert {"temperature", "top_p", "top_k", "max_new_tokens"} <= set(settings["sampling"])
+    assert "extract" in settings["eval"] and settings["seed"] == 0
     assert (tmp_path / "samples.txt").read_text().count("=== question") == 4
     assert "| pass@1 |" in capsys.readouterr().out

@@ -56,7 +56,21 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         sp=sp,
         key=jax.random.key(config.seed),
     )
-    result = {"task": t.name, "split": t.split, "model": source, "metrics": metrics}
+    # What the numbers were made with: the task block (template, seed, options), the
+    # evaluation block (samples, extractor) and the sampling settings.
+    result = {
+        "task": t.name,
+        "split": t.split,
+        "model": source,
+        "metrics": metrics,
+        "settings": {
+            "seed": config.seed,
+            "task": t.to_dict(),
+            "eval": e.to_dict(),
+            "sampling": config.sampling.to_dict(),
+            "tokenizer": config.tokenizer,
+        },
+    }
     with open(os.path.join(workdir, "eval.json"), "w") as f:
         json.dump(result, f, indent=2)
     write_samples(

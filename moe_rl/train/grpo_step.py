@@ -383,10 +383,11 @@ class OffPolicyStep:
     """One-step-off-policy GRPO (`grpo.off_policy_steps=1`): while step n updates the policy
     on its rollouts, step n+1's are sampled in a background thread with the weights of step
     n's start, so every batch after the first is one policy version old (Noukhovitch et al.
-    2024, "Asynchronous RLHF"; the one-step overlap of verl's and AReaL's async trainers). The
+    2024, "Asynchronous RLHF", arXiv 2410.18252: one-step-off-policy PPO/online DPO). The
     ratio's pi_old is then the sampler's (grpo.old_logprobs='sampler'), or with 'recompute'
-    the current weights' (decoupled PPO's proximal policy), the staleness then corrected by
-    grpo.is_correction like the sampler/trainer mismatch.
+    the current weights' (the proximal policy of AReaL's decoupled PPO, Fu et al. 2025, arXiv
+    2505.24298), the staleness then weighed by grpo.is_correction like the sampler/trainer
+    mismatch.
 
     Determinism: each step's rollouts depend only on the sampling weights, the step's key and
     the question stream's position, all checkpointed (`OffPolicyState.sampler`,
