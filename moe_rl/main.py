@@ -42,6 +42,11 @@ _DISTRIBUTED = flags.DEFINE_bool(
     "Multi-host: call jax.distributed.initialize() first; on TPU pods and SLURM/Kubernetes GPU "
     "clusters it finds the coordinator and the peers from the environment.",
 )
+_TRACEBACK = flags.DEFINE_bool(
+    "traceback",
+    False,
+    "Show the Python traceback of a config or input error (by default its message alone).",
+)
 _SEEDS = flags.DEFINE_string(
     "seeds",
     None,
@@ -91,6 +96,12 @@ def main(argv):
         sys.exit(f"moe_rl: interrupted; rerun the same command to resume in {workdir}")
     except (corpus.DatasetNotPreparedError, corpus.CorruptDatasetError) as e:
         sys.exit(f"moe_rl: {e}")  # what to do is in the message: no traceback
+    except (ValueError, FloatingPointError) as e:
+        # A bad config value or input (the message names the key), or a non-finite loss (the
+        # step and metric): the message is what to act on; --traceback shows where it came from.
+        if _TRACEBACK.value:
+            raise
+        sys.exit(f"moe_rl: {' '.join(str(e).split())}\nmoe_rl: (--traceback shows where)")
     print(f"\nDone. Files in {os.path.abspath(workdir)}: {', '.join(written(workdir))}")
 
 

@@ -57,6 +57,13 @@ def test_cli_bad_model_value_fails_before_compiling(tmp_path):
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode != 0
     assert "n_routed_experts=6 is not divisible by model.n_group=4" in out.stderr
+    # the message and a hint, no traceback; --traceback shows it
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 2 and all(line.startswith("moe_rl: ") for line in lines), out.stderr
+    out = subprocess.run(
+        cmd + ["--traceback"], cwd=ROOT, capture_output=True, text=True, env=env, timeout=300
+    )
+    assert out.returncode != 0 and "Traceback (most recent call last)" in out.stderr
 
 
 @pytest.mark.parametrize(
