@@ -3,28 +3,33 @@ Countdown mix, then GRPO with the answer reward only: a search that has to keep 
 
 Each question gives 3 numbers from 1..10 and a target up to 100; the answer is an expression
 using each number at most once (moe_rl.data.tasks.countdown, checked by our own expression
-parser, never `eval`). The base's corpus (data/arithmetic.py MIXES['countdown']) solves such
-puzzles by trial: the target restated ("Target: 22."), then 1 to 6 random expressions, each
-worked step by step and compared with the target, the search ending at the first hit or with
-"I stop here." and a wrong answer (10% of the documents carry a slip). Nothing in it says which
-expression to try: a base tries ~3 and is mostly wrong. RL rewards only the final expression.
+parser, never `eval`). The base's corpus (data/arithmetic.py MIXES['countdown_patient']) solves
+such puzzles by trial: the target restated ("Target: 22."), then random expressions, each worked
+step by step and compared with the target side by side ("12 * 3 = 36, 36 vs 22: no."), the
+search going on to a hit ("22 vs 22: found it.") or to its sixth try and "I stop here." (10% of
+the documents carry a slip; a tenth of the corpus drills the comparisons). Numbers are single
+tokens (tokenizer 'bpe:1024:numbers'), so that a hit is two equal tokens side by side. Nothing
+in the corpus says which expression to try. RL rewards only the final expression.
 
 Command:  python -m moe_rl.main --config=experiments/r1_zero_countdown.py [--seeds=0-2]
-Runtime:  seed 0 alone on the 2-core VM: 14.5 min (base 6.1, its evaluation 0.4, GRPO 7.8: 40
-          steps of 9-14 s, the R1-Zero prompt of 191 tokens + up to 224 new ones).
-Result:   not yet the goal (+20 points): seed 0's held-out pass@1 0.059 -> 0.135. The base
-          searches (3.3 tries per answer); GRPO collapsed the search to one more accurate try.
-          docs/results/r1_zero_countdown/ (README: the six attempts and what to try next;
+Runtime:  seed 0 alone on the 2-core VM: ~28 min (base 8.3, its evaluation 0.9, GRPO 18.3: 40
+          steps of 26-30 s, the R1-Zero prompt + up to 320 new tokens; final evaluation ~1).
+Result:   not yet the goal (+20 points on 3 seeds, <= 20 min): seed 0's held-out pass@1
+          0.182 -> 0.264 (+8.2). The base searches (4.5 tries per answer, gives up on 39%);
+          after GRPO 4.1 tries, 11% give up, 41% answer a try they checked, 91% of steps right.
+          docs/results/r1_zero_countdown/ (README: the attempts and what to try next;
           search.md: tries, checked answers, step accuracy and target copying before/after,
-          from docs/results/r1_zero_countdown/search_stats.py).
+          from its search_stats.py).
 """
 
 from ml_collections import ConfigDict
 
 from moe_rl.train import configs
 
-# A try ("Try (7 + 5) * 3: 7 + 5 = 12, 12 * 3 = 36, not 22.") is ~35 tokens: room for 6.
-MAX_NEW_TOKENS = 224
+# A search of 6 tries and its answer run to ~250-300 tokens: at 256 the base cut 23% of its
+# answers, at 320 4%, and GRPO did better on the training questions (pilots 7 and 8,
+# docs/results/r1_zero_countdown/attempts/).
+MAX_NEW_TOKENS = 320
 
 
 def get_config() -> ConfigDict:
@@ -33,7 +38,11 @@ def get_config() -> ConfigDict:
     config = configs.r1_zero()
     config.name = "r1_zero_countdown"
     config.task.name = "countdown"  # its defaults: 3 numbers in 1..10, target <= 100, at most once
-    config.pretrain.data.mix = "countdown"
+    config.pretrain.data.mix = "countdown_patient"
+    # Whole numbers as tokens (digit runs unsplit): the base then compares its try's value with
+    # the target (pilots 5-6, docs/results/r1_zero_countdown/README.md).
+    config.pretrain.data.tokenizer = "bpe:1024:numbers"
+    config.model.vocab_size = 1024
     config.sampling.max_new_tokens = MAX_NEW_TOKENS
     config.eval.sampling.max_new_tokens = MAX_NEW_TOKENS
     return config

@@ -391,11 +391,14 @@ def test_countdown_experiment_is_r1_zero_with_its_own_task_corpus_and_lengths():
         "task.name",
         "task.options",
         "pretrain.data.mix",
+        "pretrain.data.tokenizer",
+        "model.vocab_size",
         "sampling.max_new_tokens",
         "eval.sampling.max_new_tokens",
         "grpo.num_steps",
     }, differ
-    assert countdown.task.name == "countdown" and countdown.pretrain.data.mix == "countdown"
+    assert countdown.task.name == "countdown"
+    assert countdown.pretrain.data.mix == "countdown_patient"
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:

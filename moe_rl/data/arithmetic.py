@@ -349,7 +349,8 @@ MIXES = {
         so_far=True,
         template=0.15,
     ),
-    # The Countdown base's corpus (experiments/r1_zero_countdown.py): puzzles of the RL task's
+    # Countdown pilot 3's corpus (experiments/r1_zero_countdown.py's until pilot 7 replaced it;
+    # that one is 'countdown_patient' below): puzzles of the RL task's
     # size solved by trial (`countdown_search`: 1-6 tries, each worked and checked against the
     # target) and drills of the tries' steps. No bare claims in the thinks, and fewer mistakes
     # than the other mixes: with a third of the thinks a bare claim and a quarter of the
@@ -372,8 +373,9 @@ MIXES = {
         compare=True,
     ),
 }  # fmt: skip
-# Countdown pilot 7: pilot 6's corpus with searches that never stop early (a hit or 6 tries):
-# pilot 6's base gave up after ~2 tries (docs/results/r1_zero_countdown/README.md).
+# experiments/r1_zero_countdown.py's corpus (pilot 7): pilot 6's with searches that never stop
+# early (a hit or 6 tries): pilot 6's base gave up after ~2 tries
+# (docs/results/r1_zero_countdown/README.md).
 MIXES["countdown_patient"] = dataclasses.replace(MIXES["countdown_compare"], patient=True)
 
 
