@@ -180,12 +180,12 @@ def train(
     sp = sampling.SamplingParams.from_config(config.sampling)
     updates_per_step = g.num_iterations * (g.num_questions * g.num_generations // g.minibatch_size)
     tx = train_state.make_optimizer(config.optim, g.num_steps * updates_per_step)
-    fresh = lambda: train_state.create(params, model_state, tx, jax.random.key(config.seed))
     off_policy = g.off_policy_steps > 0  # the loop's state then holds the sampling weights too
-    if off_policy:
-        fresh = lambda: grpo_step.OffPolicyState.start(
-            train_state.create(params, model_state, tx, jax.random.key(config.seed))
-        )
+
+    def fresh():
+        state = train_state.create(params, model_state, tx, jax.random.key(config.seed))
+        return grpo_step.OffPolicyState.start(state) if off_policy else state
+
     abstract = jax.eval_shape(fresh)
     state_sh = row_sh = loop_sh = None
     if mesh is not None:  # the state split as in pretraining; rollout rows split over the batch
