@@ -50,6 +50,12 @@ class ModelConfig:
     qk_rope_head_dim: int = 16
     v_head_dim: int = 32
     mla_absorb: bool = True  # decode from the cache with the absorbed (latent-space) path
+    # DeepSeek Sparse Attention (DeepSeek-V3.2, arXiv 2512.02556 sec. 2.1): a lightning indexer
+    # of index_n_heads heads of index_head_dim scores the keys of each query, which attends to
+    # its index_topk best only. index_topk 0 (or None): dense MLA, no indexer.
+    index_topk: int = 0
+    index_n_heads: int = 0
+    index_head_dim: int = 0
     # GQA
     num_key_value_heads: int = 0
     head_dim: int = 0
@@ -113,6 +119,8 @@ class ModelConfig:
         rope_scaling = values.get("rope_scaling")
         if isinstance(rope_scaling, dict):
             values["rope_scaling"] = _yarn_from_dict(rope_scaling)
+        if "index_topk" in values and values["index_topk"] is None:
+            values["index_topk"] = 0  # Hugging Face's "no indexer"
         model = cls(**values)
         validate(model)
         return model
@@ -178,6 +186,27 @@ def validate(m: ModelConfig) -> None:
             kv > 0 and m.num_attention_heads % kv == 0,
             f"model.num_attention_heads={m.num_attention_heads} must be a multiple of "
             f"model.num_key_value_heads={kv} (> 0) for GQA",
+        )
+    _require(m.index_topk >= 0, f"model.index_topk={m.index_topk} must be >= 0 (0: dense MLA)")
+    if m.index_topk:
+        _require(
+            m.attention == "mla",
+            f"model.index_topk={m.index_topk} (sparse attention) needs model.attention='mla', "
+            f"not {m.attention!r}",
+        )
+        _require(
+            m.q_lora_rank is not None,
+            f"model.index_topk={m.index_topk}: the indexer reads the query latent, so "
+            "model.q_lora_rank must be set (> 0)",
+        )
+        _require(
+            m.index_n_heads > 0,
+            f"model.index_n_heads={m.index_n_heads} must be > 0 with model.index_topk > 0",
+        )
+        _require(
+            m.index_head_dim >= m.qk_rope_head_dim > 0,
+            f"model.index_head_dim={m.index_head_dim} must be >= model.qk_rope_head_dim="
+            f"{m.qk_rope_head_dim} (its first qk_rope_head_dim features are rotated)",
         )
     if m.rope_scaling is not None:
         y = m.rope_scaling

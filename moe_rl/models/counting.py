@@ -19,7 +19,11 @@ def _attention_params(m: ModelConfig) -> int:
     )
     kv_a = D * (m.kv_lora_rank + m.qk_rope_head_dim) + m.kv_lora_rank
     kv_b = m.kv_lora_rank * H * (m.qk_nope_head_dim + m.v_head_dim)
-    return q + kv_a + kv_b + H * m.v_head_dim * D
+    indexer = 0
+    if m.index_topk:  # DSA lightning indexer: wq_b, wk, k_norm (scale, bias), weights_proj
+        Hi, di = m.index_n_heads, m.index_head_dim
+        indexer = m.q_lora_rank * Hi * di + D * di + 2 * di + D * Hi
+    return q + kv_a + kv_b + H * m.v_head_dim * D + indexer
 
 
 def _moe_params(m: ModelConfig, experts: int) -> int:
