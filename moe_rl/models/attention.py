@@ -8,6 +8,11 @@ Score and value contractions run head-major ([B, H, L, d]): XLA:CPU multiplies b
 matrices ~5x faster when the batch dims lead than with heads between length and features.
 Without a cache (training, scoring) queries go in causal blocks (`causal_attention`): keys past
 a block's last query are masked anyway, so they are neither multiplied nor stored.
+
+DeepSeek Sparse Attention (DeepSeek-V3.2, arXiv 2512.02556 sec. 2.1), on when
+`model.index_topk` > 0: a lightning indexer (`Indexer`) scores every visible key of each query
+and MLA attends to the query's `index_topk` best keys only (`sparse_mask`); the indexer's keys
+are cached beside the latent.
 """
 
 from __future__ import annotations
@@ -19,7 +24,15 @@ import jax
 import jax.numpy as jnp
 
 from moe_rl.models.config import ModelConfig
-from moe_rl.models.layers import RMSNorm, Rotary, logical_param, normal_init, yarn_mscale
+from moe_rl.models.layers import (
+    RMSNorm,
+    Rotary,
+    apply_rope,
+    logical_param,
+    normal_init,
+    rope_frequencies,
+    yarn_mscale,
+)
 
 NEG_INF = float(jnp.finfo(jnp.float32).min)
 
@@ -75,15 +88,117 @@ def softmax_scale(cfg: ModelConfig) -> float:
 
 
 def init_layer_cache(cfg: ModelConfig, batch: int, max_len: int) -> dict:
-    """Zeroed per-layer cache. MLA keeps only the normalised latent and the shared roped key."""
+    """Zeroed per-layer cache. MLA keeps only the normalised latent and the shared roped key
+    (and, with sparse attention, the indexer's key)."""
     dt = cfg.compute_dtype
     if cfg.attention == "mla":
-        return {
+        cache = {
             "latent": jnp.zeros((batch, max_len, cfg.kv_lora_rank), dt),
             "k_rope": jnp.zeros((batch, max_len, cfg.qk_rope_head_dim), dt),
         }
+        if cfg.index_topk:
+            cache["index_k"] = jnp.zeros((batch, max_len, cfg.index_head_dim), dt)
+        return cache
     shape = (batch, cfg.num_key_value_heads, max_len, cfg.head_dim)  # head-major: fast dots
     return {"k": jnp.zeros(shape, dt), "v": jnp.zeros(shape, dt)}
+
+
+INDEXER_NORM_EPS = 1e-6  # the indexer key's LayerNorm epsilon (fixed in DeepSeek-V3.2's code)
+
+
+def layer_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, eps: float) -> jax.Array:
+    """LayerNorm (Ba et al. 2016) over the last axis in float32: (x - mean) / std * scale + bias."""
+    x32 = x.astype(jnp.float32)
+    mean = jnp.mean(x32, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
+    y = (x32 - mean) * jax.lax.rsqrt(var + eps)
+    return y * scale.astype(jnp.float32) + bias.astype(jnp.float32)
+
+
+class Indexer(nn.Module):
+    """The lightning indexer of DeepSeek Sparse Attention (DeepSeek-V3.2, arXiv 2512.02556
+    sec. 2.1, eq. 1): the index score of query token t for key token s is
+
+        I[t, s] = sum_j w[t, j] * ReLU(q[t, j] . k[s])
+
+    over `index_n_heads` light heads j. The queries q[t, j] come from MLA's query latent
+    (`wq_b`), one key k[s] per token is shared by every head (`wk`, then a LayerNorm with bias)
+    and the head weights w[t, j] from the token itself (`weights_proj`). The first
+    qk_rope_head_dim features of queries and keys are rotated, by halves (not by pairs as in
+    MLA). As in transformers' DeepseekV32Indexer, dot products are scaled by
+    1/sqrt(index_head_dim) and weights by 1/sqrt(index_n_heads); the reference implementation's
+    Hadamard rotation (which preserves dot products) and FP8 scoring are precision choices,
+    left out.
+
+    Returns the queries [B, L, J, i], keys [B, L, i] (compute dtype, what the cache holds) and
+    weights [B, L, J] (float32, scales folded in); `sparse_mask` scores and selects.
+    """
+
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x_BLD, q_BLr, positions_BL):
+        cfg = self.cfg
+        dt, pdt, init = cfg.compute_dtype, cfg.weight_dtype, normal_init(cfg)
+        D, r, dr = cfg.hidden_size, cfg.q_lora_rank, cfg.qk_rope_head_dim
+        J, di = cfg.index_n_heads, cfg.index_head_dim
+        w_q = logical_param(self, "wq_b", (r, J, di), ("q_lora", "heads", "kv"), init, pdt)
+        w_k = logical_param(self, "wk", (D, di), ("embed", "kv"), init, pdt)
+        k_scale = logical_param(self, "k_norm_scale", (di,), ("kv",), nn.initializers.ones, pdt)
+        k_bias = logical_param(self, "k_norm_bias", (di,), ("kv",), nn.initializers.zeros, pdt)
+        w_w = logical_param(self, "weights_proj", (D, J), ("embed", "heads"), init, pdt)
+        inv_freq, scale = rope_frequencies(dr, cfg.rope_theta, cfg.rope_scaling)
+        rope = lambda a: apply_rope(a, positions_BL, inv_freq, scale, interleaved=False)
+
+        q_BLJi = jnp.einsum("blr,rji->blji", q_BLr, w_q.astype(dt))
+        q_BLJi = jnp.concatenate([rope(q_BLJi[..., :dr]), q_BLJi[..., dr:]], axis=-1)
+        k_BLi = layer_norm(x_BLD @ w_k.astype(dt), k_scale, k_bias, INDEXER_NORM_EPS).astype(dt)
+        k_BLi = jnp.concatenate([rope(k_BLi[:, :, None, :dr])[:, :, 0], k_BLi[..., dr:]], axis=-1)
+        w_BLJ = (x_BLD @ w_w.astype(dt)).astype(jnp.float32) * J**-0.5
+        return q_BLJi, k_BLi, w_BLJ
+
+
+def index_scores(cfg: ModelConfig, q_BLJi, w_BLJ, k_BSi) -> jax.Array:
+    """I[b, t, s] = sum_j w[b, t, j] ReLU(q[b, t, j] . k[b, s] / sqrt(index_head_dim)), float32."""
+    dots = jnp.einsum("blji,bsi->bljs", q_BLJi.astype(jnp.float32), k_BSi.astype(jnp.float32))
+    relu = jax.nn.relu(dots * cfg.index_head_dim**-0.5)
+    return jnp.einsum("bljs,blj->bls", relu, w_BLJ)
+
+
+def top_k_keys(index_BLS: jax.Array, mask_BLS: jax.Array, k: int) -> jax.Array:
+    """mask_BLS restricted to each query's k visible keys of highest index score (DeepSeek-V3.2
+    sec. 2.1, eq. 2). Masked keys (the future, other documents, padding) are never chosen; a
+    query that sees k keys or fewer keeps all of them."""
+    S = index_BLS.shape[-1]
+    if k >= S:
+        return mask_BLS
+    scores = jnp.where(mask_BLS, index_BLS, -jnp.inf)
+    _, top_BLK = jax.lax.top_k(scores, k)
+    chosen = jnp.put_along_axis(
+        jnp.zeros(scores.shape, bool), top_BLK, True, axis=-1, inplace=False
+    )
+    return chosen & mask_BLS  # below k visible keys, top_k also returns masked ones
+
+
+def sparse_mask(cfg: ModelConfig, q_BLJi, w_BLJ, k_BSi, mask_BLS, causal: bool) -> jax.Array:
+    """The attention mask of DeepSeek Sparse Attention: each query's top-`index_topk` keys by
+    the indexer's scores, among those `mask_BLS` lets it see. Selection is not differentiable
+    (the paper trains the indexer by its own KL loss, on detached inputs), so no gradient flows
+    into the scores.
+
+    `causal` (no cache: `mask_BLS` is causal by slot) scores in `causal_blocks`, each query
+    block against the keys up to its last query only, as `causal_attention` does."""
+    q_BLJi, w_BLJ, k_BSi = jax.lax.stop_gradient((q_BLJi, w_BLJ, k_BSi))
+    k = cfg.index_topk
+    if not causal:
+        return top_k_keys(index_scores(cfg, q_BLJi, w_BLJ, k_BSi), mask_BLS, k)
+    S = mask_BLS.shape[2]
+    blocks = []
+    for lo, hi in causal_blocks(mask_BLS.shape[1]):
+        index = index_scores(cfg, q_BLJi[:, lo:hi], w_BLJ[:, lo:hi], k_BSi[:, :hi])
+        keep = top_k_keys(index, mask_BLS[:, lo:hi, :hi], k)
+        blocks.append(jnp.pad(keep, ((0, 0), (0, 0), (0, S - hi))))
+    return blocks[0] if len(blocks) == 1 else jnp.concatenate(blocks, axis=1)
 
 
 class MLA(nn.Module):
@@ -94,6 +209,10 @@ class MLA(nn.Module):
     only these two are cached. `mla_absorb` decodes in the latent space: W_UK is folded into
     the query and W_UV applied after the attention-weighted sum, so the cache is never
     decompressed.
+
+    With `index_topk` > 0 this is DeepSeek-V3.2's DSA (arXiv 2512.02556 sec. 2.1): the
+    `Indexer` (fed the query latent) picks each query's top-k keys and every path below
+    attends to those only, through the mask (`sparse_mask`).
     """
 
     cfg: ModelConfig
@@ -121,6 +240,8 @@ class MLA(nn.Module):
             )
             q_BLr = norm("q_a_norm", "q_lora")(x @ w_qa.astype(dt))
             q_BLHk = jnp.einsum("blr,rhk->blhk", q_BLr, w_qb.astype(dt))
+            if cfg.index_topk:  # DSA's lightning indexer (validation ensures q_lora_rank)
+                iq_BLJi, ik_BLi, iw_BLJ = Indexer(cfg, name="indexer")(x, q_BLr, positions_BL)
         q_nope_BHLn = q_BLHk[..., :dn].transpose(0, 2, 1, 3)
         q_rope_BHLr = rope(q_BLHk[..., dn:], positions_BL).transpose(0, 2, 1, 3)
 
@@ -135,6 +256,11 @@ class MLA(nn.Module):
             latent_BSc = write_cache(cache["latent"], latent_BLc, cache_index)
             k_rope_BSr = write_cache(cache["k_rope"], k_rope_BLr, cache_index)
             new_cache = {"latent": latent_BSc, "k_rope": k_rope_BSr}
+        if cfg.index_topk:
+            ik_BSi = ik_BLi
+            if cache is not None:
+                ik_BSi = new_cache["index_k"] = write_cache(cache["index_k"], ik_BLi, cache_index)
+            mask_BLS = sparse_mask(cfg, iq_BLJi, iw_BLJ, ik_BSi, mask_BLS, cache is None)
 
         w_kvb = logical_param(
             self, "kv_b_proj", (c, H, dn + dv), ("kv_lora", "heads", "kv"), init, pdt

@@ -362,6 +362,10 @@ PRESETS = {
     ),
 }
 
+# `tiny` with DeepSeek-V3.2's sparse attention (DSA, arXiv 2512.02556 sec. 2.1): each query
+# attends to its 8 best keys by a 4-head lightning indexer.
+PRESETS["tiny_v32"] = dict(PRESETS["tiny"], index_topk=8, index_n_heads=4, index_head_dim=16)
+
 
 def preset(name: str, **overrides) -> ml_collections.ConfigDict:
     """The named model preset as an overridable ConfigDict."""
