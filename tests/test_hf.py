@@ -55,6 +55,22 @@ MODELS = {
         "DeepseekV3",
         dict(**COMMON, **MLA, **MOE, q_lora_rank=16, n_group=4, topk_group=2),
     ),
+    # DeepSeek-V3.2: V3 with sparse attention, each query on its 4 best keys of the 12 by a
+    # 16-head lightning indexer (16 heads: a tie at index score 0 is a 1 in 65536 event).
+    "deepseek_v32": (
+        "DeepseekV32",
+        dict(
+            **COMMON,
+            **MLA,
+            **MOE,
+            q_lora_rank=16,
+            n_group=4,
+            topk_group=2,
+            index_topk=4,
+            index_n_heads=16,
+            index_head_dim=8,
+        ),
+    ),
     # DeepSeek-V3 layout without query compression (as Moonlight / V2-Lite).
     "deepseek_v3_no_q_lora": (
         "DeepseekV3",
@@ -156,6 +172,11 @@ def test_config_maps_the_architecture(saved):
         assert cfg.num_moe_layers == 2 and cfg.routed_scaling_factor == 2.5
     if name == "deepseek_v3_no_q_lora":
         assert cfg.q_lora_rank is None
+    if name == "deepseek_v32":
+        assert (cfg.index_topk, cfg.index_n_heads, cfg.index_head_dim) == (4, 16, 8)
+        assert cfg.num_moe_layers == 2 and cfg.scoring_func == "sigmoid" and cfg.n_group == 4
+    else:
+        assert cfg.index_topk == 0
     if name == "deepseek_v2":
         assert (cfg.scoring_func, cfg.norm_topk_prob, cfg.n_group) == ("softmax", False, 4)
         assert cfg.rope_scaling.factor == 4.0 and cfg.rope_scaling.mscale_all_dim == 0.707
@@ -172,7 +193,7 @@ def test_logits_match_transformers_full_forward_and_cached_decode(saved):
     chex.assert_shape(logits, (B, L, COMMON["vocab_size"]))
     np.testing.assert_allclose(logits, expected, atol=1e-4, rtol=0)
     np.testing.assert_allclose(decode_logits(cfg, params, state, tokens), expected, atol=1e-4)
-    if name == "deepseek_v3":  # the absorbed decode above; the expanded one too
+    if name in ("deepseek_v3", "deepseek_v32"):  # the absorbed decode above; the expanded one too
         plain = hf.model_config(folder, mla_absorb=False)
         np.testing.assert_allclose(decode_logits(plain, params, state, tokens), expected, atol=1e-4)
 
@@ -301,6 +322,42 @@ def test_dense_mla_model_round_trips(tmp_path):
     assert loaded_state == {}
 
 
+@pytest.fixture()
+def v32_folder(tmp_path):
+    """(cfg, params, state, folder): the tiny_v32 preset (sparse attention, MTP depth 1) with
+    random routing biases, saved."""
+    cfg = make_config("tiny_v32")
+    params, state = jax.jit(lambda: transformer.init(cfg, jax.random.key(0)))()
+    state = jax.tree.map(lambda b: b + 0.01 * jnp.arange(b.shape[-1]), state)
+    return cfg, params, state, hf.save_pretrained(str(tmp_path / "v32"), cfg, params, state)
+
+
+def test_sparse_attention_model_round_trips_as_deepseek_v32(v32_folder):
+    cfg, params, state, folder = v32_folder
+    config = json.load(open(os.path.join(folder, "config.json")))
+    assert config["architectures"] == ["DeepseekV32ForCausalLM"]
+    assert (config["index_topk"], config["index_n_heads"], config["index_head_dim"]) == (8, 4, 16)
+    stored = load_file(os.path.join(folder, "model.safetensors"))
+    L = cfg.num_hidden_layers
+    for layer in (0, L):  # a decoder layer and the MTP layer each have an indexer
+        w = stored[f"model.layers.{layer}.self_attn.indexer.wq_b.weight"]
+        assert w.shape == (cfg.index_n_heads * cfg.index_head_dim, cfg.q_lora_rank)
+        assert stored[f"model.layers.{layer}.self_attn.indexer.k_norm.bias"].shape == (16,)
+    loaded_cfg, loaded, loaded_state = hf.load_pretrained(folder)
+    assert architecture(loaded_cfg) == architecture(cfg)
+    chex.assert_trees_all_equal(loaded, params)
+    chex.assert_trees_all_equal(loaded_state, state)
+
+
+def test_deepseek_v32_mlp_layer_types_must_be_dense_then_moe(v32_folder):
+    folder = v32_folder[3]
+    rewrite_config(folder, mlp_layer_types=["dense", "dense", "sparse"])
+    assert hf.model_config(folder).first_k_dense_replace == 2
+    rewrite_config(folder, mlp_layer_types=["sparse", "dense", "sparse"])
+    with pytest.raises(ValueError, match="mlp_layer_types=\\['sparse', 'dense', 'sparse'\\]"):
+        hf.model_config(folder)
+
+
 def test_dense_gqa_model_exports_as_llama_or_qwen2(tmp_path):
     cfg = make_config("tiny_dense")
     assert hf.hf_config(cfg)["architectures"] == ["LlamaForCausalLM"]
@@ -394,6 +451,8 @@ def test_formats_that_cannot_hold_a_model_are_named():
         hf.hf_config(softmax)
     with pytest.raises(ValueError, match="rope_interleave"):
         hf.hf_config(make_config("tiny_dense", rope_interleave=True))
+    with pytest.raises(ValueError, match="index_topk"):
+        hf.hf_config(make_config("tiny_v32", scoring_func="softmax", norm_topk_prob=False))
     assert hf.hf_config(make_config("tiny", scoring_func="softmax", norm_topk_prob=False))[
         "architectures"
     ] == ["DeepseekV2ForCausalLM"]

@@ -1,4 +1,4 @@
-"""Hugging Face checkpoints in and out: DeepSeek-V3/V2 (MLA + DeepSeekMoE), Qwen2 and Llama.
+"""Hugging Face checkpoints in and out: DeepSeek-V3/V3.2/V2 (MLA + DeepSeekMoE), Qwen2, Llama.
 
 A Hugging Face model folder (config.json + *.safetensors + tokenizer.json) can stand wherever
 a run reads a model (`config.init_checkpoint`, `config.checkpoint`):
@@ -17,6 +17,10 @@ Conventions mapped exactly:
   `rope_interleave` selects the same rotation, so no weight is permuted.
 - YaRN: `rope_scaling`/`rope_parameters` of type yarn with DeepSeek's mscale/mscale_all_dim;
   without mscale_all_dim transformers ignores mscale, and so do we.
+- DeepSeek-V3.2 is V3 with sparse attention: the lightning indexer's `self_attn.indexer.*`
+  (wq_b, wk, k_norm with its bias, weights_proj) is our `attn/indexer`; `index_topk`,
+  `index_n_heads`, `index_head_dim` keep their names; `mlp_layer_types` must be dense layers
+  then MoE ones (our first_k_dense_replace).
 - Multi-token prediction: DeepSeek-V3's MTP module is stored as extra layers after the last
   one (`model.layers.{L+k-1}`: enorm, hnorm, eh_proj acting on [emb; h], shared_head.norm).
   It is read when present (transformers drops it, so its folders have none) and written for

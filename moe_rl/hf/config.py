@@ -15,6 +15,7 @@ from moe_rl.models.config import ModelConfig, model_config_dict
 
 ARCHITECTURES = {
     "DeepseekV3ForCausalLM": "deepseek_v3",
+    "DeepseekV32ForCausalLM": "deepseek_v32",  # V3 + sparse attention (DSA)
     "DeepseekV2ForCausalLM": "deepseek_v2",
     "Qwen2ForCausalLM": "qwen2",
     "LlamaForCausalLM": "llama",
@@ -31,7 +32,8 @@ READ_FIELDS = {
     "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim", "num_nextn_predict_layers",
     "moe_intermediate_size", "n_routed_experts", "n_shared_experts", "num_experts_per_tok",
     "n_group", "topk_group", "topk_method", "scoring_func", "norm_topk_prob",
-    "routed_scaling_factor", "first_k_dense_replace", "moe_layer_freq",
+    "routed_scaling_factor", "first_k_dense_replace", "moe_layer_freq", "mlp_layer_types",
+    "index_topk", "index_n_heads", "index_head_dim",
 }  # fmt: skip
 # ... and those that do not change the forward pass (training-time knobs, token ids,
 # bookkeeping, values derived from read ones). Any other field is an error naming it.
@@ -94,6 +96,22 @@ def _rope(hf: dict, where: str) -> tuple[float, dict | None]:
     )
 
 
+def _dense_first(hf: dict, where: str) -> int:
+    """DeepseekV32's dense-FFN layer count: its `mlp_layer_types` (default: the first
+    first_k_dense_replace layers dense, the rest MoE) must be dense layers, then MoE ones."""
+    L = hf["num_hidden_layers"]
+    first = min(hf.get("first_k_dense_replace", 3), L)
+    types = hf.get("mlp_layer_types") or ["dense"] * first + ["sparse"] * (L - first)
+    n = types.count("dense")
+    if len(types) != L or types != ["dense"] * n + ["sparse"] * (L - n):
+        raise _unsupported(
+            where,
+            f"mlp_layer_types={types} is not supported: {L} entries, 'dense' layers first, "
+            "then 'sparse' (MoE) ones",
+        )
+    return n
+
+
 def architecture_fields(hf: dict, where: str = "<folder>") -> dict:
     """ModelConfig fields (architecture only) of a Hugging Face config.json dict."""
     archs = hf.get("architectures") or []
@@ -131,6 +149,9 @@ def architecture_fields(hf: dict, where: str = "<folder>") -> dict:
     if failed:
         raise _unsupported(where, f"{archs[0]}: " + "; ".join(failed))
 
+    sparse = family == "deepseek_v32"
+    if sparse:
+        dense_first = _dense_first(hf, where)
     theta, rope_scaling = _rope(hf, where)
     f = dict(
         vocab_size=hf["vocab_size"],
@@ -164,12 +185,19 @@ def architecture_fields(hf: dict, where: str = "<folder>") -> dict:
         rope_interleave=bool(hf.get("rope_interleave", True)) if family == "deepseek_v3" else True,
         num_nextn_predict_layers=int(hf.get("num_nextn_predict_layers") or 0),
     )
+    if sparse:  # transformers' DeepseekV32Config defaults
+        f.update(
+            index_topk=int(hf.get("index_topk", 2048)),
+            index_n_heads=int(hf.get("index_n_heads", 64)),
+            index_head_dim=int(hf.get("index_head_dim", 128)),
+        )
+        hf = {**hf, "first_k_dense_replace": dense_first}
     if (
         not hf.get("n_routed_experts")
         or hf.get("first_k_dense_replace", 0) >= f["num_hidden_layers"]
     ):
         return f  # every layer dense
-    v3 = family == "deepseek_v3"
+    v3 = family in ("deepseek_v3", "deepseek_v32")  # V3.2 routes as V3 does
     method = hf.get("topk_method", "noaux_tc" if v3 else "greedy")
     scoring = hf.get("scoring_func", "sigmoid" if v3 else "softmax")
     allowed = (
@@ -309,6 +337,10 @@ def hf_config(cfg: ModelConfig) -> dict:
         "q_lora_rank", "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim"
     )
     mla.update(num_key_value_heads=cfg.num_attention_heads, attention_bias=False)
+    need(
+        not (v2 and cfg.index_topk),
+        "model.index_topk > 0 with softmax routing (DeepseekV32 routes by sigmoid)",
+    )
     if v2:
         need(
             not cfg.norm_topk_prob,
@@ -320,6 +352,19 @@ def hf_config(cfg: ModelConfig) -> dict:
         return dict(
             architectures=["DeepseekV2ForCausalLM"],
             model_type="deepseek_v2",
+            **mla,
+            **moe,
+            **common,
+        )
+    if cfg.index_topk:  # sparse attention: DeepSeek-V3.2
+        need(cfg.rope_interleave, "model.rope_interleave=False (DeepseekV32 rotates pairs)")
+        return dict(
+            architectures=["DeepseekV32ForCausalLM"],
+            model_type="deepseek_v32",
+            index_topk=cfg.index_topk,
+            index_n_heads=cfg.index_n_heads,
+            index_head_dim=cfg.index_head_dim,
+            num_nextn_predict_layers=cfg.num_nextn_predict_layers,
             **mla,
             **moe,
             **common,

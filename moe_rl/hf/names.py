@@ -50,6 +50,12 @@ def _layer_rules(sub: str) -> Rule:
         "attn/q_proj_bias": Rule("self_attn.q_proj.bias", "flat"),
         "attn/k_proj_bias": Rule("self_attn.k_proj.bias", "flat"),
         "attn/v_proj_bias": Rule("self_attn.v_proj.bias", "flat"),
+        # DeepSeek-V3.2's lightning indexer (sparse attention)
+        "attn/indexer/wq_b": Rule("self_attn.indexer.wq_b.weight"),
+        "attn/indexer/wk": Rule("self_attn.indexer.wk.weight"),
+        "attn/indexer/k_norm_scale": Rule("self_attn.indexer.k_norm.weight", "copy"),
+        "attn/indexer/k_norm_bias": Rule("self_attn.indexer.k_norm.bias", "copy"),
+        "attn/indexer/weights_proj": Rule("self_attn.indexer.weights_proj.weight"),
         "mlp/router": Rule("mlp.gate.weight"),
         "mlp/bias": Rule("mlp.gate.e_score_correction_bias", "copy"),  # moe_bias state
     }

@@ -51,12 +51,12 @@ def save_pretrained(
     and, for a Hugging Face tokenizer, its tokenizer.json / tokenizer_config.json: a folder
     `transformers.AutoModelForCausalLM.from_pretrained` loads, and `load_params` reads back.
 
-    MTP layers are written for DeepseekV3 (as DeepSeek stores them; transformers lists them as
-    unexpected and ignores them) unless `mtp=False`, e.g. for serving; Qwen2/Llama/DeepseekV2
-    have no MTP, so the module is left out (with a warning).
+    MTP layers are written for DeepseekV3 and V3.2 (as DeepSeek stores them; transformers lists
+    them as unexpected and ignores them) unless `mtp=False`, e.g. for serving;
+    Qwen2/Llama/DeepseekV2 have no MTP, so the module is left out (with a warning).
     """
     config = hf_config(cfg)
-    with_mtp = mtp and config["model_type"] == "deepseek_v3"
+    with_mtp = mtp and config["model_type"] in ("deepseek_v3", "deepseek_v32")
     if config["model_type"] == "deepseek_v2":  # no correction bias in V2's format
         if state and any(np.any(np.asarray(b) != 0) for b in jax.tree.leaves(state)):
             raise ValueError(
