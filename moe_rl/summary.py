@@ -19,6 +19,8 @@ def kv_cache_bytes_per_token(m: model_config.ModelConfig) -> dict[str, int]:
     item = jnp.dtype(m.dtype).itemsize
     if m.attention == "mla":
         cached = m.kv_lora_rank + m.qk_rope_head_dim
+        if m.index_topk:  # DSA: the lightning indexer's key too
+            cached += m.index_head_dim
         mha = m.num_attention_heads * (m.qk_head_dim + m.v_head_dim)
     else:
         cached = 2 * m.num_key_value_heads * m.head_dim

@@ -215,3 +215,14 @@ def test_invalid_sparse_attention_configs_name_their_fields(overrides, named):
         make_config("tiny_v32", **overrides)
     for name in named:
         assert name in str(err.value)
+
+
+def test_cache_bytes_per_token_count_the_indexer_key():
+    from moe_rl.summary import kv_cache_bytes_per_token
+
+    cfg = make_config("tiny_v32")
+    cache = transformer.init_cache(cfg, 2, 16)
+    layers = [cache["dense"], cache["moe"]]
+    per_token = sum(x.nbytes for x in jax.tree.leaves(layers)) // (2 * 16)
+    assert kv_cache_bytes_per_token(cfg)["cache"] == per_token
+    assert per_token > kv_cache_bytes_per_token(make_config("tiny"))["cache"]
