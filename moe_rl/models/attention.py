@@ -165,26 +165,28 @@ def index_scores(cfg: ModelConfig, q_BLJi, w_BLJ, k_BSi) -> jax.Array:
     return jnp.einsum("bljs,blj->bls", relu, w_BLJ)
 
 
-def top_k_keys(index_BLS: jax.Array, mask_BLS: jax.Array, k: int) -> jax.Array:
-    """mask_BLS restricted to each query's k visible keys of highest index score (DeepSeek-V3.2
-    sec. 2.1, eq. 2). Masked keys (the future, other documents, padding) are never chosen; a
-    query that sees k keys or fewer keeps all of them."""
+def top_k_keys(index_BLS: jax.Array, mask_BLS: jax.Array, k: int):
+    """(mask_BLS restricted to each query's k visible keys of highest index score, their slots
+    [B, L, k]) (DeepSeek-V3.2 sec. 2.1, eq. 2). Masked keys (the future, other documents,
+    padding) are never chosen; a query that sees k keys or fewer keeps all of them (its slots
+    then include masked ones, which the mask excludes). (mask_BLS, None) when k >= S."""
     S = index_BLS.shape[-1]
     if k >= S:
-        return mask_BLS
+        return mask_BLS, None
     scores = jnp.where(mask_BLS, index_BLS, -jnp.inf)
     _, top_BLK = jax.lax.top_k(scores, k)
     chosen = jnp.put_along_axis(
         jnp.zeros(scores.shape, bool), top_BLK, True, axis=-1, inplace=False
     )
-    return chosen & mask_BLS  # below k visible keys, top_k also returns masked ones
+    return chosen & mask_BLS, top_BLK
 
 
-def sparse_mask(cfg: ModelConfig, q_BLJi, w_BLJ, k_BSi, mask_BLS, causal: bool) -> jax.Array:
+def sparse_mask(cfg: ModelConfig, q_BLJi, w_BLJ, k_BSi, mask_BLS, causal: bool):
     """The attention mask of DeepSeek Sparse Attention: each query's top-`index_topk` keys by
-    the indexer's scores, among those `mask_BLS` lets it see. Selection is not differentiable
-    (the paper trains the indexer by its own KL loss, on detached inputs), so no gradient flows
-    into the scores.
+    the indexer's scores, among those `mask_BLS` lets it see; with the chosen slots [B, L, k]
+    when not `causal` (None when every slot is kept), for decoding from those alone. Selection
+    is not differentiable (the paper trains the indexer by its own KL loss, on detached
+    inputs), so no gradient flows into the scores.
 
     `causal` (no cache: `mask_BLS` is causal by slot) scores in `causal_blocks`, each query
     block against the keys up to its last query only, as `causal_attention` does."""
@@ -196,9 +198,9 @@ def sparse_mask(cfg: ModelConfig, q_BLJi, w_BLJ, k_BSi, mask_BLS, causal: bool) 
     blocks = []
     for lo, hi in causal_blocks(mask_BLS.shape[1]):
         index = index_scores(cfg, q_BLJi[:, lo:hi], w_BLJ[:, lo:hi], k_BSi[:, :hi])
-        keep = top_k_keys(index, mask_BLS[:, lo:hi, :hi], k)
+        keep = top_k_keys(index, mask_BLS[:, lo:hi, :hi], k)[0]
         blocks.append(jnp.pad(keep, ((0, 0), (0, 0), (0, S - hi))))
-    return blocks[0] if len(blocks) == 1 else jnp.concatenate(blocks, axis=1)
+    return (blocks[0] if len(blocks) == 1 else jnp.concatenate(blocks, axis=1)), None
 
 
 class MLA(nn.Module):
@@ -212,7 +214,8 @@ class MLA(nn.Module):
 
     With `index_topk` > 0 this is DeepSeek-V3.2's DSA (arXiv 2512.02556 sec. 2.1): the
     `Indexer` (fed the query latent) picks each query's top-k keys and every path below
-    attends to those only, through the mask (`sparse_mask`).
+    attends to those only: through the mask (`sparse_mask`), except the absorbed decode,
+    which gathers the k chosen latents and reads no other (O(k), not O(S), per query).
     """
 
     cfg: ModelConfig
@@ -242,6 +245,7 @@ class MLA(nn.Module):
             q_BLHk = jnp.einsum("blr,rhk->blhk", q_BLr, w_qb.astype(dt))
             if cfg.index_topk:  # DSA's lightning indexer (validation ensures q_lora_rank)
                 iq_BLJi, ik_BLi, iw_BLJ = Indexer(cfg, name="indexer")(x, q_BLr, positions_BL)
+        top_BLK = None  # DSA's chosen key slots when decoding from them alone
         q_nope_BHLn = q_BLHk[..., :dn].transpose(0, 2, 1, 3)
         q_rope_BHLr = rope(q_BLHk[..., dn:], positions_BL).transpose(0, 2, 1, 3)
 
@@ -260,7 +264,7 @@ class MLA(nn.Module):
             ik_BSi = ik_BLi
             if cache is not None:
                 ik_BSi = new_cache["index_k"] = write_cache(cache["index_k"], ik_BLi, cache_index)
-            mask_BLS = sparse_mask(cfg, iq_BLJi, iw_BLJ, ik_BSi, mask_BLS, cache is None)
+            mask_BLS, top_BLK = sparse_mask(cfg, iq_BLJi, iw_BLJ, ik_BSi, mask_BLS, cache is None)
 
         w_kvb = logical_param(
             self, "kv_b_proj", (c, H, dn + dv), ("kv_lora", "heads", "kv"), init, pdt
@@ -280,6 +284,16 @@ class MLA(nn.Module):
                 mask_BLS,
                 dt,
             )
+        elif cfg.mla_absorb and top_BLK is not None:  # DSA decode: the top-k latents only
+            gather = lambda a_BSx: jnp.take_along_axis(a_BSx[:, None], top_BLK[..., None], axis=2)
+            latent_BLKc, k_rope_BLKr = gather(latent_BSc), gather(k_rope_BSr)
+            keep_BLK = jnp.take_along_axis(mask_BLS, top_BLK, axis=2)
+            rope_scores = jnp.einsum("bhlr,blkr->bhlk", q_rope_BHLr, k_rope_BLKr)
+            q_lat_BHLc = jnp.einsum("bhln,chn->bhlc", q_nope_BHLn, w_uk_cHn)
+            scores = jnp.einsum("bhlc,blkc->bhlk", q_lat_BHLc, latent_BLKc) + rope_scores
+            probs = masked_softmax(scores * softmax_scale(cfg), keep_BLK).astype(dt)
+            o_lat_BHLc = jnp.einsum("bhlk,blkc->bhlc", probs, latent_BLKc)
+            o_BHLv = jnp.einsum("bhlc,chv->bhlv", o_lat_BHLc, w_uv_cHv)
         elif cfg.mla_absorb:
             rope_scores = jnp.einsum("bhlr,bsr->bhls", q_rope_BHLr, k_rope_BSr)
             q_lat_BHLc = jnp.einsum("bhln,chn->bhlc", q_nope_BHLn, w_uk_cHn)
