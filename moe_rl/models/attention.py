@@ -13,6 +13,11 @@ DeepSeek Sparse Attention (DeepSeek-V3.2, arXiv 2512.02556 sec. 2.1), on when
 `model.index_topk` > 0: a lightning indexer (`Indexer`) scores every visible key of each query
 and MLA attends to the query's `index_topk` best keys only (`sparse_mask`); the indexer's keys
 are cached beside the latent.
+
+Training the indexer (sec. 2.1.1): MLA built with `dsa='warmup'` attends densely and
+`dsa='sparse'` through the top-k; both return, besides the output, each query's KL divergence
+between the main attention (summed over heads, L1-normalised) and the indexer's softmax
+(`indexer_kl`), over the visible keys (warm-up) or the selected ones (sparse training).
 """
 
 from __future__ import annotations
@@ -62,19 +67,24 @@ def causal_blocks(L: int, block: int = ATTENTION_BLOCK) -> list[tuple[int, int]]
     return [(lo, min(lo + size, L)) for lo in range(0, L, size)]
 
 
-def causal_attention(scores_fn, values_fn, mask_BLS: jax.Array, dt) -> jax.Array:
+def causal_attention(
+    scores_fn, values_fn, mask_BLS: jax.Array, dt, probs_out: list | None = None
+) -> jax.Array:
     """softmax(masked scores) @ values over causal query blocks, concatenated on the L axis (2).
 
     `scores_fn(lo, hi)` gives the scaled scores [B, H, hi - lo, hi] of queries lo..hi-1 against
     keys 0..hi-1, `values_fn(probs, hi)` the weighted sum [B, H, hi - lo, d]. The mask must be
     causal by slot (key slot <= query slot), as it is without a cache: keys after a block are
     masked for all its queries, so skipping them changes nothing but the cost (~5/8 of the full
-    [L, L] scores with 4 blocks).
+    [L, L] scores with 4 blocks). `probs_out`, a list, receives (lo, hi, float32 probabilities
+    [B, H, hi - lo, hi]) of each block (DSA's indexer loss reads them).
     """
     outs = []
     for lo, hi in causal_blocks(mask_BLS.shape[1]):
-        probs = masked_softmax(scores_fn(lo, hi), mask_BLS[:, lo:hi, :hi]).astype(dt)
-        outs.append(values_fn(probs, hi))
+        probs = masked_softmax(scores_fn(lo, hi), mask_BLS[:, lo:hi, :hi])
+        if probs_out is not None:
+            probs_out.append((lo, hi, probs))
+        outs.append(values_fn(probs.astype(dt), hi))
     return outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=2)
 
 
@@ -203,6 +213,28 @@ def sparse_mask(cfg: ModelConfig, q_BLJi, w_BLJ, k_BSi, mask_BLS, causal: bool):
     return (blocks[0] if len(blocks) == 1 else jnp.concatenate(blocks, axis=1)), None
 
 
+DSA_STAGES = ("warmup", "sparse")  # MLA's `dsa` (and train.dsa_stage) values, '' = inference
+
+
+def indexer_kl(probs_BHLS: jax.Array, index_BLS: jax.Array, keep_BLS: jax.Array):
+    """The lightning indexer's training loss per query (DeepSeek-V3.2, arXiv 2512.02556
+    sec. 2.1.1, eqs. 3-4): KL(p[t, :] || softmax(I[t, :])), where the target p[t, :] is the main
+    attention `probs_BHLS` summed over heads and L1-normalised over keys (no gradient), and the
+    indexer's distribution is the softmax of its scores `index_BLS` over the keys `keep_BLS`
+    lets through: every visible key in the dense warm-up, the selected top-k in sparse
+    training. Returns (KL [B, L], target p [B, L, S], indexer log-probs [B, L, S], 0 where not
+    kept), in float32."""
+    keep = keep_BLS
+    p = jnp.where(keep, jnp.sum(jax.lax.stop_gradient(probs_BHLS).astype(jnp.float32), 1), 0.0)
+    p = p / jnp.maximum(jnp.sum(p, axis=-1, keepdims=True), jnp.finfo(jnp.float32).tiny)
+    logq = jax.nn.log_softmax(jnp.where(keep, index_BLS.astype(jnp.float32), NEG_INF), axis=-1)
+    logq = jnp.where(keep, logq, 0.0)
+    positive = p > 0
+    logp = jnp.log(jnp.where(positive, p, 1.0))
+    kl = jnp.sum(jnp.where(positive, p * (logp - logq), 0.0), axis=-1)
+    return kl, p, logq
+
+
 class MLA(nn.Module):
     """Multi-head Latent Attention (DeepSeek-V3 sec. 2.1.1, eqs. 1-11).
 
@@ -215,10 +247,18 @@ class MLA(nn.Module):
     With `index_topk` > 0 this is DeepSeek-V3.2's DSA (arXiv 2512.02556 sec. 2.1): the
     `Indexer` (fed the query latent) picks each query's top-k keys and every path below
     attends to those only: through the mask (`sparse_mask`), except the absorbed decode,
-    which gathers the k chosen latents and reads no other (O(k), not O(S), per query).
+    which gathers the k chosen latents and reads no other (O(k), not O(S), per query). The
+    indexer's inputs are detached from the model (stop_gradient, sec. 2.1.1): it learns from
+    its own KL loss only, never from the language-model loss.
+
+    `dsa` ('' by default) trains the indexer, without a cache: 'warmup' attends densely (the
+    indexer is computed but selects nothing), 'sparse' through the top-k; either returns
+    (output, None, {'dsa_kl': per-query `indexer_kl` [B, L]}) and, when the 'intermediates'
+    collection is mutable, sows the target 'dsa_target' and 'dsa_index_logp' [B, L, S].
     """
 
     cfg: ModelConfig
+    dsa: str = ""
 
     @nn.compact
     def __call__(self, x_BLD, positions_BL, mask_BLS, cache=None, cache_index=None):
@@ -229,6 +269,11 @@ class MLA(nn.Module):
         norm = lambda name, axis: RMSNorm(cfg.rms_norm_eps, dt, pdt, axis, name=name)
         rope = Rotary(cfg, dr)
         x = x_BLD.astype(dt)
+        if self.dsa and (self.dsa not in DSA_STAGES or not cfg.index_topk or cache is not None):
+            raise ValueError(
+                f"MLA(dsa={self.dsa!r}) trains DSA's indexer: one of {DSA_STAGES}, with "
+                f"model.index_topk > 0 (it is {cfg.index_topk}) and no cache"
+            )
 
         if cfg.q_lora_rank is None:
             w_q = logical_param(
@@ -244,7 +289,9 @@ class MLA(nn.Module):
             q_BLr = norm("q_a_norm", "q_lora")(x @ w_qa.astype(dt))
             q_BLHk = jnp.einsum("blr,rhk->blhk", q_BLr, w_qb.astype(dt))
             if cfg.index_topk:  # DSA's lightning indexer (validation ensures q_lora_rank)
-                iq_BLJi, ik_BLi, iw_BLJ = Indexer(cfg, name="indexer")(x, q_BLr, positions_BL)
+                iq_BLJi, ik_BLi, iw_BLJ = Indexer(cfg, name="indexer")(
+                    jax.lax.stop_gradient(x), jax.lax.stop_gradient(q_BLr), positions_BL
+                )
         top_BLK = None  # DSA's chosen key slots when decoding from them alone
         q_nope_BHLn = q_BLHk[..., :dn].transpose(0, 2, 1, 3)
         q_rope_BHLr = rope(q_BLHk[..., dn:], positions_BL).transpose(0, 2, 1, 3)
@@ -264,7 +311,10 @@ class MLA(nn.Module):
             ik_BSi = ik_BLi
             if cache is not None:
                 ik_BSi = new_cache["index_k"] = write_cache(cache["index_k"], ik_BLi, cache_index)
-            mask_BLS, top_BLK = sparse_mask(cfg, iq_BLJi, iw_BLJ, ik_BSi, mask_BLS, cache is None)
+            if self.dsa != "warmup":  # the warm-up attends densely
+                mask_BLS, top_BLK = sparse_mask(
+                    cfg, iq_BLJi, iw_BLJ, ik_BSi, mask_BLS, cache is None
+                )
 
         w_kvb = logical_param(
             self, "kv_b_proj", (c, H, dn + dv), ("kv_lora", "heads", "kv"), init, pdt
@@ -276,6 +326,7 @@ class MLA(nn.Module):
             k_rope_BHSr = jnp.broadcast_to(k_rope_BSr[:, None], (*k_nope_BHSn.shape[:3], dr))
             k_BHSk = jnp.concatenate([k_nope_BHSn, k_rope_BHSr.astype(dt)], axis=-1)
             v_BHSv = jnp.einsum("bsc,chv->bhsv", latent_BSc, w_uv_cHv)
+            probs_out = [] if self.dsa else None
             o_BHLv = causal_attention(
                 lambda lo, hi: jnp.einsum(
                     "bhlk,bhsk->bhls", q_BHLk[:, :, lo:hi], k_BHSk[:, :, :hi]
@@ -283,6 +334,7 @@ class MLA(nn.Module):
                 lambda probs, hi: jnp.einsum("bhls,bhsv->bhlv", probs, v_BHSv[:, :, :hi]),
                 mask_BLS,
                 dt,
+                probs_out,
             )
         elif cfg.mla_absorb and top_BLK is not None:  # DSA decode: the top-k latents only
             gather = lambda a_BSx: jnp.take_along_axis(a_BSx[:, None], top_BLK[..., None], axis=2)
@@ -310,7 +362,27 @@ class MLA(nn.Module):
             o_BHLv = jnp.einsum("bhls,bhsv->bhlv", probs, v_BHSv)
 
         w_o = logical_param(self, "o_proj", (H, dv, D), ("heads", "kv", "embed"), init, pdt)
-        return jnp.einsum("bhlv,hvd->bld", o_BHLv, w_o.astype(dt)), new_cache
+        out_BLD = jnp.einsum("bhlv,hvd->bld", o_BHLv, w_o.astype(dt))
+        if not self.dsa:
+            return out_BLD, new_cache
+        return out_BLD, None, self._indexer_loss(probs_out, iq_BLJi, iw_BLJ, ik_BLi, mask_BLS)
+
+    def _indexer_loss(self, probs_out, iq_BLJi, iw_BLJ, ik_BLi, mask_BLS) -> dict:
+        """{'dsa_kl': [B, L]}: `indexer_kl` of each causal block of queries against the
+        attention it computed (the mask is the attention's: visible or selected keys); the
+        index scores are recomputed with gradient (`sparse_mask` selects without one)."""
+        S = mask_BLS.shape[2]
+        kls, targets, logqs = [], [], []
+        for lo, hi, probs in probs_out:
+            index = index_scores(self.cfg, iq_BLJi[:, lo:hi], iw_BLJ[:, lo:hi], ik_BLi[:, :hi])
+            kl, target, logq = indexer_kl(probs, index, mask_BLS[:, lo:hi, :hi])
+            kls.append(kl)
+            targets.append(jnp.pad(target, ((0, 0), (0, 0), (0, S - hi))))
+            logqs.append(jnp.pad(logq, ((0, 0), (0, 0), (0, S - hi))))
+        if self.is_mutable_collection("intermediates"):
+            self.sow("intermediates", "dsa_target", jnp.concatenate(targets, axis=1))
+            self.sow("intermediates", "dsa_index_logp", jnp.concatenate(logqs, axis=1))
+        return {"dsa_kl": jnp.concatenate(kls, axis=1)}
 
 
 class GQA(nn.Module):
@@ -376,5 +448,6 @@ class GQA(nn.Module):
         return jnp.einsum("bhld,hde->ble", o_BHLd, w_o.astype(dt)), new_cache
 
 
-def attention_module(cfg: ModelConfig, name: str = "attn") -> nn.Module:
-    return (MLA if cfg.attention == "mla" else GQA)(cfg, name=name)
+def attention_module(cfg: ModelConfig, name: str = "attn", dsa: str = "") -> nn.Module:
+    """MLA (with `dsa`, see MLA) or GQA, by `cfg.attention`."""
+    return MLA(cfg, dsa, name=name) if cfg.attention == "mla" else GQA(cfg, name=name)

@@ -30,6 +30,7 @@ class DecoderLayer(nn.Module):
     cfg: ModelConfig
     moe: bool
     replay_apply: bool = True
+    dsa: str = ""  # training DSA's indexer (attention.MLA): aux gets its 'dsa_kl' [B, L]
 
     @nn.compact
     def __call__(self, x_BLD, ctx, cache=None, replay_BLK=None):
@@ -38,7 +39,7 @@ class DecoderLayer(nn.Module):
         norm = lambda name: RMSNorm(
             cfg.rms_norm_eps, cfg.compute_dtype, cfg.weight_dtype, name=name
         )
-        attn_out, new_cache = attention_module(cfg, "attn")(
+        attn_out, new_cache, *attn_aux = attention_module(cfg, "attn", self.dsa)(
             norm("input_layernorm")(x_BLD), positions_BL, mask_BLS, cache, cache_index
         )
         h_BLD = x_BLD + attn_out
@@ -47,6 +48,8 @@ class DecoderLayer(nn.Module):
             ffn_out, aux = MoE(cfg, self.replay_apply, name="mlp")(ffn_in, valid_BL, replay_BLK)
         else:
             ffn_out, aux = MLP(cfg, cfg.intermediate_size, name="mlp")(ffn_in), {}
+        if attn_aux:
+            aux = {**aux, **attn_aux[0]}
         return h_BLD + ffn_out, new_cache, aux
 
 
@@ -56,14 +59,15 @@ class _ScanStep(nn.Module):
     cfg: ModelConfig
     moe: bool
     replay_apply: bool = True
+    dsa: str = ""
 
     @nn.compact
     def __call__(self, x_BLD, xs, ctx):
         cache, replay_BLK = xs
         layer = nn.remat(DecoderLayer, prevent_cse=False) if self.cfg.remat else DecoderLayer
-        x_BLD, new_cache, aux = layer(self.cfg, self.moe, self.replay_apply, name="layer")(
-            x_BLD, ctx, cache, replay_BLK
-        )
+        x_BLD, new_cache, aux = layer(
+            self.cfg, self.moe, self.replay_apply, self.dsa, name="layer"
+        )(x_BLD, ctx, cache, replay_BLK)
         return x_BLD, (new_cache, aux)
 
 
@@ -74,6 +78,7 @@ class LayerStack(nn.Module):
     moe: bool
     num_layers: int
     replay_apply: bool = True
+    dsa: str = ""
 
     @nn.compact
     def __call__(self, x_BLD, ctx, caches=None, replay=None):
@@ -88,18 +93,18 @@ class LayerStack(nn.Module):
                 length=self.num_layers,
                 metadata_params={nn.PARTITION_NAME: "layers"},
             )
-            x_BLD, (new_caches, aux) = scanned(cfg, self.moe, self.replay_apply, name="scan")(
-                x_BLD, (caches, replay), ctx
-            )
+            x_BLD, (new_caches, aux) = scanned(
+                cfg, self.moe, self.replay_apply, self.dsa, name="scan"
+            )(x_BLD, (caches, replay), ctx)
             return x_BLD, new_caches, aux
         layer_cls = nn.remat(DecoderLayer) if cfg.remat else DecoderLayer
         new_caches, auxes = [], []
         for i in range(self.num_layers):
             cache = None if caches is None else caches[i]
             replay_BLK = None if replay is None else replay[i]
-            x_BLD, new_cache, aux = layer_cls(cfg, self.moe, self.replay_apply, name=str(i))(
-                x_BLD, ctx, cache, replay_BLK
-            )
+            x_BLD, new_cache, aux = layer_cls(
+                cfg, self.moe, self.replay_apply, self.dsa, name=str(i)
+            )(x_BLD, ctx, cache, replay_BLK)
             new_caches.append(new_cache)
             auxes.append(aux)
         aux = jax.tree.map(lambda *xs: jnp.stack(xs), *auxes) if auxes and auxes[0] else {}
@@ -122,6 +127,7 @@ class Transformer(nn.Module):
         shared_prefix=False,
         replay=None,
         replay_apply=True,
+        dsa="",
     ):
         cfg = self.cfg
         B, L = tokens_BL.shape
@@ -143,15 +149,19 @@ class Transformer(nn.Module):
 
         embed = Embed(cfg, name="embed")
         x_BLD = embed(tokens_BL)
-        new_cache, aux = {}, {}
+        new_cache, aux, dsa_kl = {}, {}, []
         for kind, n in (("dense", cfg.num_dense_layers), ("moe", cfg.num_moe_layers)):
             if n == 0:
                 continue
             caches = None if cache is None else cache[kind]
             x_BLD, new_cache[kind], layer_aux = LayerStack(
-                cfg, kind == "moe", n, replay_apply, name=f"{kind}_layers"
+                cfg, kind == "moe", n, replay_apply, dsa, name=f"{kind}_layers"
             )(x_BLD, ctx, caches, replay if kind == "moe" else None)
+            if dsa:
+                dsa_kl.append(layer_aux.pop("dsa_kl"))
             aux.update(layer_aux)
+        if dsa:
+            aux["dsa_kl"] = jnp.concatenate(dsa_kl)  # [num_hidden_layers, B, L]
 
         norm = lambda name: RMSNorm(
             cfg.rms_norm_eps, cfg.compute_dtype, cfg.weight_dtype, name=name
@@ -173,12 +183,12 @@ class Transformer(nn.Module):
         logits_BLV = head(norm("final_norm")(x_BLD))
 
         if mtp and cfg.num_nextn_predict_layers and cache is None:
-            aux.update(self._multi_token_prediction(x_BLD, tokens_BL, ctx, embed, head))
+            aux.update(self._multi_token_prediction(x_BLD, tokens_BL, ctx, embed, head, dsa))
         if cache is not None:
             new_cache.update(index=index + L, segment_ids=kv_seg_BS)
         return logits_BLV, (new_cache if cache is not None else None), aux
 
-    def _multi_token_prediction(self, h_BLD, tokens_BL, ctx, embed, head):
+    def _multi_token_prediction(self, h_BLD, tokens_BL, ctx, embed, head, dsa=""):
         """Sequential MTP modules (DeepSeek-V3 sec. 2.2, eqs. 21-23).
 
         Depth k at position i: h' = M_k [RMSNorm(h^{k-1}_i); RMSNorm(Emb(t_{i+k}))], one
@@ -189,7 +199,7 @@ class Transformer(nn.Module):
         dt, pdt = cfg.compute_dtype, cfg.weight_dtype
         D = cfg.hidden_size
         norm = lambda name: RMSNorm(cfg.rms_norm_eps, dt, pdt, name=name)
-        logits, counts = [], []
+        logits, counts, dsa_kl = [], [], []
         for k in range(1, cfg.num_nextn_predict_layers + 1):
             shifted_BL = jnp.pad(tokens_BL[:, k:], ((0, 0), (0, k)))
             w_proj = logical_param(
@@ -199,13 +209,19 @@ class Transformer(nn.Module):
                 [norm(f"mtp_{k}_hnorm")(h_BLD), norm(f"mtp_{k}_enorm")(embed(shifted_BL))], axis=-1
             )
             h_BLD = joined.astype(dt) @ w_proj.astype(dt)
-            h_BLD, _, layer_aux = DecoderLayer(cfg, cfg.is_moe, name=f"mtp_{k}_layer")(h_BLD, ctx)
+            h_BLD, _, layer_aux = DecoderLayer(cfg, cfg.is_moe, dsa=dsa, name=f"mtp_{k}_layer")(
+                h_BLD, ctx
+            )
             logits.append(head(norm(f"mtp_{k}_norm")(h_BLD)))
-            if layer_aux:
+            if "expert_counts" in layer_aux:
                 counts.append(layer_aux["expert_counts"])
+            if dsa:
+                dsa_kl.append(layer_aux["dsa_kl"])
         out = {"mtp_logits": jnp.stack(logits)}
         if counts:
             out["mtp_expert_counts"] = jnp.stack(counts)
+        if dsa_kl:
+            out["mtp_dsa_kl"] = jnp.stack(dsa_kl)
         return out
 
 
@@ -246,6 +262,7 @@ def forward(
     shared_prefix: bool = False,
     replay: jax.Array | None = None,
     replay_apply: bool = True,
+    dsa: str = "",
 ):
     """Pure forward pass -> (logits [B,L,V] float32, new cache or None, aux dict).
 
@@ -263,6 +280,10 @@ def forward(
     'replay_differs' and 'replay_tokens' [n_moe_layers] (valid replayed tokens whose own
     routing would differ; all valid replayed tokens), and with MTP (no cache) 'mtp_logits'
     [D, B, L, V], 'mtp_expert_counts'.
+
+    `dsa` ('warmup' or 'sparse', no cache; see attention.MLA) trains DeepSeek Sparse
+    Attention's indexer: aux then holds 'dsa_kl' [num_hidden_layers, B, L], each query's KL
+    between its layer's attention and the indexer (with MTP also 'mtp_dsa_kl' [D, B, L]).
     """
     variables = {"params": params, **state}
     return Transformer(cfg).apply(
@@ -275,6 +296,7 @@ def forward(
         shared_prefix=shared_prefix,
         replay=replay,
         replay_apply=replay_apply,
+        dsa=dsa,
     )
 
 

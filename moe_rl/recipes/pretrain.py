@@ -73,6 +73,8 @@ def _run(config, workdir: str, loss_fn, cfg: ModelConfig, mesh) -> dict:
     val_batches = [next(val_batches) for _ in range(t.eval_batches)]
 
     tx = train_state.make_optimizer(config.optim, t.num_steps)
+    if t.get("dsa_stage", "") == "warmup":  # DSA's indexer warm-up: the rest stays frozen
+        tx = train_state.freeze_all_but(tx, train_state.is_indexer)
     state, checkpointer, data_state = restore_or_init(config, cfg, tx, workdir, mesh)
     # A finished run is not trained or summarised again. (A final checkpoint that does not
     # read was set aside by the restore: the run then resumes from the one before.)

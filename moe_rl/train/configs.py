@@ -38,6 +38,11 @@ def train(**overrides) -> ConfigDict:
             balance_alpha=1e-4,  # alpha of the sequence-wise balance loss
             z_loss=0.0,  # weight of mean(logsumexp^2); 0 disables
             bias_update_rate=1e-3,  # gamma of aux-loss-free balancing; 0 freezes the bias
+            # DeepSeek Sparse Attention's indexer (V3.2 sec. 2.1.1, model.index_topk > 0): ''
+            # trains as usual, 'warmup' = dense attention and only the indexer trains, on its
+            # KL to the attention; 'sparse' = top-k attention, LM loss + dsa_kl_weight * KL
+            dsa_stage="",
+            dsa_kl_weight=1.0,  # weight of the indexer's KL in the 'sparse' stage
             log_every=1,  # write metrics every N steps
             eval_every=100,  # validation loss every N steps (and at the end); 0: only at the end
             eval_batches=4,  # validation batches (fixed, unshuffled)

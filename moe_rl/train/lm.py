@@ -4,6 +4,12 @@ Loss = next-token cross-entropy + lambda/D * sum_k MTP_k (DeepSeek-V3 eq. 25)
        + alpha * sum_layers sequence-wise balance loss (eq. 17) + optional z-loss (PaLM).
 After each optimizer update the routing bias moves by gamma * sign(mean load - load)
 (auxiliary-loss-free balancing), from the expert counts of the whole global batch.
+
+DeepSeek Sparse Attention's indexer (DeepSeek-V3.2, arXiv 2512.02556 sec. 2.1.1) trains in
+one of two stages, `train.dsa_stage`: 'warmup' (dense attention; the loss is the indexer's KL
+to the attention alone and the optimizer updates the indexer only, `train_state.freeze_all_but`)
+or 'sparse' (top-k attention; LM loss + dsa_kl_weight * the KL on the selected keys, the
+indexer's inputs detached so each loss trains its own parameters).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from moe_rl import loading, sharding
 from moe_rl.checkpoint import Checkpointer
 from moe_rl.data import corpus, packing, tokenizers
 from moe_rl.models import moe, transformer
+from moe_rl.models.attention import DSA_STAGES
 from moe_rl.models.config import ModelConfig
 from moe_rl.train import train_state
 
@@ -32,10 +39,18 @@ class LossConfig:
     mtp_weight: float = 0.3  # lambda (V3 used 0.3 for the first 10T tokens, then 0.1)
     balance_alpha: float = 1e-4  # alpha of the sequence-wise balance loss
     z_loss: float = 0.0  # weight of mean(logsumexp(logits)^2) (PaLM, Chowdhery et al. 2022)
+    dsa_stage: str = ""  # '', 'warmup' or 'sparse': training DSA's indexer (module docstring)
+    dsa_kl_weight: float = 1.0  # weight of the indexer's KL in the 'sparse' stage
 
     @classmethod
     def from_config(cls, c: ml_collections.ConfigDict) -> LossConfig:
-        return cls(mtp_weight=c.mtp_weight, balance_alpha=c.balance_alpha, z_loss=c.z_loss)
+        return cls(
+            mtp_weight=c.mtp_weight,
+            balance_alpha=c.balance_alpha,
+            z_loss=c.z_loss,
+            dsa_stage=c.get("dsa_stage", ""),
+            dsa_kl_weight=c.get("dsa_kl_weight", 1.0),
+        )
 
 
 def masked_cross_entropy(logits_BLV, targets_BL, mask_BL):
@@ -56,18 +71,48 @@ def target_mask(segment_ids_BL, loss_mask_BL, offset: int):
     return mask
 
 
+def indexer_kl_loss(aux: dict, segment_ids_BL: jax.Array) -> jax.Array:
+    """DSA's indexer loss: each layer's KL(attention || indexer) (attention.indexer_kl) averaged
+    over the query positions that are not padding, then over the layers (MTP's included)."""
+    kl_LBL = aux["dsa_kl"]
+    if "mtp_dsa_kl" in aux:
+        kl_LBL = jnp.concatenate([kl_LBL, aux["mtp_dsa_kl"]])
+    valid = (segment_ids_BL > 0).astype(jnp.float32)
+    per_layer = jnp.sum(kl_LBL * valid, axis=(1, 2)) / jnp.maximum(jnp.sum(valid), 1.0)
+    return jnp.mean(per_layer)
+
+
 def lm_loss(params, model_state, batch, cfg: ModelConfig, lc: LossConfig):
     """Scalar loss and (metrics, expert-count tree) for one microbatch.
 
     batch: tokens, positions, segment_ids [B, L] and optionally loss_mask [B, L] (SFT).
+    With `lc.dsa_stage` 'warmup' the loss is the indexer's KL alone (the CE is reported, the
+    expert counts not returned: nothing but the indexer trains); 'sparse' adds
+    dsa_kl_weight * KL to the loss below.
     """
     tokens, seg = batch["tokens"], batch["segment_ids"]
     loss_mask = batch.get("loss_mask")
-    logits, _, aux = transformer.forward(cfg, params, model_state, tokens, batch["positions"], seg)
+    stage = lc.dsa_stage
+    logits, _, aux = transformer.forward(
+        cfg,
+        params,
+        model_state,
+        tokens,
+        batch["positions"],
+        seg,
+        dsa=stage,  # with MTP: its layers' indexers train too
+    )
     nll, n = masked_cross_entropy(logits[:, :-1], tokens[:, 1:], target_mask(seg, loss_mask, 1))
     ce = nll / jnp.maximum(n, 1.0)
     loss = ce
     metrics = {"ce": ce, "tokens": n}
+    if stage:
+        kl = indexer_kl_loss(aux, seg)
+        metrics["dsa_kl"] = kl
+        if stage == "warmup":
+            metrics["loss"] = kl
+            return kl, (metrics, None)
+        loss = loss + lc.dsa_kl_weight * kl
     depth = cfg.num_nextn_predict_layers
     if depth:
         mtp_losses = []
@@ -108,6 +153,9 @@ def make_train_step(
     microbatches are scanned, gradients and expert counts summed, then one update is applied.
     `loss_fn(params, model_state, microbatch, cfg, lc) -> (loss, (metrics, counts or None))`,
     metrics holding 'tokens' (e.g. a distillation loss instead of `lm_loss`)."""
+
+    if lc.dsa_stage == "warmup":  # the indexer's warm-up trains nothing else: biases stay
+        bias_rate = 0.0
 
     def step(state: train_state.TrainState, batch):
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
@@ -198,6 +246,19 @@ def validate_train_config(
     )
     require(t.eval_every >= 0 and t.eval_batches >= 0, "train.eval_every/eval_batches must be >= 0")
     require(t.bias_update_rate >= 0, f"train.bias_update_rate={t.bias_update_rate} must be >= 0")
+    stage = t.get("dsa_stage", "")
+    require(
+        stage in ("", *DSA_STAGES),
+        f"train.dsa_stage={stage!r} must be one of '' (off), "
+        + ", ".join(repr(s) for s in DSA_STAGES),
+    )
+    require(
+        not stage or cfg.index_topk > 0,
+        f"train.dsa_stage={stage!r} trains DeepSeek Sparse Attention's indexer: it needs "
+        f"model.index_topk > 0 (it is {cfg.index_topk})",
+    )
+    kl_weight = t.get("dsa_kl_weight", 1.0)
+    require(kl_weight >= 0, f"train.dsa_kl_weight={kl_weight} must be >= 0")
     validate_optim(config.optim, f"{prefix}optim")
 
 

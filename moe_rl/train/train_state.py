@@ -7,6 +7,7 @@ learning-rate schedule reads the optimizer's own update count, not `step`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import flax
@@ -60,6 +61,26 @@ def make_optimizer(c: ml_collections.ConfigDict, num_steps: int) -> optax.Gradie
             mask=_no_decay_mask,
         ),
     )
+
+
+def freeze_all_but(
+    tx: optax.GradientTransformation, trainable: Callable[[tuple], bool]
+) -> optax.GradientTransformation:
+    """`tx` on the params whose key path `trainable(path)` accepts; the others get zero updates
+    and no optimizer state (optax.multi_transform with optax.set_to_zero), so neither their
+    gradients nor weight decay move them."""
+
+    def labels(params):
+        return jax.tree_util.tree_map_with_path(
+            lambda path, _: "train" if trainable(path) else "frozen", params
+        )
+
+    return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
+
+
+def is_indexer(path: tuple) -> bool:
+    """A parameter of DeepSeek Sparse Attention's lightning indexer (attention.Indexer)."""
+    return any(getattr(k, "key", None) == "indexer" for k in path)
 
 
 def create(params, model_state, tx: optax.GradientTransformation, rng: jax.Array) -> TrainState:
