@@ -13,6 +13,7 @@ from moe_rl.train import grpo_loss
 def optim(**overrides) -> ConfigDict:
     c = ConfigDict(
         dict(
+            name="adamw",  # 'adamw', or 'muon': Muon on 2-D matrices, AdamW on the rest
             learning_rate=3e-3,  # peak AdamW learning rate
             warmup_steps=50,  # linear warmup from 0
             end_lr_ratio=0.1,  # cosine decays to learning_rate * end_lr_ratio at num_steps
@@ -21,6 +22,8 @@ def optim(**overrides) -> ConfigDict:
             eps=1e-8,
             weight_decay=0.1,  # matrices only; norms and biases are exempt
             grad_clip=1.0,  # global-norm clipping
+            muon_momentum=0.95,  # 'muon': Nesterov momentum of Muon
+            muon_rms=0.2,  # 'muon': RMS of Muon's updates (AdamW's; learning rate shared)
         )
     )
     c.update(overrides)

@@ -264,6 +264,18 @@ def validate_train_config(
 
 def validate_optim(o: ml_collections.ConfigDict, key: str = "optim") -> None:
     """An optimizer block (configs.optim); errors name `key`."""
+    name = o.get("name", "adamw")
+    if name not in train_state.OPTIMIZERS:
+        raise ValueError(
+            f"Invalid config: {key}.name={name!r} must be one of {train_state.OPTIMIZERS}"
+        )
+    if name == "muon":
+        for field, ok, allowed in (
+            ("muon_momentum", 0 <= o.muon_momentum < 1, "in [0, 1)"),
+            ("muon_rms", o.muon_rms > 0, "> 0"),
+        ):
+            if not ok:
+                raise ValueError(f"Invalid config: {key}.{field}={o[field]} must be {allowed}")
     checks = (
         ("learning_rate", o.learning_rate > 0, "> 0"),
         ("end_lr_ratio", 0 <= o.end_lr_ratio <= 1, "in [0, 1]"),

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
+import optax.contrib
 
 from moe_rl.models import moe, transformer
 from moe_rl.models.config import ModelConfig
@@ -48,18 +49,40 @@ def make_schedule(c: ml_collections.ConfigDict, num_steps: int) -> optax.Schedul
     )
 
 
+OPTIMIZERS = ("adamw", "muon")  # optim.name
+
+
+def is_muon_matrix(path: tuple, p) -> bool:
+    """Muon's parameters (optim.name='muon'): the 2-D weight matrices but the embedding and the
+    output head, as in DeepSeek-V4; AdamW keeps those, norms, biases and >2-D tensors."""
+    names = {getattr(k, "key", None) for k in path}
+    return p.ndim == 2 and not names & {"embedding", "lm_head"}
+
+
 def make_optimizer(c: ml_collections.ConfigDict, num_steps: int) -> optax.GradientTransformation:
-    """AdamW with global-norm clipping and the warmup-cosine schedule."""
+    """Global-norm clipping, then AdamW with the warmup-cosine schedule; with optim.name='muon',
+    optax's Muon (optax.contrib.muon: Newton-Schulz-orthogonalised Nesterov momentum, Jordan et
+    al. 2024) on `is_muon_matrix` params, its updates rescaled to RMS optim.muon_rms
+    (Moonlight's matching, arXiv 2502.16982: AdamW's learning rate and weight decay carry
+    over), and the same AdamW on the rest."""
+    schedule = make_schedule(c, num_steps)
+    adamw = optax.adamw(
+        schedule, b1=c.b1, b2=c.b2, eps=c.eps, weight_decay=c.weight_decay, mask=_no_decay_mask
+    )
+    if c.get("name", "adamw") == "adamw":
+        return optax.chain(optax.clip_by_global_norm(c.grad_clip), adamw)
+    muon = optax.contrib.muon(
+        schedule,
+        beta=c.muon_momentum,
+        weight_decay=c.weight_decay,
+        consistent_rms=c.muon_rms,
+    )
+    labels = lambda params: jax.tree_util.tree_map_with_path(
+        lambda path, p: "muon" if is_muon_matrix(path, p) else "adamw", params
+    )
     return optax.chain(
         optax.clip_by_global_norm(c.grad_clip),
-        optax.adamw(
-            make_schedule(c, num_steps),
-            b1=c.b1,
-            b2=c.b2,
-            eps=c.eps,
-            weight_decay=c.weight_decay,
-            mask=_no_decay_mask,
-        ),
+        optax.multi_transform({"muon": muon, "adamw": adamw}, labels),
     )
 
 
