@@ -233,3 +233,23 @@ def test_pretrain_rejects_a_warmup_without_indexer_before_compiling(tmp_path, mo
     monkeypatch.setattr(pretrain, "load_sources", lambda _: pytest.fail("data loaded"))
     with pytest.raises(ValueError, match="model.index_topk"):
         pretrain.run(config, str(tmp_path))
+
+
+@pytest.mark.parametrize("stage", ["warmup", "sparse"])
+def test_kl_is_the_same_whatever_the_causal_blocks(stage):
+    """Query t's KL reads keys <= t only: at L=140 (query blocks [0, 64), [64, 128), [128, 140))
+    it equals the last query's KL of the first t + 1 tokens alone (other blocks, or one)."""
+    cfg = make_config("tiny", **SPARSE)
+    L = 140
+    x = jax.random.normal(jax.random.key(0), (1, L, cfg.hidden_size))
+    pos = jnp.arange(L)[None]
+    causal = lambda n: jnp.tril(jnp.ones((n, n), bool))[None]
+    module = MLA(cfg, dsa=stage)
+    params = module.init(jax.random.key(1), x, pos, causal(L))["params"]
+    params = jax.tree.map(lambda a: 3 * a if a.ndim > 1 else a, nn.meta.unbox(params))
+    apply = jax.jit(lambda x, pos, mask: module.apply({"params": params}, x, pos, mask)[2])
+    full = apply(x, pos, causal(L))["dsa_kl"][0]
+    for t in (40, 63, 64, 100, 127, 128, 139):
+        alone = apply(x[:, : t + 1], pos[:, : t + 1], causal(t + 1))["dsa_kl"][0, -1]
+        np.testing.assert_allclose(float(full[t]), float(alone), rtol=1e-4, atol=1e-6)
+    assert float(full.max()) > 0.01
