@@ -1,17 +1,18 @@
-"""MoE vs dense at equal activated FLOPs per token, on a corpus of many distinct skills.
+"""MoE vs dense at equal activated FLOPs per token, on a table of facts (knowledge capacity).
 
 The MoE: 64 routed experts of width 32 (top-6) plus 2 shared ones in each of 3 layers; the dense
 model: one SwiGLU MLP of width 256 = (6 + 2) x 32. Same MLA attention, width, depth, data, seed
 and data order; the MoE holds 5.7x the parameters and activates 4.7% more FLOPs (its router).
-Corpus: 36 letter codes ("skills", moe_rl/data/skills.py), scored on the coded letters.
+Corpus: a table of 8,000 random facts, one a document ("Q7m": the key "Q7" has the value "m";
+moe_rl/data/lookup.py), scored on the value tokens; 2,000 steps at a constant learning rate.
 
 Command:  python -m moe_rl.main --config=experiments/moe_vs_dense.py --workdir=runs/moe_vs_dense
           over seeds: --seeds=0-2 (each in <workdir>/seed_<n>; docs/results/moe_vs_dense)
-Runtime:  ~8 min per seed on the 2-core CPU (MoE 3 min of steps, dense 2, evaluations)
-Result:   the dense model wins on every seed measured (README "MoE vs dense"): the MoE does not
-          reach the dense model's final coded-letter loss in 500 steps; per FLOP the two learn
-          alike until both leave the loss plateau, then the dense model learns the tables faster.
-The biographies corpus instead (knowledge of people): --config=experiments/moe_vs_dense.py:facts
+Runtime:  ~12-17 min per seed on the 2-core CPU (MoE 5-9 min of steps, dense 4-7, evaluations)
+Result:   README "MoE vs dense": the MoE leaves the no-knowledge plateau (log 26 nats) first and
+          stays ahead; docs/results/moe_vs_dense/seeds.md has every seed's ratios.
+The other corpora: --config=experiments/moe_vs_dense.py:skills (36 letter codes, 500 steps: the
+dense model wins) and :facts (biographies of 300 people, 500 steps).
 """
 
 from ml_collections import ConfigDict
@@ -37,17 +38,24 @@ COMMON = dict(
 FFN = 256  # the dense FFN width = (shared + activated routed experts) x expert width
 
 
-def get_config(corpus: str = "skills") -> ConfigDict:
-    """`corpus`: 'skills' (letter codes, moe_rl/data/skills.py) or 'facts' (biographies)."""
-    if corpus == "skills":
+def get_config(corpus: str = "lookup") -> ConfigDict:
+    """`corpus`: 'lookup' (a table of key -> value facts, moe_rl/data/lookup.py), 'skills'
+    (letter codes, moe_rl/data/skills.py) or 'facts' (biographies, moe_rl/data/facts.py)."""
+    steps = 500
+    if corpus == "lookup":
+        data = configs.lookup_data(num_keys=8000, num_documents=8000, num_validation=1024)
+        steps = 2000
+    elif corpus == "skills":
         data = configs.skills_data(num_skills=36, zipf=0.0, num_documents=9600, num_validation=256)
     elif corpus == "facts":
         data = configs.facts_data(num_people=300, num_documents=9600, num_validation=300)
     else:
-        raise ValueError(f"experiments/moe_vs_dense.py:{corpus}: expected ':skills' or ':facts'")
+        raise ValueError(
+            f"experiments/moe_vs_dense.py:{corpus}: expected ':lookup', ':skills' or ':facts'"
+        )
     return ConfigDict(
         dict(
-            name="moe_vs_dense" if corpus == "skills" else f"moe_vs_dense_{corpus}",
+            name="moe_vs_dense" if corpus == "lookup" else f"moe_vs_dense_{corpus}",
             recipe="moe_vs_dense",
             seed=0,  # same init seed and data order for both
             init_checkpoint="",
@@ -66,7 +74,7 @@ def get_config(corpus: str = "skills") -> ConfigDict:
             dense_model=model_config_dict(**COMMON, intermediate_size=FFN),
             max_flops_gap=0.05,  # activated FLOPs/token may differ by this fraction (the router)
             data=data,
-            train=configs.train(num_steps=500, seq_len=192, eval_every=25, mtp_weight=0.0),
+            train=configs.train(num_steps=steps, seq_len=192, eval_every=25, mtp_weight=0.0),
             optim=configs.optim(warmup_steps=30, end_lr_ratio=1.0),
         )
     )

@@ -31,6 +31,19 @@ def test_cost_to_reach_interpolates_between_evaluations():
     assert compare.cost_to_reach(curve, "other", 0.5, "flops") is None
 
 
+def test_trailing_mean_smooths_both_curves_alike():
+    losses = [3.0, 1.0, None, 2.0, 0.0]
+    curve = [{"step": s, "flops": 10.0 * s, "loss": v} for s, v in enumerate(losses, start=1)]
+    smooth = compare.trailing_mean(curve, "loss", window=2)
+    assert [p["loss"] for p in smooth] == [3.0, 2.0, 1.0, 2.0, 1.0]  # a missing value skipped
+    assert [p["flops"] for p in smooth] == [p["flops"] for p in curve] and curve[1]["loss"] == 1.0
+    assert [p["loss"] for p in compare.trailing_mean(curve, "loss", window=1)] == losses
+    # a dense curve whose last evaluation dips: the smoothed target is the recent level
+    dense = [{"step": s, "flops": 10.0 * s, "loss": v} for s, v in enumerate([2, 1, 1, 0.4], 1)]
+    target = compare.trailing_mean(dense, "loss", 3)[-1]["loss"]
+    assert target == pytest.approx(0.8)
+
+
 def test_training_seconds_skip_compilation_and_count_interrupted_steps_at_the_median():
     times = [10.0, 1.0, 2.0, 9.0, 1.0, 3.0]  # step 1 compiles, step 4 follows an evaluation
     rows = [{"step": s, "step_seconds": t} for s, t in enumerate(times, start=1)]
@@ -152,7 +165,11 @@ def toy_config(corpus_name: str = "skills", **flat):
     path = os.path.join(ROOT, "experiments/moe_vs_dense.py")
     config = runpy.run_path(path)["get_config"](corpus_name)
     small = dict(num_hidden_layers=1, hidden_size=16, num_attention_heads=2)
-    data = {"data.num_skills": 4} if corpus_name == "skills" else {"data.num_people": 8}
+    data = {
+        "skills": {"data.num_skills": 4},
+        "facts": {"data.num_people": 8},
+        "lookup": {"data.num_keys": 40},
+    }[corpus_name]
     config.update_from_flattened_dict(
         {
             "train.num_steps": 4,
@@ -192,6 +209,7 @@ def test_prepare_names_the_corpus_by_its_size_and_keeps_every_checkpoint():
     assert config.data.name == corpus.skills_name(4, 0.0, 32, 8, 0)  # the experiment's zipf 0
     assert config.train.checkpoint_every == 2 and config.train.keep_checkpoints == 3
     assert compare.prepare(toy_config("facts")).data.name == corpus.facts_name(8, 32, 8, 0)
+    assert compare.prepare(toy_config("lookup")).data.name == corpus.lookup_name(40, 32, 8, 0)
 
 
 def test_toy_comparison_end_to_end_and_rerun(tmp_path):

@@ -14,7 +14,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from moe_rl.data import arithmetic, corpus, countdown_docs, draws, facts, labelled, packing, skills
+from moe_rl.data import (
+    arithmetic,
+    corpus,
+    countdown_docs,
+    draws,
+    facts,
+    labelled,
+    lookup,
+    packing,
+    skills,
+)
 from moe_rl.data.tokenizers import ByteTokenizer, HFTokenizer, get_tokenizer, train_bpe
 from moe_rl.train import configs, lm
 
@@ -406,7 +416,7 @@ def no_downloads(monkeypatch):
     """Any attempt to download or prepare a non-embedded dataset fails the test."""
 
     def refuse(self, *args, **kwargs):
-        if self.name not in (corpus.ARITHMETIC, corpus.FACTS, corpus.SKILLS):
+        if self.name not in (corpus.ARITHMETIC, corpus.FACTS, corpus.SKILLS, corpus.LOOKUP):
             raise AssertionError(f"tried to prepare {self.name}")
         return original(self, *args, **kwargs)
 
@@ -516,13 +526,44 @@ def test_skills_documents_apply_each_skills_code():
     assert not {d.text for d in valid} & {d.text for d in docs}
 
 
-@pytest.mark.parametrize("kind", ["facts", "skills"])
+def test_lookup_documents_are_the_table_one_fact_each():
+    keys, values = lookup.table(500, seed=3)
+    assert len(set(keys)) == 500 and all(len(k) == 2 and " " not in k for k in keys)
+    assert set("".join(keys)) <= set(lookup.ALPHABET)
+    assert values.min() >= 0 and values.max() < 26 and len(np.unique(values)) == 26
+    assert lookup.table(500, seed=4)[0] != keys  # another table
+    facts_of = {k: lookup.VALUES[v] for k, v in zip(keys, values, strict=True)}
+    train = list(lookup.documents(1000, 500, 3, "train"))
+    assert [d.text for d in train[:500]] == [k + facts_of[k] for k in keys]  # key i % num_keys
+    assert [d.text for d in train[500:]] == [d.text for d in train[:500]]
+    valid = list(lookup.documents(600, 500, 3, "validation"))
+    assert sorted(d.text for d in valid[:500]) == sorted(d.text for d in train[:500])
+    assert [d.text for d in valid[:10]] != [d.text for d in train[:10]]  # another order
+    other = lookup.KINDS.index("other")
+    for doc in train[:200] + valid[:200]:
+        kinds = labelled.token_kinds(doc, 5, other)  # BOS k1 k2 v EOS
+        measured = lookup.key_class(doc.text[:2])
+        key = lookup.KINDS.index("key")
+        assert kinds.tolist() == [other, key, key, measured, other]
+    assert [lookup.key_class(k) for k in ("7a", "Qz", "q1", "{q")] == [0, 1, 2, 3]
+    with pytest.raises(ValueError, match="num_keys=9000"):
+        lookup.table(9000, 0)
+    with pytest.raises(ValueError, match="split='test'"):
+        next(lookup.documents(1, 5, 0, "test"))
+
+
+@pytest.mark.parametrize("kind", ["facts", "skills", "lookup"])
 def test_labelled_corpora_prepare_offline_and_match_the_generators(kind, tmp_path, no_downloads):
     if kind == "facts":
         name = corpus.facts_name(num_people=10, num_train=40, num_validation=12, seed=2)
         assert name == "moe_rl_facts/people10_train40_validation12_seed2"
         make = lambda n, split: facts.documents(n, 10, 2, split)
         kinds, measured = facts.KINDS, len(facts.ATTRIBUTES)
+    elif kind == "lookup":
+        name = corpus.lookup_name(30, num_train=40, num_validation=12, seed=2)
+        assert name == "moe_rl_lookup/keys30_train40_validation12_seed2"
+        make = lambda n, split: lookup.documents(n, 30, 2, split)
+        kinds, measured = lookup.KINDS, lookup.MEASURED
     else:
         name = corpus.skills_name(5, 0.5, num_train=40, num_validation=12, seed=2)
         assert name == "moe_rl_skills/skills5_zipf0.5_train40_validation12_seed2"
@@ -543,6 +584,10 @@ def test_labelled_corpus_names_are_checked():
         corpus.facts_name(0, 40, 12, 2)
     with pytest.raises(ValueError, match="num_skills=37"):
         corpus.skills_name(37, 1.0, 40, 12, 2)
+    with pytest.raises(ValueError, match="num_keys=0"):
+        corpus.lookup_name(0, 40, 12, 2)
+    with pytest.raises(ValueError, match="keys"):
+        corpus.load_text_dataset("moe_rl_lookup/keys10", "train")
 
 
 class MoeRlTestTexts(tfds.core.GeneratorBasedBuilder):

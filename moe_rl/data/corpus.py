@@ -1,11 +1,12 @@
 """Pretraining corpora as random-access sequences of strings, read from TFDS array_record files.
 
 `load_text_dataset(name, split, data_dir)` serves the embedded corpora `moe_rl_arithmetic`,
-`moe_rl_facts` and `moe_rl_skills` (generated locally on first use, no download) and any TFDS
+`moe_rl_facts`, `moe_rl_skills` and `moe_rl_lookup` (generated locally on first use, no
+download) and any TFDS
 text dataset already prepared in `array_record` format (e.g. `tiny_shakespeare`, `lm1b`).
 Reading goes through `builder.as_data_source`, which needs neither TensorFlow nor network.
-Nothing here downloads unless asked to with download=True. `load_labelled` reads the facts and
-skills corpora with the kinds of their bytes (`labelled`).
+Nothing here downloads unless asked to with download=True. `load_labelled` reads the facts,
+skills and lookup corpora with the kinds of their bytes (`labelled`).
 """
 
 from __future__ import annotations
@@ -21,11 +22,12 @@ from collections.abc import Sequence
 import numpy as np
 import tensorflow_datasets as tfds
 
-from moe_rl.data import arithmetic, facts, labelled, skills
+from moe_rl.data import arithmetic, facts, labelled, lookup, skills
 
 ARITHMETIC = "moe_rl_arithmetic"
 FACTS = "moe_rl_facts"
 SKILLS = "moe_rl_skills"
+LOOKUP = "moe_rl_lookup"
 # Generate locally: no GCS lookup, and no statistics pass (a second read of all the data).
 OFFLINE_DOWNLOAD_CONFIG = tfds.download.DownloadConfig(
     try_download_gcs=False, compute_stats=tfds.download.ComputeStatsMode.SKIP
@@ -121,6 +123,16 @@ class SkillsConfig(tfds.core.BuilderConfig):
     seed: int = 0
 
 
+@dataclasses.dataclass
+class LookupConfig(tfds.core.BuilderConfig):
+    """Keys, documents and seed of the lookup-table corpus."""
+
+    num_keys: int = 8000
+    num_train: int = 8000
+    num_validation: int = 1024
+    seed: int = 0
+
+
 def _check_sizes(corpus_name: str, num_train: int, num_validation: int) -> None:
     if num_train < 1 or num_validation < 1:
         raise ValueError(
@@ -168,6 +180,20 @@ def skills_config(
     return _CONFIGS.setdefault(name, config)
 
 
+def lookup_config(
+    num_keys: int = 8000, num_train: int = 8000, num_validation: int = 1024, seed: int = 0
+) -> LookupConfig:
+    """A lookup config named after its values (memoized)."""
+    _check_sizes(LOOKUP, num_train, num_validation)
+    if not 1 <= num_keys <= lookup.MAX_KEYS:
+        raise ValueError(f"{LOOKUP}: num_keys={num_keys} must be in [1, {lookup.MAX_KEYS}]")
+    name = f"keys{num_keys}_train{num_train}_validation{num_validation}_seed{seed}"
+    config = LookupConfig(
+        name, num_keys=num_keys, num_train=num_train, num_validation=num_validation, seed=seed
+    )
+    return _CONFIGS.setdefault(name, config)
+
+
 def facts_name(num_people: int, num_train: int, num_validation: int, seed: int) -> str:
     """'moe_rl_facts/<config>': a dataset name that carries the corpus size, so that it can be
     given as config.data.name to any recipe that reads a TFDS name."""
@@ -181,12 +207,18 @@ def skills_name(
     return f"{SKILLS}/{skills_config(num_skills, zipf, num_train, num_validation, seed).name}"
 
 
+def lookup_name(num_keys: int, num_train: int, num_validation: int, seed: int) -> str:
+    """'moe_rl_lookup/<config>', like facts_name."""
+    return f"{LOOKUP}/{lookup_config(num_keys, num_train, num_validation, seed).name}"
+
+
 _NAMES = {
     FACTS: (re.compile(r"people(\d+)_train(\d+)_validation(\d+)_seed(\d+)"), facts_config),
     SKILLS: (
         re.compile(r"skills(\d+)_zipf([\d.]+)_train(\d+)_validation(\d+)_seed(\d+)"),
         skills_config,
     ),
+    LOOKUP: (re.compile(r"keys(\d+)_train(\d+)_validation(\d+)_seed(\d+)"), lookup_config),
 }
 
 
@@ -262,6 +294,17 @@ class MoeRlSkills(_LabelledBuilder):
         return skills.documents(num, c.num_skills, c.zipf, c.seed, split)
 
 
+class MoeRlLookup(_LabelledBuilder):
+    """A table of random key -> value facts, one a document (see `lookup`)."""
+
+    BUILDER_CONFIGS = [lookup_config()]
+    _module = lookup
+
+    def _documents(self, num: int, split: str):
+        c = self.builder_config
+        return lookup.documents(num, c.num_keys, c.seed, split)
+
+
 class LabelledSource(Sequence):
     """A split of a labelled corpus as `labelled.Document`s, by index, with the names of its
     token kinds and how many of them (the first) are measured."""
@@ -290,14 +333,16 @@ class LabelledSource(Sequence):
 
 
 def is_labelled(name: str) -> bool:
-    """Whether `name` is one of the labelled corpora, 'moe_rl_facts' or 'moe_rl_skills' (with
-    or without a config)."""
+    """Whether `name` is one of the labelled corpora, 'moe_rl_facts', 'moe_rl_skills' or
+    'moe_rl_lookup' (with or without a config)."""
     return name.partition("/")[0] in _NAMES
 
 
 def _labelled_builder(name: str, data_dir: str | None) -> _LabelledBuilder:
     config = _labelled_config(name)
-    cls = MoeRlFacts if isinstance(config, FactsConfig) else MoeRlSkills
+    cls = {FactsConfig: MoeRlFacts, SkillsConfig: MoeRlSkills, LookupConfig: MoeRlLookup}[
+        type(config)
+    ]
     with _quiet_tfds():
         builder = cls(data_dir=data_dir, config=config, file_format="array_record")
     _prepare_embedded(builder)
@@ -341,12 +386,14 @@ def _prepare_embedded(builder) -> None:
 
 
 def load_labelled(name: str, split: str, data_dir: str | None = None) -> LabelledSource:
-    """A split of a labelled corpus (see facts_name, skills_name) as documents with their
-    spans; prepared locally on first use."""
+    """A split of a labelled corpus (see facts_name, skills_name, lookup_name) as documents
+    with their spans; prepared locally on first use."""
     builder = _labelled_builder(name, data_dir)
     c = builder.builder_config
     if isinstance(c, FactsConfig):
         kinds, measured = facts.KINDS, facts.MEASURED
+    elif isinstance(c, LookupConfig):
+        kinds, measured = lookup.KINDS, lookup.MEASURED
     else:
         kinds, measured = skills.kinds(c.num_skills), c.num_skills
     return LabelledSource(builder.as_data_source(split), kinds, measured)
@@ -439,8 +486,9 @@ def load_text_dataset(
     """The documents of `split` of a TFDS text dataset, as a random-access sequence of str.
 
     name: 'moe_rl_arithmetic' (embedded: prepared locally on first use, sized by `config`,
-      default `arithmetic_config()`), 'moe_rl_facts[/<config>]', 'moe_rl_skills[/<config>]'
-      (embedded, sized by the name: see facts_name, skills_name) or any TFDS name, with
+      default `arithmetic_config()`), 'moe_rl_facts[/<config>]', 'moe_rl_skills[/<config>]',
+      'moe_rl_lookup[/<config>]' (embedded, sized by the name: see facts_name, skills_name,
+      lookup_name) or any TFDS name, with
       version or config as TFDS allows ('lm1b', 'wiki40b/en'); those must be prepared in
       array_record format.
     data_dir: where prepared datasets live (TFDS default: ~/tensorflow_datasets).
@@ -462,8 +510,8 @@ def load_text_dataset(
             builder = tfds.builder(name, data_dir=data_dir, **kwargs)
         except tfds.core.registered.DatasetNotFoundError:
             raise ValueError(
-                f"Unknown dataset {name!r}: neither {ARITHMETIC!r}, {FACTS!r}, {SKILLS!r} "
-                "nor a TFDS dataset name."
+                f"Unknown dataset {name!r}: neither {ARITHMETIC!r}, {FACTS!r}, {SKILLS!r}, "
+                f"{LOOKUP!r} nor a TFDS dataset name."
             ) from None
         if not builder.is_prepared():
             if not download:

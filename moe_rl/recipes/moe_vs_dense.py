@@ -18,7 +18,9 @@ What is measured, per model, at every evaluation step (`train.eval_every`):
   entries of the same skills; attribute values of held-out renderings of the same people),
   evaluated from the checkpoint of each evaluation step, overall and per kind.
 Then: the FLOPs (and seconds) the MoE needs to reach the dense model's final loss, linearly
-interpolated between evaluations, and their ratios to the dense model's; and, from the MoE's
+interpolated between evaluations, and their ratios to the dense model's (the FLOPs ratio also
+with both curves averaged over their last `compare.SMOOTH_WINDOW` evaluations, so that one noisy
+final evaluation does not decide it); and, from the MoE's
 final checkpoint, which experts the positions predicting each kind (each skill's coded
 letters, each attribute, the rest) are routed to in each MoE layer (`routing_shares`).
 Re-running a finished comparison trains nothing and writes the same results.
@@ -132,13 +134,15 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 def seed_row(result: dict) -> dict[str, float]:
     """A seed's row for `main --seeds`: both models' final losses, the MoE's FLOPs and seconds to
-    reach the dense model's final loss as ratios of the dense model's (inf: never reached), and
+    reach the dense model's final loss as ratios of the dense model's (inf: never reached; the
+    FLOPs ratio also with both curves smoothed, `compare.trailing_mean`), and
     the routing's mutual information between token kind and expert (mean over MoE layers)."""
     inf = lambda v: float("inf") if v is None else float(v)
     row = {
         "moe loss": result["moe_val_loss"],
         "dense loss": result["dense_val_loss"],
         "FLOPs ratio": inf(result["flops_ratio_to_match"]),
+        "FLOPs ratio (smoothed)": inf(result.get("flops_ratio_to_match_smoothed")),
         "seconds ratio": inf(result["wall_ratio_to_match"]),
         "moe s": result["moe_train_seconds"],
         "dense s": result["dense_train_seconds"],

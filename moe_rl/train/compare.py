@@ -20,9 +20,9 @@ def _invalid(message: str) -> ValueError:
 
 
 def prepare(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """A copy with a labelled corpus named by its size (corpus.skills_name, facts_name) and the
-    checkpoints the value-loss evaluation reads (one per evaluation, all kept); checks what the
-    comparison needs, before anything compiles. Errors name the key."""
+    """A copy with a labelled corpus named by its size (corpus.skills_name, facts_name,
+    lookup_name) and the checkpoints the value-loss evaluation reads (one per evaluation, all
+    kept); checks what the comparison needs, before anything compiles. Errors name the key."""
     config = ml_collections.ConfigDict(config.to_dict())
     d, t = config.data, config.train
     if t.eval_every <= 0 or t.eval_batches <= 0:
@@ -61,6 +61,10 @@ def prepare(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         elif d.name == corpus.SKILLS:
             d.name = corpus.skills_name(
                 d.num_skills, d.zipf, d.num_documents, d.num_validation, d.corpus_seed
+            )
+        elif d.name == corpus.LOOKUP:
+            d.name = corpus.lookup_name(
+                d.num_keys, d.num_documents, d.num_validation, d.corpus_seed
             )
     except ValueError as e:
         raise _invalid(f"data: {e}") from None
@@ -135,8 +139,23 @@ def cost_to_reach(curve: list[dict], key: str, target: float, cost: str) -> floa
     return None
 
 
+def trailing_mean(curve: list[dict], key: str, window: int) -> list[dict]:
+    """The curve with `key` replaced by its mean over the last `window` evaluations (fewer at
+    the start): at a constant learning rate the validation loss of a single evaluation moves up
+    and down by more than the models differ late in training, so the final loss of one
+    evaluation is a noisy target; both curves are smoothed alike (the lag is the same)."""
+    values = [p.get(key) for p in curve]
+    out = []
+    for i, p in enumerate(curve):
+        recent = [v for v in values[max(0, i - window + 1) : i + 1] if v is not None]
+        out.append({**p, key: float(np.mean(recent)) if recent else None})
+    return out
+
+
 # ----------------------------------------------------------------------------------------------
 # The recipe.
+
+SMOOTH_WINDOW = 4  # evaluations in the trailing mean of the smoothed ratio (trailing_mean)
 
 
 def summarize(models: dict, runs: dict, curves: dict, key: str, seq_len: int) -> dict:
@@ -156,6 +175,13 @@ def summarize(models: dict, runs: dict, curves: dict, key: str, seq_len: int) ->
         row[f"moe_{cost}_to_match"] = reach
         ratio = None if reach is None or not total else reach / total
         row[f"{'flops' if cost == 'flops' else 'wall'}_ratio_to_match"] = ratio
+    # The same with both curves smoothed (trailing_mean): robust to one noisy final evaluation.
+    smooth = {name: trailing_mean(curves[name], key, SMOOTH_WINDOW) for name in NAMES}
+    target = smooth["dense"][-1].get(key) if smooth["dense"] else None
+    row["dense_val_loss_smoothed"] = target
+    reach = None if target is None else cost_to_reach(smooth["moe"], key, target, "flops")
+    total = final["dense"].get("flops")
+    row["flops_ratio_to_match_smoothed"] = None if reach is None or not total else reach / total
     dense_s, moe_s = row["dense_train_seconds"], row["moe_train_seconds"]
     row["seconds_per_flop_ratio"] = (
         None
@@ -202,5 +228,12 @@ def comparison_table(result: dict) -> str:
             f"{_fmt(result['wall_ratio_to_match'], '.2f')}x its training seconds "
             f"(the MoE's seconds per FLOP: {_fmt(result['seconds_per_flop_ratio'], '.2f')}x "
             "the dense model's)."
+        )
+    smoothed = result.get("flops_ratio_to_match_smoothed")
+    if result.get("dense_val_loss_smoothed") is not None:
+        rows.append(
+            f"With both curves averaged over their last {SMOOTH_WINDOW} evaluations "
+            f"(dense final {result['dense_val_loss_smoothed']:.4f}): "
+            + ("not reached." if smoothed is None else f"{smoothed:.2f}x the dense FLOPs.")
         )
     return "\n".join(rows)

@@ -120,6 +120,19 @@ def skills_data(**overrides) -> ConfigDict:
     return c
 
 
+def lookup_data(**overrides) -> ConfigDict:
+    """The data block of the embedded lookup-table corpus (moe_rl/data/lookup.py, one fact a
+    document): the fields of `data()` plus num_keys; document i is key i % num_keys."""
+    c = data(
+        name="moe_rl_lookup",
+        num_documents=8000,  # training documents (each key once: the packer shuffles epochs)
+        num_validation=1024,  # validation documents: keys of the same table, another order
+    )
+    c.num_keys = 8000  # facts in the table, 1..8836 (two printable ASCII characters a key)
+    c.update(overrides)
+    return c
+
+
 def task(**overrides) -> ConfigDict:
     """Which verifiable task and how it is asked (moe_rl/data/tasks): the R1-Zero recipes' and
     the evaluation's (which adds the split and the number of questions)."""
