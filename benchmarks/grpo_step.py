@@ -63,7 +63,8 @@ def make_step(cfg: ModelConfig, params, model_state, args, reward_fn=None, eos_i
             pad_id=PAD,
             num_samples=G,
         )
-        tokens, logp, n = (np.asarray(a) for a in jax.device_get(out))
+        parts = jax.device_get((out.tokens, out.logprobs, out.lengths))
+        tokens, logp, n = (np.asarray(a) for a in parts)
         t1 = time.perf_counter()
         P = sampling.bucket(args.prompt_len)
         prompt_QP, plen = sampling.left_pad(prompts, PAD, P, Q)
@@ -98,8 +99,9 @@ def make_step(cfg: ModelConfig, params, model_state, args, reward_fn=None, eos_i
     return step
 
 
-def bench(name: str, args) -> dict:
-    cfg = ModelConfig.from_config(preset(name))
+def bench(name: str, args, **overrides) -> dict:
+    """Medians of args.steps GRPO steps after a warm-up; `overrides` change the preset's fields."""
+    cfg = ModelConfig.from_config(preset(name, **overrides))
     params, model_state = transformer.init(cfg, jax.random.key(0))
     step = make_step(cfg, params, model_state, args)
     first = step(0)["total"]
