@@ -154,7 +154,7 @@ def make_train_step(
     `loss_fn(params, model_state, microbatch, cfg, lc) -> (loss, (metrics, counts or None))`,
     metrics holding 'tokens' (e.g. a distillation loss instead of `lm_loss`)."""
 
-    if lc.dsa_stage == "warmup":  # the indexer's warm-up trains nothing else: biases stay
+    if lc is not None and lc.dsa_stage == "warmup":  # the indexer's warm-up: biases stay
         bias_rate = 0.0
 
     def step(state: train_state.TrainState, batch):
