@@ -5,9 +5,10 @@
 
 Runs on whatever `jax.default_backend()` is (CPU, one GPU, a TPU host; everything runs on the
 default device) and prints ONE markdown table, also written to --out (default
-`$OUT/device_check.md` when $OUT is a directory, else `device_check.md` in the working
-directory). Shapes: full sizes on accelerators, smaller ones on CPU (both well under 5 minutes),
-tiny ones with --quick (about a minute on 2 cores; what tests/test_device_check.py runs).
+`$OUT/device_check.md` when $OUT is a directory, else `device_check.md`; both, and a relative
+--out, in the directory device_check.sh was called from). Shapes: full sizes on accelerators,
+smaller ones on CPU (both well under 5 minutes), tiny ones with --quick (under a minute on 2
+cores; what tests/test_device_check.py runs).
 
 Rows (each timing the median of a few repetitions after a warm-up call, compilation excluded,
 `jax.block_until_ready` on the outputs):
@@ -296,9 +297,14 @@ def table(rows) -> str:
     return "\n".join(lines) + "\n"
 
 
-def default_out() -> str:
+def out_path(out: str | None) -> str:
+    """--out, relative to the directory device_check.sh was called from (else the working
+    directory); default `$OUT/device_check.md` if $OUT is a directory, else device_check.md."""
     out_dir = os.environ.get("OUT", "")
-    return os.path.join(out_dir, "device_check.md") if os.path.isdir(out_dir) else "device_check.md"
+    if out is None:
+        out = os.path.join(out_dir, "device_check.md") if os.path.isdir(out_dir) else ""
+    caller = os.environ.get("DEVICE_CHECK_CALLER_DIR", os.getcwd())
+    return os.path.join(caller, out or "device_check.md")
 
 
 def main(argv=None):
@@ -319,7 +325,7 @@ def main(argv=None):
         f"\nMedians of {sizes.repeats} after a warm-up; {ends[-1] - ends[0]:.0f} s in all "
         f"(compilation included: {spent}).\n"
     )
-    out = args.out or default_out()
+    out = out_path(args.out)
     with open(out, "w") as f:
         f.write(text)
     print(text, end="")

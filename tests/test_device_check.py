@@ -15,11 +15,13 @@ NUMBER = re.compile(r"^-?[\d,]+(\.\d+)?(e[+-]?\d+)?$")
 
 
 def test_quick_mode_prints_every_row(tmp_path):
-    out_file = tmp_path / "table.md"
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHON": sys.executable}
-    cmd = ["bash", "benchmarks/device_check.sh", "--quick", "--out", str(out_file)]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
+    env.pop("OUT", None)  # else the table goes to $OUT/device_check.md
+    cmd = ["bash", os.path.join(ROOT, "benchmarks", "device_check.sh"), "--quick"]
+    # Called from another directory: the default file is written there.
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    out_file = tmp_path / "device_check.md"
     text = out_file.read_text()
     assert text in proc.stdout  # the same table printed and written
     lines = [line for line in text.splitlines() if line.startswith("| ")]
