@@ -153,6 +153,9 @@ def seed_row(result: dict) -> dict[str, float]:
     return {k: float(v) for k, v in row.items() if v is not None}
 
 
+STYLES = ("-", "--", ":", "-.")  # the seeds' line styles in seed_figure, in turn
+
+
 def seed_figure(workdir: str, seeds: list[int]) -> str | None:
     """`main --seeds`' figure: every seed's MoE and dense loss against training FLOPs and
     seconds, read from <workdir>/seed_<n>/comparison.json."""
@@ -167,7 +170,7 @@ def seed_figure(workdir: str, seeds: list[int]) -> str | None:
         key = result["loss_key"]
         for i, name in enumerate(NAMES):  # a colour per model, a line style per seed
             curves[f"{name} seed {seed}"] = result["curves"][name]
-            styles[f"{name} seed {seed}"] = {"color": f"C{i}", "linestyle": ("-", "--", ":")[n % 3]}
+            styles[f"{name} seed {seed}"] = {"color": f"C{i}", "linestyle": STYLES[n % len(STYLES)]}
     if not curves:
         return None
     return plots.plot_cost_curves(
