@@ -88,6 +88,51 @@ def causal_attention(
     return outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=2)
 
 
+def prefix_attention(
+    q_BKRLd: jax.Array, k_BKSd: jax.Array, v_BKSv: jax.Array, mask_BLS: jax.Array, prefix, dt
+) -> jax.Array:
+    """softmax(masked q.k) @ v of a shared-prefix row, by blocks: [B, K, R, L, dv].
+
+    The row is a prompt of P slots then G continuations of N slots each (`prefix` = (P, G);
+    transformer.forward's `shared_prefix`): the prompt's queries see the prompt, continuation
+    g's see the prompt and continuation g only. So each continuation's scores are computed
+    against those P + N keys ([.., G, N, P + N], G N (P + N) products) and never against the
+    other continuations ((P + G N)^2 / 2 with causal blocks; at GRPO's P = 128, G = 16, N = 320
+    6x fewer, and as many fewer probabilities kept for the backward pass). Exact: the keys left
+    out are the ones `mask_BLS` masks for those queries. Queries [B, K, R, L, d] with R query
+    heads per key head K (GQA; MLA: K = H, R = 1), scaled already; keys [B, K, S = L, d]."""
+    P, G = prefix
+    B, K, R, L, d = q_BKRLd.shape
+    N = (L - P) // G
+    if P + G * N != L or k_BKSd.shape[2] != L:
+        raise ValueError(f"prefix (P={P}, G={G}) does not lay out a row of {L} slots")
+
+    def attend(scores, mask, values):
+        probs = jax.nn.softmax(jnp.where(mask, scores.astype(jnp.float32), NEG_INF), axis=-1)
+        return probs.astype(dt), values
+
+    # The prompt's queries, causal over the prompt.
+    s_p = jnp.einsum("bkrld,bksd->bkrls", q_BKRLd[:, :, :, :P], k_BKSd[:, :, :P])
+    probs_p, _ = attend(s_p, mask_BLS[:, None, None, :P, :P], None)
+    o_p = jnp.einsum("bkrls,bksv->bkrlv", probs_p, v_BKSv[:, :, :P])
+    # Each continuation's queries against [the prompt, itself].
+    q_c = q_BKRLd[:, :, :, P:].reshape(B, K, R, G, N, d)
+    k_c = k_BKSd[:, :, P:].reshape(B, K, G, N, d)
+    v_c = v_BKSv[:, :, P:].reshape(B, K, G, N, v_BKSv.shape[-1])
+    s_cp = jnp.einsum("bkrgnd,bksd->bkrgns", q_c, k_BKSd[:, :, :P])
+    s_cc = jnp.einsum("bkrgnd,bkgmd->bkrgnm", q_c, k_c)
+    m_cp = mask_BLS[:, P:, :P].reshape(B, G, N, P)
+    m_cc = jnp.moveaxis(
+        jnp.diagonal(mask_BLS[:, P:, P:].reshape(B, G, N, G, N), axis1=1, axis2=3), -1, 1
+    )  # [B, G, N, N]: continuation g's own block
+    mask = jnp.concatenate([m_cp, m_cc], axis=-1)[:, None, None]
+    probs, _ = attend(jnp.concatenate([s_cp, s_cc], axis=-1), mask, None)
+    o_c = jnp.einsum("bkrgns,bksv->bkrgnv", probs[..., :P], v_BKSv[:, :, :P]) + jnp.einsum(
+        "bkrgnm,bkgmv->bkrgnv", probs[..., P:], v_c
+    )
+    return jnp.concatenate([o_p, o_c.reshape(B, K, R, G * N, -1)], axis=3)
+
+
 def softmax_scale(cfg: ModelConfig) -> float:
     """1/sqrt(qk_head_dim), times mscale(factor, mscale_all_dim)^2 under YaRN (DeepSeek-V2)."""
     scale = 1.0 / math.sqrt(cfg.qk_head_dim)
@@ -259,6 +304,7 @@ class MLA(nn.Module):
 
     cfg: ModelConfig
     dsa: str = ""
+    prefix: tuple[int, int] | None = None  # a shared-prefix row's (P, G): prefix_attention
 
     @nn.compact
     def __call__(self, x_BLD, positions_BL, mask_BLS, cache=None, cache_index=None):
@@ -327,6 +373,11 @@ class MLA(nn.Module):
             k_BHSk = jnp.concatenate([k_nope_BHSn, k_rope_BHSr.astype(dt)], axis=-1)
             v_BHSv = jnp.einsum("bsc,chv->bhsv", latent_BSc, w_uv_cHv)
             probs_out = [] if self.dsa else None
+        if cache is None and self.prefix and not cfg.index_topk:
+            o_BHLv = prefix_attention(
+                q_BHLk[:, :, None], k_BHSk, v_BHSv, mask_BLS, self.prefix, dt
+            )[:, :, 0]
+        elif cache is None:
             o_BHLv = causal_attention(
                 lambda lo, hi: jnp.einsum(
                     "bhlk,bhsk->bhls", q_BHLk[:, :, lo:hi], k_BHSk[:, :, :hi]
@@ -389,6 +440,7 @@ class GQA(nn.Module):
     """Grouped-query attention (Ainslie et al. 2023) with rotary embeddings, as in Qwen2/Llama."""
 
     cfg: ModelConfig
+    prefix: tuple[int, int] | None = None  # a shared-prefix row's (P, G): prefix_attention
 
     @nn.compact
     def __call__(self, x_BLD, positions_BL, mask_BLS, cache=None, cache_index=None):
@@ -437,7 +489,11 @@ class GQA(nn.Module):
             o = jnp.einsum("bkgls,bksd->bkgld", probs_BKGlS, v_BKSd[:, :, :end])
             return o.reshape(B, H, l, hd)
 
-        if cache is None:
+        if cache is None and self.prefix:
+            o_BHLd = prefix_attention(
+                q_BKGLd / math.sqrt(hd), k_BKSd, v_BKSd, mask_BLS, self.prefix, dt
+            ).reshape(B, H, L, hd)
+        elif cache is None:
             o_BHLd = causal_attention(
                 lambda lo, hi: scores(q_BKGLd[:, :, :, lo:hi], hi), values, mask_BLS, dt
             )
@@ -448,6 +504,13 @@ class GQA(nn.Module):
         return jnp.einsum("bhld,hde->ble", o_BHLd, w_o.astype(dt)), new_cache
 
 
-def attention_module(cfg: ModelConfig, name: str = "attn", dsa: str = "") -> nn.Module:
-    """MLA (with `dsa`, see MLA) or GQA, by `cfg.attention`."""
-    return MLA(cfg, dsa, name=name) if cfg.attention == "mla" else GQA(cfg, name=name)
+def attention_module(
+    cfg: ModelConfig, name: str = "attn", dsa: str = "", prefix: tuple[int, int] | None = None
+) -> nn.Module:
+    """MLA (with `dsa`, see MLA) or GQA, by `cfg.attention`; `prefix`: a shared-prefix row's
+    (P, G), attended by blocks (`prefix_attention`)."""
+    if cfg.attention == "v4":  # compressed_attention.V4Attention, per layer type: not wired yet
+        raise NotImplementedError("model.attention='v4' is not in the decoder yet")
+    if cfg.attention == "mla":
+        return MLA(cfg, dsa, prefix, name=name)
+    return GQA(cfg, prefix, name=name)

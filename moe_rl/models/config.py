@@ -14,11 +14,15 @@ import jax.numpy as jnp
 import ml_collections
 from ml_collections import config_dict
 
-ATTENTION_KINDS = ("mla", "gqa")
-SCORING_FUNCS = ("sigmoid", "softmax")
+ATTENTION_KINDS = ("mla", "gqa", "v4")  # v4: DeepSeek-V4 hybrid attention (compressed_attention)
+SCORING_FUNCS = ("sigmoid", "softmax", "sqrtsoftplus")  # sqrtsoftplus: DeepSeek-V4
 ROPE_SCALING_TYPES = ("none", "yarn")
 MOE_IMPLS = ("sparse", "dense", "ragged")
 DTYPES = ("float32", "bfloat16", "float16")
+# DeepSeek-V4 block: per-layer MLP kinds (HF DEEPSEEK_V4_MLP_LAYER_TYPES) and HF's default number
+# of leading hash-routed layers (DeepseekV4Config.default_num_hash_layers).
+MLP_LAYER_TYPES = ("hash_moe", "moe")
+V4_NUM_HASH_LAYERS = 3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,6 +35,22 @@ class YarnConfig:
     beta_slow: float = 1.0
     mscale: float = 1.0
     mscale_all_dim: float = 0.0
+
+
+# DeepSeek-V4 attention: the per-layer kinds of transformers' DeepseekV4Config.layer_types.
+V4_LAYER_TYPES = (
+    "sliding_attention",
+    "compressed_sparse_attention",
+    "heavily_compressed_attention",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class CompressRates:
+    """DeepSeek-V4's tokens per compressed KV entry, by layer type (HF `compress_rates`)."""
+
+    compressed_sparse_attention: int = 4
+    heavily_compressed_attention: int = 128
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +80,23 @@ class ModelConfig:
     num_key_value_heads: int = 0
     head_dim: int = 0
     attention_bias: bool = False  # q/k/v biases (Qwen2)
+    # DeepSeek-V4 attention (attention='v4'; models/compressed_attention.py). One key=value head
+    # of head_dim (num_key_value_heads=1) read by num_attention_heads query heads from the
+    # q_lora_rank latent; the last head_dim * partial_rotary_factor features are rotated.
+    # layer_types[i] (one of V4_LAYER_TYPES) is layer i's kind: every kind attends to the last
+    # sliding_window tokens; compressed_sparse_attention also to its index_topk best KV entries
+    # (one per compress_rates.compressed_sparse_attention tokens, chosen by a lightning indexer
+    # of index_n_heads x index_head_dim), heavily_compressed_attention to every entry (one per
+    # compress_rates.heavily_compressed_attention tokens). Compressed layers rotate with
+    # compress_rope_theta (and rope_scaling), sliding ones with rope_theta. Heads are projected
+    # out in o_groups groups, each to o_lora_rank features, then mixed to hidden_size.
+    layer_types: tuple[str, ...] = ()
+    compress_rates: CompressRates = CompressRates()
+    compress_rope_theta: float = 160000.0
+    sliding_window: int = 128
+    o_groups: int = 0
+    o_lora_rank: int = 0
+    partial_rotary_factor: float = 0.125  # HF's default: 64 rotated of head_dim 512
     # MoE
     moe_intermediate_size: int = 0
     n_routed_experts: int = 0  # 0: dense FFN in every layer
@@ -72,6 +109,21 @@ class ModelConfig:
     norm_topk_prob: bool = True
     first_k_dense_replace: int = 0
     moe_impl: str = "sparse"
+    # DeepSeek-V4 block (mHC, hash MoE, router); names of HF `DeepseekV4Config`. The router's
+    # scoring_func='sqrtsoftplus' (V4 sec. 2.1) is set above.
+    # mHC (V4 sec. 2.2): hc_mult residual streams mixed by manifold-constrained hyper-connections
+    # (models/hyper_connections.py); 0: the plain residual stream of DeepSeek-V3.
+    hc_mult: int = 0
+    hc_sinkhorn_iters: int = 20  # Sinkhorn-Knopp iterations projecting the mixing matrix
+    hc_eps: float = 1e-6  # floor added to the pre/comb weights and the Sinkhorn denominators
+    # Per layer 'moe' (learned top-k) or 'hash_moe' (experts from a frozen token-id table, V4
+    # sec. 2.1). (): HF's default (the first V4_NUM_HASH_LAYERS layers 'hash_moe') when
+    # hc_mult > 0, else every MoE layer 'moe' (DeepSeek-V3). Layers before
+    # first_k_dense_replace stay dense either way; see `ModelConfig.mlp_kinds`.
+    mlp_layer_types: tuple[str, ...] = ()
+    # Clip the experts' (routed and shared) SwiGLU pre-activations: gate to (-inf, limit],
+    # up to [-limit, limit] (HF DeepseekV4Experts / DeepseekV4MLP). 0 (or None): no clipping.
+    swiglu_limit: float = 0.0
     # Positions, norms, head
     rope_theta: float = 10000.0
     rope_scaling: YarnConfig | None = None
@@ -101,8 +153,22 @@ class ModelConfig:
         return self.num_hidden_layers - self.num_dense_layers
 
     @property
+    def mlp_kinds(self) -> tuple[str, ...]:
+        """Each layer's FFN: 'dense', 'moe' or 'hash_moe' (DeepSeek-V4; see mlp_layer_types)."""
+        kinds = self.mlp_layer_types
+        if not kinds:
+            n_hash = V4_NUM_HASH_LAYERS if self.hc_mult > 0 else 0
+            kinds = ["hash_moe" if i < n_hash else "moe" for i in range(self.num_hidden_layers)]
+        return tuple("dense" if i < self.num_dense_layers else k for i, k in enumerate(kinds))
+
+    @property
     def qk_head_dim(self) -> int:
         return self.qk_nope_head_dim + self.qk_rope_head_dim
+
+    @property
+    def v4_rope_dim(self) -> int:
+        """DeepSeek-V4: the rotated (trailing) features of each head, as HF's qk_rope_head_dim."""
+        return int(self.head_dim * self.partial_rotary_factor)
 
     @property
     def compute_dtype(self) -> Any:
@@ -121,6 +187,11 @@ class ModelConfig:
             values["rope_scaling"] = _yarn_from_dict(rope_scaling)
         if "index_topk" in values and values["index_topk"] is None:
             values["index_topk"] = 0  # Hugging Face's "no indexer"
+        _v4_fields_from_dict(values)
+        if "mlp_layer_types" in values:  # hashable; None (HF's "absent") is ()
+            values["mlp_layer_types"] = tuple(values["mlp_layer_types"] or ())
+        if "swiglu_limit" in values:
+            values["swiglu_limit"] = values["swiglu_limit"] or 0.0
         model = cls(**values)
         validate(model)
         return model
@@ -157,6 +228,85 @@ def _require(ok: bool, message: str) -> None:
         raise ValueError(f"Invalid model config: {message}")
 
 
+# DeepSeek-V4 attention: config conversion and checks.
+def _v4_fields_from_dict(values: dict) -> None:
+    """In place: `layer_types` as a tuple, `compress_rates` (HF's dict) as CompressRates."""
+    if "layer_types" in values:  # hashable; None (HF's "absent") is ()
+        values["layer_types"] = tuple(values["layer_types"] or ())
+    rates = values.get("compress_rates")
+    if isinstance(rates, dict):
+        known = {f.name for f in dataclasses.fields(CompressRates)}
+        unknown = sorted(set(rates) - known)
+        if unknown:
+            raise ValueError(
+                f"Unknown model.compress_rates key(s) {unknown}; allowed: {sorted(known)}"
+            )
+        values["compress_rates"] = CompressRates(**rates)
+
+
+def _validate_v4_attention(m: ModelConfig) -> None:
+    """DeepSeek-V4 attention's fields (attention='v4'); layer_types are V4's alone."""
+    if m.attention != "v4":
+        _require(
+            not m.layer_types,
+            f"model.layer_types={list(m.layer_types)} is DeepSeek-V4's per-layer attention "
+            f"schedule: it needs model.attention='v4', not {m.attention!r}",
+        )
+        return
+    n = m.num_hidden_layers
+    _require(
+        len(m.layer_types) == n,
+        f"model.layer_types has {len(m.layer_types)} entries; it needs one per layer "
+        f"(model.num_hidden_layers={n}), each one of {V4_LAYER_TYPES}",
+    )
+    bad = sorted({t for t in m.layer_types if t not in V4_LAYER_TYPES})
+    _require(not bad, f"model.layer_types has {bad}; allowed: {V4_LAYER_TYPES}")
+    _require(
+        m.num_key_value_heads == 1,
+        f"model.num_key_value_heads={m.num_key_value_heads}: DeepSeek-V4 attention has one "
+        "shared key=value head; allowed: 1",
+    )
+    _require(
+        m.head_dim > 0 and m.head_dim % 2 == 0, f"model.head_dim={m.head_dim} must be even > 0"
+    )
+    rd = m.v4_rope_dim
+    _require(
+        0 < m.partial_rotary_factor <= 1 and rd > 0 and rd % 2 == 0,
+        f"model.partial_rotary_factor={m.partial_rotary_factor} must be in (0, 1] and make "
+        f"model.head_dim * it = {rd} rotated features an even number > 0",
+    )
+    _require(
+        m.q_lora_rank is not None and m.q_lora_rank > 0,
+        f"model.q_lora_rank={m.q_lora_rank}: DeepSeek-V4 queries come from a latent, > 0",
+    )
+    _require(m.sliding_window > 0, f"model.sliding_window={m.sliding_window} must be > 0")
+    _require(m.compress_rope_theta > 0, "model.compress_rope_theta must be > 0")
+    _require(
+        m.o_groups > 0 and m.num_attention_heads % m.o_groups == 0,
+        f"model.o_groups={m.o_groups} must be > 0 and divide model.num_attention_heads="
+        f"{m.num_attention_heads}",
+    )
+    _require(m.o_lora_rank > 0, f"model.o_lora_rank={m.o_lora_rank} must be > 0")
+    for kind in ("compressed_sparse_attention", "heavily_compressed_attention"):
+        rate = getattr(m.compress_rates, kind)
+        _require(
+            rate > 0 or kind not in m.layer_types,
+            f"model.compress_rates.{kind}={rate} must be > 0 (model.layer_types has {kind})",
+        )
+    if "compressed_sparse_attention" in m.layer_types:
+        for name in ("index_topk", "index_n_heads"):
+            _require(
+                getattr(m, name) > 0,
+                f"model.{name}={getattr(m, name)} must be > 0: model.layer_types has "
+                "compressed_sparse_attention (its lightning indexer)",
+            )
+        _require(
+            m.index_head_dim >= rd,
+            f"model.index_head_dim={m.index_head_dim} must be >= model.head_dim * "
+            f"model.partial_rotary_factor={rd} (its last {rd} features are rotated)",
+        )
+
+
 def validate(m: ModelConfig) -> None:
     """Checks ranges and cross-field consistency; every message names the fields involved."""
     for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads"):
@@ -177,7 +327,7 @@ def validate(m: ModelConfig) -> None:
         for name in ("kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim"):
             _require(getattr(m, name) > 0, f"model.{name}={getattr(m, name)} must be > 0 for MLA")
         _require(m.qk_rope_head_dim % 2 == 0, "model.qk_rope_head_dim must be even (rotary pairs)")
-    else:
+    elif m.attention == "gqa":
         _require(
             m.head_dim > 0 and m.head_dim % 2 == 0, f"model.head_dim={m.head_dim} must be even > 0"
         )
@@ -188,7 +338,8 @@ def validate(m: ModelConfig) -> None:
             f"model.num_key_value_heads={kv} (> 0) for GQA",
         )
     _require(m.index_topk >= 0, f"model.index_topk={m.index_topk} must be >= 0 (0: dense MLA)")
-    if m.index_topk:
+    _validate_v4_attention(m)
+    if m.index_topk and m.attention != "v4":  # DeepSeek-V3.2's indexer (V4's: above)
         _require(
             m.attention == "mla",
             f"model.index_topk={m.index_topk} (sparse attention) needs model.attention='mla', "
@@ -218,6 +369,7 @@ def validate(m: ModelConfig) -> None:
         f"[0, model.num_hidden_layers={m.num_hidden_layers}]",
     )
     _require(m.n_routed_experts >= 0, f"model.n_routed_experts={m.n_routed_experts} must be >= 0")
+    _validate_v4_block(m)
     dense_ffn = m.num_dense_layers > 0 or (m.num_nextn_predict_layers > 0 and not m.is_moe)
     if dense_ffn:
         _require(m.intermediate_size > 0, "model.intermediate_size must be > 0 (dense FFN layers)")
@@ -241,11 +393,11 @@ def validate(m: ModelConfig) -> None:
         f"model.topk_group={m.topk_group} must be in [1, model.n_group={m.n_group}]",
     )
     per_group = E // m.n_group
-    if m.n_group > 1 and m.scoring_func == "sigmoid":
+    if m.n_group > 1 and m.scoring_func != "softmax":
         _require(
             per_group >= 2,
             f"model.n_routed_experts={E} / model.n_group={m.n_group} leaves {per_group} expert per "
-            "group; sigmoid routing scores a group by its top-2 experts, so it needs >= 2",
+            f"group; {m.scoring_func} routing scores a group by its top-2 experts, so needs >= 2",
         )
     reachable = m.topk_group * per_group
     _require(
@@ -254,6 +406,36 @@ def validate(m: ModelConfig) -> None:
         f"{m.topk_group} groups of model.n_routed_experts/model.n_group={per_group} experts",
     )
     _require(m.routed_scaling_factor > 0, "model.routed_scaling_factor must be > 0")
+
+
+def _validate_v4_block(m: ModelConfig) -> None:
+    """The DeepSeek-V4 block's fields: mHC, hash-routed MoE layers, swiglu_limit."""
+    _require(m.hc_mult >= 0, f"model.hc_mult={m.hc_mult} must be >= 0 (0: no mHC)")
+    if m.hc_mult:
+        _require(
+            m.hc_sinkhorn_iters >= 1,
+            f"model.hc_sinkhorn_iters={m.hc_sinkhorn_iters} must be >= 1 with model.hc_mult > 0",
+        )
+        _require(m.hc_eps >= 0, f"model.hc_eps={m.hc_eps} must be >= 0")
+    _require(
+        m.swiglu_limit >= 0, f"model.swiglu_limit={m.swiglu_limit} must be >= 0 (0: no clipping)"
+    )
+    kinds = m.mlp_layer_types
+    if kinds:
+        _require(
+            len(kinds) == m.num_hidden_layers,
+            f"model.mlp_layer_types has {len(kinds)} entries; model.num_hidden_layers="
+            f"{m.num_hidden_layers} needs one per layer",
+        )
+        bad = sorted({k for k in kinds if k not in MLP_LAYER_TYPES})
+        _require(not bad, f"model.mlp_layer_types has {bad}; allowed: {MLP_LAYER_TYPES}")
+        dense = [i for i, k in enumerate(kinds[: m.num_dense_layers]) if k == "hash_moe"]
+        _require(
+            not dense,
+            f"model.mlp_layer_types[{dense[0] if dense else 0}]='hash_moe' but the layer is dense "
+            f"(model.first_k_dense_replace={m.first_k_dense_replace}, model.n_routed_experts="
+            f"{m.n_routed_experts})",
+        )
 
 
 def model_config_dict(**fields) -> ml_collections.ConfigDict:
@@ -267,6 +449,7 @@ def model_config_dict(**fields) -> ml_collections.ConfigDict:
         for f in dataclasses.fields(ModelConfig)
         if f.default is not dataclasses.MISSING
     }
+    values["compress_rates"] = dataclasses.asdict(CompressRates())
     values["rope_scaling"] = dict(
         type="none",
         factor=1.0,

@@ -32,9 +32,16 @@ def _moe_params(m: ModelConfig, experts: int) -> int:
     return D * m.n_routed_experts + 3 * experts * D * F + 3 * D * F * m.n_shared_experts
 
 
+def _hc_params(m: ModelConfig, n_out: int, n_scales: int) -> int:
+    """One mHC map (hyper_connections._mixes): fn [N*D, n_out], base [n_out], scale."""
+    return m.hc_mult * m.hidden_size * n_out + n_out + n_scales
+
+
 def _layer_params(m: ModelConfig, moe: bool, experts: int) -> int:
     ffn = _moe_params(m, experts) if moe else 3 * m.hidden_size * m.intermediate_size
-    return 2 * m.hidden_size + _attention_params(m) + ffn
+    N = m.hc_mult  # mHC: one HyperConnection around attention, one around the FFN
+    hc = 2 * _hc_params(m, (2 + N) * N, 3) if N else 0
+    return 2 * m.hidden_size + _attention_params(m) + ffn + hc
 
 
 def param_counts(m: ModelConfig) -> dict[str, int]:
@@ -50,7 +57,8 @@ def param_counts(m: ModelConfig) -> dict[str, int]:
 
     def body(experts):
         dense = m.num_dense_layers * _layer_params(m, False, 0)
-        return dense + m.num_moe_layers * _layer_params(m, True, experts) + D  # + final norm
+        head = _hc_params(m, m.hc_mult, 1) if m.hc_mult else 0  # mHC's HyperHead
+        return dense + m.num_moe_layers * _layer_params(m, True, experts) + D + head  # + norm
 
     mtp_layer = _layer_params(m, m.is_moe, E)
     mtp = m.num_nextn_predict_layers * (3 * D + 2 * D * D + mtp_layer)

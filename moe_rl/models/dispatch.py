@@ -1,7 +1,8 @@
 """Routed-expert dispatch: y_t = sum_k gates[t,k] * expert_{ids[t,k]}(x_t), three ways.
 
 Every expert is a SwiGLU, expert_e(x) = (silu(x @ w_gate[e]) * (x @ w_up[e])) @ w_down[e]. The
-matmuls run in x's dtype, the gating and the sum over the K experts of a token in float32.
+matmuls run in x's dtype, the gating and the sum over the K experts of a token in float32. With
+`swiglu_limit` (DeepSeek-V4) the gate and up pre-activations are clipped first (see `swiglu`).
 
 - `dense_oracle`: every expert on every token (E/K times the FLOPs); obviously correct, the test
   reference.
@@ -13,6 +14,7 @@ matmuls run in x's dtype, the gating and the sum over the K experts of a token i
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple
 
@@ -22,14 +24,24 @@ import jax.numpy as jnp
 IMPLS = ("sparse", "dense", "ragged")
 
 
-def dense_oracle(x_TD, expert_ids_TK, gates_TK, w_gate_EDF, w_up_EDF, w_down_EFD):
+def swiglu(g, u, limit: float | None = None):
+    """silu(g) * u; with a `limit` (DeepSeek-V4's swiglu_limit, HF `DeepseekV4Experts._apply_gate`)
+    g is clipped from above at limit and u to [-limit, limit] first. None or 0: no clipping."""
+    if limit:
+        g, u = jnp.minimum(g, limit), jnp.clip(u, -limit, limit)
+    return jax.nn.silu(g) * u
+
+
+def dense_oracle(
+    x_TD, expert_ids_TK, gates_TK, w_gate_EDF, w_up_EDF, w_down_EFD, *, swiglu_limit=None
+):
     """Every expert on every token, weighted by a dense [T,E] gate matrix (zero if not chosen)."""
     E = w_gate_EDF.shape[0]
     onehot_TKE = jax.nn.one_hot(expert_ids_TK, E, dtype=jnp.float32)
     gates_TE = jnp.einsum("tk,tke->te", gates_TK.astype(jnp.float32), onehot_TKE)
     g_TEF = jnp.einsum("td,edf->tef", x_TD, w_gate_EDF)
     u_TEF = jnp.einsum("td,edf->tef", x_TD, w_up_EDF)
-    y_TED = jnp.einsum("tef,efd->ted", jax.nn.silu(g_TEF) * u_TEF, w_down_EFD)
+    y_TED = jnp.einsum("tef,efd->ted", swiglu(g_TEF, u_TEF, swiglu_limit), w_down_EFD)
     return jnp.einsum("te,ted->td", gates_TE, y_TED.astype(jnp.float32)).astype(x_TD.dtype)
 
 
@@ -126,8 +138,11 @@ def _chunks(gates_TK: jax.Array, layout: _Layout):
     return jnp.arange(n), layout.copy_nS, layout.expert_nG, gate_nS
 
 
-def _swiglu_chunks(x_TD, gates_TK, w_gate_EDF, w_up_EDF, w_down_EFD, layout, keep_residuals):
-    """y_TD and, if asked, the pre-activations [n,S,2F] of every chunk (zeros if unused)."""
+def _swiglu_chunks(
+    x_TD, gates_TK, w_gate_EDF, w_up_EDF, w_down_EFD, layout, keep_residuals, limit=None
+):
+    """y_TD and, if asked, the (unclipped) pre-activations [n,S,2F] of every chunk (zeros if
+    unused)."""
     T, D = x_TD.shape
     K, F = gates_TK.shape[1], w_gate_EDF.shape[-1]
 
@@ -135,7 +150,7 @@ def _swiglu_chunks(x_TD, gates_TK, w_gate_EDF, w_up_EDF, w_down_EFD, layout, kee
         xs_GRD = _rows(x_TD, copy_S, K).reshape(expert_G.shape[0], -1, D)
         w_gu_GDF = jnp.concatenate([w_gate_EDF[expert_G], w_up_EDF[expert_G]], axis=-1)
         gu_GRF = jnp.einsum("grd,gdf->grf", xs_GRD, w_gu_GDF)
-        h_GRF = jax.nn.silu(gu_GRF[..., :F]) * gu_GRF[..., F:]
+        h_GRF = swiglu(gu_GRF[..., :F], gu_GRF[..., F:], limit)
         ys_SD = jnp.einsum("grf,gfd->grd", h_GRF, w_down_EFD[expert_G]).reshape(-1, D)
         y_TD = _add_rows(y_TD, copy_S, K, gate_S[:, None] * ys_SD.astype(jnp.float32))
         return y_TD, gu_GRF.reshape(-1, 2 * F) if keep_residuals else None
@@ -152,22 +167,25 @@ def _swiglu_chunks(x_TD, gates_TK, w_gate_EDF, w_up_EDF, w_down_EFD, layout, kee
     return y_TD.astype(x_TD.dtype), gu_nSF
 
 
-@jax.custom_vjp
-def _experts(x_TD, gates_TK, w_gate_EDF, w_up_EDF, w_down_EFD, layout: _Layout):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
+def _experts(x_TD, gates_TK, w_gate_EDF, w_up_EDF, w_down_EFD, layout: _Layout, limit=None):
     """Routed SwiGLU experts over the slots of `layout`, one chunk of slots at a time.
 
     Chunks keep the working set small: on CPU, touching fresh memory (page faults) costs as much
     as the arithmetic. The backward is written by hand to choose its matmuls and reuse gathers.
+    `limit`: swiglu_limit (static; None or 0: no clipping).
     """
-    return _swiglu_chunks(x_TD, gates_TK, w_gate_EDF, w_up_EDF, w_down_EFD, layout, False)[0]
+    return _swiglu_chunks(x_TD, gates_TK, w_gate_EDF, w_up_EDF, w_down_EFD, layout, False, limit)[0]
 
 
-def _experts_fwd(x_TD, gates_TK, w_gate_EDF, w_up_EDF, w_down_EFD, layout):
-    y_TD, gu_nSF = _swiglu_chunks(x_TD, gates_TK, w_gate_EDF, w_up_EDF, w_down_EFD, layout, True)
+def _experts_fwd(x_TD, gates_TK, w_gate_EDF, w_up_EDF, w_down_EFD, layout, limit):
+    y_TD, gu_nSF = _swiglu_chunks(
+        x_TD, gates_TK, w_gate_EDF, w_up_EDF, w_down_EFD, layout, True, limit
+    )
     return y_TD, (x_TD, gates_TK, w_gate_EDF, w_up_EDF, w_down_EFD, layout, gu_nSF)
 
 
-def _experts_bwd(res, dy_TD):
+def _experts_bwd(limit, res, dy_TD):
     x_TD, gates_TK, w_gate_EDF, w_up_EDF, w_down_EFD, layout, gu_nSF = res
     T, D = x_TD.shape
     K, F = gates_TK.shape[1], w_gate_EDF.shape[-1]
@@ -183,13 +201,19 @@ def _experts_bwd(res, dy_TD):
         w_gu_GDF = jnp.concatenate([w_gate_EDF[expert_G], w_up_EDF[expert_G]], axis=-1)
         dh_GRF = jnp.einsum("grd,gfd->grf", dy_GRD, w_down_EFD[expert_G]).astype(f32)
         g, u = gu_GRF[..., :F].astype(f32), gu_GRF[..., F:].astype(f32)
+        if limit:  # clipped values pass no gradient (torch.clamp's convention at the bounds)
+            g_in, u_in = g <= limit, jnp.abs(u) <= limit
+            g, u = jnp.minimum(g, limit), jnp.clip(u, -limit, limit)
         sig = jax.nn.sigmoid(g)
         h = g * sig * u
         dgate_S = jnp.sum(dh_GRF * h, axis=-1).reshape(-1)
         gate_GR1 = gate_S.reshape(G, R, 1)
         dh_GRF = dh_GRF * gate_GR1
         dg = dh_GRF * u * sig * (1 + g * (1 - sig))
-        dgu_GRF = jnp.concatenate([dg, dh_GRF * g * sig], axis=-1).astype(dt)
+        du = dh_GRF * g * sig
+        if limit:
+            dg, du = jnp.where(g_in, dg, 0.0), jnp.where(u_in, du, 0.0)
+        dgu_GRF = jnp.concatenate([dg, du], axis=-1).astype(dt)
         dw_down_GFD = jnp.einsum("grf,grd->gfd", (h * gate_GR1).astype(dt), dy_GRD)
         dw_gu_GDF = jnp.einsum("grd,grf->gdf", xs_GRD, dgu_GRF)
         dxs_SD = jnp.einsum("grf,gdf->grd", dgu_GRF, w_gu_GDF).reshape(-1, D)
@@ -237,6 +261,7 @@ def sparse_dispatch(
     *,
     capacity_factor: float = 1.25,
     chunk_rows: int = 1024,
+    swiglu_limit: float | None = None,
 ):
     """Dropless sorted dispatch whose cost follows the routing.
 
@@ -257,6 +282,7 @@ def sparse_dispatch(
         capacity_factor,
         chunk_rows,
         absent=False,
+        limit=swiglu_limit,
     )
 
 
@@ -270,6 +296,7 @@ def _sparse(
     capacity_factor,
     chunk_rows,
     absent: bool,
+    limit: float | None = None,
 ):
     """The sorted dispatch over the E experts of the weights given; with `absent`, id E marks
     copies whose expert is elsewhere (see `_layout`)."""
@@ -277,7 +304,7 @@ def _sparse(
     E = w_gate_EDF.shape[0]
     R = group_rows(T, K, E, capacity_factor, chunk_rows)
     layout = _layout(ids_TK, E, R, chunk_rows, absent=absent)
-    return _experts(x_TD, gates_TK, w_gate_EDF, w_up_EDF, w_down_EFD, layout)
+    return _experts(x_TD, gates_TK, w_gate_EDF, w_up_EDF, w_down_EFD, layout, limit or None)
 
 
 def local_experts(
@@ -292,6 +319,7 @@ def local_experts(
     *,
     capacity_factor: float = 1.25,
     chunk_rows: int = 1024,
+    swiglu_limit: float | None = None,
 ):
     """The contribution of experts first_expert .. first_expert + E_local - 1 (the weights
     given, E_local of them) to every token: the expert-parallel building block. Copies routed
@@ -303,7 +331,9 @@ def local_experts(
     # A zero gate also stops the gradient to the gates of the copies computed elsewhere.
     gates_TK = jnp.where(local_TK, gates_TK, jnp.zeros_like(gates_TK))
     if impl == "dense":  # one_hot of id E_local is all zeros: absent copies weigh nothing
-        return dense_oracle(x_TD, ids_TK, gates_TK, w_gate_EDF, w_up_EDF, w_down_EFD)
+        return dense_oracle(
+            x_TD, ids_TK, gates_TK, w_gate_EDF, w_up_EDF, w_down_EFD, swiglu_limit=swiglu_limit
+        )
     if impl != "sparse":
         raise ValueError(
             f"model.moe_impl={impl!r} has no expert-parallel form; allowed with "
@@ -319,17 +349,20 @@ def local_experts(
         capacity_factor,
         chunk_rows,
         absent=True,
+        limit=swiglu_limit,
     )
 
 
-def ragged_dispatch(x_TD, expert_ids_TK, gates_TK, w_gate_EDF, w_up_EDF, w_down_EFD):
+def ragged_dispatch(
+    x_TD, expert_ids_TK, gates_TK, w_gate_EDF, w_up_EDF, w_down_EFD, *, swiglu_limit=None
+):
     """Copies sorted by expert, each matmul one `jax.lax.ragged_dot` over the expert groups."""
     T, K = expert_ids_TK.shape
     s = _sort_copies(expert_ids_TK, w_gate_EDF.shape[0])
     xs_MD = x_TD[s.copy_M // K]
     g_MF = jax.lax.ragged_dot(xs_MD, w_gate_EDF, s.count_E)
     u_MF = jax.lax.ragged_dot(xs_MD, w_up_EDF, s.count_E)
-    ys_MD = jax.lax.ragged_dot(jax.nn.silu(g_MF) * u_MF, w_down_EFD, s.count_E)
+    ys_MD = jax.lax.ragged_dot(swiglu(g_MF, u_MF, swiglu_limit), w_down_EFD, s.count_E)
     position_TK = s.start_E[expert_ids_TK] + s.rank_M.reshape(T, K)
     ys_TKD = ys_MD[position_TK].astype(jnp.float32)
     return jnp.sum(gates_TK.astype(jnp.float32)[..., None] * ys_TKD, axis=1).astype(x_TD.dtype)

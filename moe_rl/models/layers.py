@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from moe_rl.models.config import ModelConfig, YarnConfig
+from moe_rl.models.dispatch import swiglu
 
 
 def logical_param(
@@ -122,10 +123,15 @@ class Rotary(nn.Module):
 
 
 class MLP(nn.Module):
-    """SwiGLU feed-forward (Shazeer 2020): down(silu(x W_gate) * x W_up)."""
+    """SwiGLU feed-forward (Shazeer 2020): down(silu(x W_gate) * x W_up).
+
+    `swiglu_limit` (DeepSeek-V4's shared experts, HF `DeepseekV4MLP`): x W_gate clipped from
+    above and x W_up to [-limit, limit] first; None or 0: no clipping.
+    """
 
     cfg: ModelConfig
     width: int
+    swiglu_limit: float | None = None
 
     @nn.compact
     def __call__(self, x_BLD):
@@ -140,7 +146,7 @@ class MLP(nn.Module):
             self, "down", (self.width, D), ("mlp", "embed"), init, cfg.weight_dtype
         )
         x = x_BLD.astype(dt)
-        h = nn.silu(x @ w_gate.astype(dt)) * (x @ w_up.astype(dt))
+        h = swiglu(x @ w_gate.astype(dt), x @ w_up.astype(dt), self.swiglu_limit)
         return h @ w_down.astype(dt)
 
 

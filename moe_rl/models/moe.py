@@ -4,6 +4,10 @@ The router runs in float32. The per-expert correction bias (DeepSeek-V3 sec. 2.1
 changes *which* experts are selected; the gate weights come from the unbiased scores. The bias
 is not a parameter: it lives in the `moe_bias` collection, in float32, outside the optimizer,
 and the training loop updates it from the expert counts this layer returns.
+
+DeepSeek-V4 (sec. 2.1) adds sqrt(softplus) scores and hash-routed layers, whose experts come
+from a frozen token-id -> expert-ids table (`tid2eid`, in the `moe_hash` collection, never
+trained); their gates are still the router's normalised scores.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from moe_rl.models.config import ModelConfig
 from moe_rl.models.layers import MLP, logical_param, normal_init
 
 BIAS_COLLECTION = "moe_bias"
+HASH_COLLECTION = "moe_hash"
 
 
 def expert_parallel_size() -> int:
@@ -29,7 +34,9 @@ def expert_parallel_size() -> int:
     return 1 if mesh.empty else dict(mesh.shape).get("expert", 1)
 
 
-def routed_output(impl: str, x_TD, ids_TK, gates_TK, w_gate_EDF, w_up_EDF, w_down_EFD):
+def routed_output(
+    impl: str, x_TD, ids_TK, gates_TK, w_gate_EDF, w_up_EDF, w_down_EFD, swiglu_limit=None
+):
     """The routed experts' output [T,D]; with an 'expert' mesh axis of size EP > 1, expert
     parallel: each device holds E/EP experts and computes them for the tokens of its expert
     group, inside `jax.shard_map`.
@@ -43,7 +50,14 @@ def routed_output(impl: str, x_TD, ids_TK, gates_TK, w_gate_EDF, w_up_EDF, w_dow
     ep = expert_parallel_size()
     if ep == 1:
         return dispatch.routed_experts(
-            impl, x_TD, ids_TK, gates_TK, w_gate_EDF, w_up_EDF, w_down_EFD
+            impl,
+            x_TD,
+            ids_TK,
+            gates_TK,
+            w_gate_EDF,
+            w_up_EDF,
+            w_down_EFD,
+            swiglu_limit=swiglu_limit,
         )
     E = w_gate_EDF.shape[0]
     if E % ep:
@@ -62,7 +76,15 @@ def routed_output(impl: str, x_TD, ids_TK, gates_TK, w_gate_EDF, w_up_EDF, w_dow
             x_TD, ids_TK, gates_TK = map(gather_rows, (x_TD, ids_TK, gates_TK))
         first = jax.lax.axis_index("expert") * w_gate_EDF.shape[0]
         y_TD = dispatch.local_experts(
-            impl, x_TD, ids_TK, gates_TK, w_gate_EDF, w_up_EDF, w_down_EFD, first
+            impl,
+            x_TD,
+            ids_TK,
+            gates_TK,
+            w_gate_EDF,
+            w_up_EDF,
+            w_down_EFD,
+            first,
+            swiglu_limit=swiglu_limit,
         )
         if gather:
             return jax.lax.psum_scatter(y_TD, "expert", scatter_dimension=0, tiled=True)
@@ -83,23 +105,21 @@ def route(
     `topk_group` groups (a group scores the sum of its two best biased scores, sec. 2.1.2 and
     the V3 reference code); gates g = s[top-k] / sum(s[top-k]) * routed_scaling_factor.
     With softmax scores (DeepSeek-V2) a group scores its best expert (group-limited greedy).
+    With sqrtsoftplus (DeepSeek-V4 sec. 2.1, HF `DeepseekV4TopKRouter`) s = sqrt(softplus(u.e)),
+    selected and weighed exactly as sigmoid scores (V4 has no groups: n_group=1).
 
     `replay_TK`: routing replay (R3, Ma et al. 2025; DeepSeek-V3.2's Keep Routing): the
     experts recorded for each token (e.g. by the sampler) replace the selection; the gates are
     the current scores at those experts, normalised as above, so the router keeps its
     gradient. A token whose first recorded id is negative (nothing recorded) selects its own.
     """
-    logits_TE = logits_TE.astype(jnp.float32)
-    if cfg.scoring_func == "sigmoid":
-        scores_TE = jax.nn.sigmoid(logits_TE)
-    else:
-        scores_TE = jax.nn.softmax(logits_TE, axis=-1)
+    scores_TE = router_scores(logits_TE, cfg.scoring_func)
     choice_TE = scores_TE + jax.lax.stop_gradient(bias_E.astype(jnp.float32))
     T, E = choice_TE.shape
     if cfg.n_group > 1:
         G = cfg.n_group
         choice_TGe = choice_TE.reshape(T, G, E // G)
-        if cfg.scoring_func == "sigmoid":
+        if cfg.scoring_func != "softmax":
             group_TG = jax.lax.top_k(choice_TGe, 2)[0].sum(-1)
         else:
             group_TG = choice_TGe.max(-1)
@@ -110,10 +130,47 @@ def route(
     if replay_TK is not None:
         recorded_T1 = replay_TK[:, :1] >= 0
         expert_ids_TK = jnp.where(recorded_T1, replay_TK.astype(jnp.int32), expert_ids_TK)
+    return scores_TE, expert_ids_TK, _gates(scores_TE, expert_ids_TK, cfg)
+
+
+def router_scores(logits_TE: jax.Array, scoring_func: str) -> jax.Array:
+    """Affinity scores s [T,E] in float32: sigmoid (V3), softmax (V2) or sqrt(softplus) (V4)."""
+    logits_TE = logits_TE.astype(jnp.float32)
+    if scoring_func == "sigmoid":
+        return jax.nn.sigmoid(logits_TE)
+    if scoring_func == "sqrtsoftplus":
+        return jnp.sqrt(jax.nn.softplus(logits_TE))
+    return jax.nn.softmax(logits_TE, axis=-1)
+
+
+def _gates(scores_TE, expert_ids_TK, cfg: ModelConfig) -> jax.Array:
+    """The chosen experts' unbiased scores, normalised over the K (norm_topk_prob), scaled."""
     gates_TK = jnp.take_along_axis(scores_TE, expert_ids_TK, axis=-1)
     if cfg.norm_topk_prob:
         gates_TK = gates_TK / (gates_TK.sum(-1, keepdims=True) + 1e-20)
-    return scores_TE, expert_ids_TK, gates_TK * cfg.routed_scaling_factor
+    return gates_TK * cfg.routed_scaling_factor
+
+
+def hash_route(
+    logits_TE: jax.Array, tokens_T: jax.Array, tid2eid_VK: jax.Array, cfg: ModelConfig
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Hash routing (DeepSeek-V4 sec. 2.1, HF `DeepseekV4HashRouter`): (scores [T,E], expert
+    ids [T,K], gates [T,K]). The experts of token t are the frozen row tid2eid[tokens[t]]; the
+    gates are the router's scores at them, normalised and scaled as in `route` (no bias)."""
+    scores_TE = router_scores(logits_TE, cfg.scoring_func)
+    expert_ids_TK = jnp.take(tid2eid_VK, tokens_T, axis=0).astype(jnp.int32)
+    return scores_TE, expert_ids_TK, _gates(scores_TE, expert_ids_TK, cfg)
+
+
+def init_tid2eid(key: jax.Array, vocab_size: int, n_experts: int, k: int) -> jax.Array:
+    """A fresh hash table [V,K] int32: K distinct experts per token id, uniformly at random.
+
+    HF zero-initialises its `tid2eid` buffer as a placeholder for the checkpoint's table (that
+    would send every token to expert 0); a model trained from scratch needs a real hash, so we
+    draw one, as hash layers do (Roller et al. 2021, "Hash Layers For Large Sparse Models").
+    """
+    noise_VE = jax.random.uniform(key, (vocab_size, n_experts))
+    return jax.lax.top_k(noise_VE, k)[1].astype(jnp.int32)
 
 
 def sequence_balance_loss(
@@ -144,26 +201,39 @@ def replay_differs(own_TK: jax.Array, replay_TK: jax.Array, valid_T: jax.Array) 
 
 class MoE(nn.Module):
     """Routed + shared experts; returns (output, {'expert_counts' [E], 'balance_loss' [],
-    'expert_ids' [B, L, K]}, and with `replay_BLK` 'replay_differs' [] and 'replay_tokens' [])."""
+    'expert_ids' [B, L, K]}, and with `replay_BLK` 'replay_differs' [] and 'replay_tokens' []).
+
+    `hash_routed` (DeepSeek-V4 'hash_moe' layer): experts from the frozen `tid2eid` table of the
+    `moe_hash` collection by `tokens_BL`, no routing bias; a replay is compared, never applied.
+    """
 
     cfg: ModelConfig
     replay_apply: bool = True  # False: only compare the routing with `replay_BLK`
+    hash_routed: bool = False
 
     @nn.compact
-    def __call__(self, x_BLD, valid_BL, replay_BLK=None):
+    def __call__(self, x_BLD, valid_BL, replay_BLK=None, tokens_BL=None):
         cfg = self.cfg
         dt, pdt, init = cfg.compute_dtype, cfg.weight_dtype, normal_init(cfg)
         B, L, D = x_BLD.shape
-        E, F = cfg.n_routed_experts, cfg.moe_intermediate_size
+        E, F, K = cfg.n_routed_experts, cfg.moe_intermediate_size, cfg.num_experts_per_tok
         w_router = logical_param(self, "router", (D, E), ("embed", "expert"), init, pdt)
-        bias = self.variable(
-            BIAS_COLLECTION,
-            "bias",
-            nn.with_logical_partitioning(nn.initializers.zeros_init(), ("expert",)),
-            None,
-            (E,),
-            jnp.float32,
-        )
+        if self.hash_routed:
+            if tokens_BL is None:
+                raise ValueError("a hash-routed MoE layer ('hash_moe') needs the token ids")
+            fresh = lambda: init_tid2eid(self.make_rng("params"), cfg.vocab_size, E, K)
+            tid2eid = self.variable(
+                HASH_COLLECTION, "tid2eid", nn.with_logical_partitioning(fresh, (None, None))
+            )
+        else:
+            bias = self.variable(
+                BIAS_COLLECTION,
+                "bias",
+                nn.with_logical_partitioning(nn.initializers.zeros_init(), ("expert",)),
+                None,
+                (E,),
+                jnp.float32,
+            )
         w_gate = logical_param(
             self, "experts_gate", (E, D, F), ("expert", "embed", "mlp"), init, pdt
         )
@@ -174,11 +244,14 @@ class MoE(nn.Module):
 
         x_TD = x_BLD.reshape(B * L, D).astype(dt)
         logits_TE = x_TD.astype(jnp.float32) @ w_router.astype(jnp.float32)
-        K = cfg.num_experts_per_tok
         replay_TK = None if replay_BLK is None else replay_BLK.reshape(B * L, K)
-        scores_TE, ids_TK, gates_TK = route(
-            logits_TE, bias.value, cfg, replay_TK if self.replay_apply else None
-        )
+        if self.hash_routed:
+            tokens_T = tokens_BL.reshape(-1)
+            scores_TE, ids_TK, gates_TK = hash_route(logits_TE, tokens_T, tid2eid.value, cfg)
+        else:
+            scores_TE, ids_TK, gates_TK = route(
+                logits_TE, bias.value, cfg, replay_TK if self.replay_apply else None
+            )
         y_TD = routed_output(
             cfg.moe_impl,
             x_TD,
@@ -187,10 +260,12 @@ class MoE(nn.Module):
             w_gate.astype(dt),
             w_up.astype(dt),
             w_down.astype(dt),
+            cfg.swiglu_limit,
         )
         y_BLD = y_TD.reshape(B, L, D)
         if cfg.n_shared_experts:
-            y_BLD = y_BLD + MLP(cfg, F * cfg.n_shared_experts, name="shared_experts")(x_BLD)
+            shared = MLP(cfg, F * cfg.n_shared_experts, cfg.swiglu_limit, name="shared_experts")
+            y_BLD = y_BLD + shared(x_BLD)
 
         valid = valid_BL.reshape(-1).astype(jnp.float32)
         counts_E = jnp.einsum("tke,t->e", jax.nn.one_hot(ids_TK, E, dtype=jnp.float32), valid)
@@ -200,7 +275,8 @@ class MoE(nn.Module):
         aux = {"expert_counts": counts_E, "balance_loss": balance}
         aux["expert_ids"] = ids_TK.reshape(B, L, K)
         if replay_TK is not None:
-            own_TK = route(logits_TE, bias.value, cfg)[1] if self.replay_apply else ids_TK
+            applied = self.replay_apply and not self.hash_routed
+            own_TK = route(logits_TE, bias.value, cfg)[1] if applied else ids_TK
             aux["replay_differs"] = replay_differs(own_TK, replay_TK, valid > 0)
             aux["replay_tokens"] = jnp.sum((replay_TK[:, 0] >= 0) & (valid > 0)).astype(jnp.float32)
         return y_BLD.astype(dt), aux

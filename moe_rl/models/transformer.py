@@ -4,7 +4,9 @@
 
     logits_BLV, new_cache, aux = forward(cfg, params, state, tokens, positions, segment_ids, cache)
 
-`state` holds the non-trained `moe_bias` collection. The KV cache is a dict made by
+`state` holds the non-trained `moe_bias` collection (and DeepSeek-V4 hash layers' frozen
+`moe_hash` tables). With `hc_mult` > 0 the residual stream is DeepSeek-V4's mHC streams
+(models/hyper_connections.py). The KV cache is a dict made by
 `init_cache`; passing it returns the updated cache (nothing is stored in the module).
 """
 
@@ -18,39 +20,80 @@ import jax.numpy as jnp
 
 from moe_rl.models.attention import attention_module, init_layer_cache, write_cache
 from moe_rl.models.config import ModelConfig
+from moe_rl.models.hyper_connections import HyperHead, expand_streams, hyper_residual
 from moe_rl.models.layers import MLP, Embed, RMSNorm, logical_param, normal_init
-from moe_rl.models.moe import BIAS_COLLECTION, MoE
+from moe_rl.models.moe import BIAS_COLLECTION, HASH_COLLECTION, MoE
 
 Params = Any
 
+# The decoder's layer stacks, bottom to top: dense FFN, DeepSeek-V4 hash-routed MoE, learned MoE.
+STACK_KINDS = ("dense", "hash", "moe")
+
+
+def layer_stacks(cfg: ModelConfig) -> tuple[tuple[str, int], ...]:
+    """(kind, number of layers) of each non-empty stack, in order (params '{kind}_layers').
+
+    `cfg.mlp_kinds` must be dense layers, then 'hash_moe' ones, then 'moe' ones (as V4's
+    leading hash layers): each stack is a run of identical layers (one lax.scan when scanned).
+    """
+    kinds, ffn = cfg.mlp_kinds, dict(zip(STACK_KINDS, ("dense", "hash_moe", "moe"), strict=True))
+    n = {kind: kinds.count(k) for kind, k in ffn.items()}
+    if kinds != tuple(k for kind, k in ffn.items() for _ in range(n[kind])):
+        raise ValueError(
+            f"model.mlp_layer_types gives the layers {kinds}: the decoder needs the dense "
+            "layers first, then the 'hash_moe' ones, then the 'moe' ones"
+        )
+    return tuple((kind, n[kind]) for kind in STACK_KINDS if n[kind])
+
 
 class DecoderLayer(nn.Module):
-    """Pre-norm block: x + Attn(norm(x)), then + FFN(norm(.)), FFN dense or DeepSeekMoE."""
+    """Pre-norm block: x + Attn(norm(x)), then + FFN(norm(.)), FFN dense or DeepSeekMoE.
+
+    With `cfg.hc_mult` > 0 (DeepSeek-V4 mHC) x is the residual streams [B,L,N,D] and each
+    sublayer is wrapped in a hyper-connection instead (`hyper_connections.hyper_residual`,
+    HF `DeepseekV4DecoderLayer`: 'attn_hc' around attention, 'ffn_hc' around the FFN).
+    """
 
     cfg: ModelConfig
     moe: bool
     replay_apply: bool = True
     dsa: str = ""  # training DSA's indexer (attention.MLA): aux gets its 'dsa_kl' [B, L]
+    prefix: tuple[int, int] | None = None  # a shared-prefix row's (P, G): attention by blocks
+    hash_routed: bool = False  # a DeepSeek-V4 'hash_moe' layer (moe.MoE's hash_routed)
 
     @nn.compact
-    def __call__(self, x_BLD, ctx, cache=None, replay_BLK=None):
-        positions_BL, mask_BLS, valid_BL, cache_index = ctx
+    def __call__(self, x, ctx, cache=None, replay_BLK=None):
+        positions_BL, mask_BLS, valid_BL, cache_index, tokens_BL = ctx
         cfg = self.cfg
         norm = lambda name: RMSNorm(
             cfg.rms_norm_eps, cfg.compute_dtype, cfg.weight_dtype, name=name
         )
-        attn_out, new_cache, *attn_aux = attention_module(cfg, "attn", self.dsa)(
-            norm("input_layernorm")(x_BLD), positions_BL, mask_BLS, cache, cache_index
-        )
-        h_BLD = x_BLD + attn_out
-        ffn_in = norm("post_attention_layernorm")(h_BLD)
-        if self.moe:
-            ffn_out, aux = MoE(cfg, self.replay_apply, name="mlp")(ffn_in, valid_BL, replay_BLK)
+        attn = attention_module(cfg, "attn", self.dsa, self.prefix)
+
+        def attention(h_BLD):
+            out_BLD, new_cache, *attn_aux = attn(
+                norm("input_layernorm")(h_BLD), positions_BL, mask_BLS, cache, cache_index
+            )
+            return out_BLD, (new_cache, attn_aux)
+
+        def ffn(h_BLD):
+            ffn_in = norm("post_attention_layernorm")(h_BLD)
+            if self.moe:
+                moe = MoE(cfg, self.replay_apply, self.hash_routed, name="mlp")
+                return moe(ffn_in, valid_BL, replay_BLK, tokens_BL)
+            return MLP(cfg, cfg.intermediate_size, name="mlp")(ffn_in), {}
+
+        if cfg.hc_mult:
+            x, (new_cache, attn_aux) = hyper_residual(cfg, "attn_hc", x, attention)
+            x, aux = hyper_residual(cfg, "ffn_hc", x, ffn)
         else:
-            ffn_out, aux = MLP(cfg, cfg.intermediate_size, name="mlp")(ffn_in), {}
+            attn_out, (new_cache, attn_aux) = attention(x)
+            h_BLD = x + attn_out
+            ffn_out, aux = ffn(h_BLD)
+            x = h_BLD + ffn_out
         if attn_aux:
             aux = {**aux, **attn_aux[0]}
-        return h_BLD + ffn_out, new_cache, aux
+        return x, new_cache, aux
 
 
 class _ScanStep(nn.Module):
@@ -60,13 +103,21 @@ class _ScanStep(nn.Module):
     moe: bool
     replay_apply: bool = True
     dsa: str = ""
+    prefix: tuple[int, int] | None = None
+    hash_routed: bool = False
 
     @nn.compact
     def __call__(self, x_BLD, xs, ctx):
         cache, replay_BLK = xs
         layer = nn.remat(DecoderLayer, prevent_cse=False) if self.cfg.remat else DecoderLayer
         x_BLD, new_cache, aux = layer(
-            self.cfg, self.moe, self.replay_apply, self.dsa, name="layer"
+            self.cfg,
+            self.moe,
+            self.replay_apply,
+            self.dsa,
+            self.prefix,
+            self.hash_routed,
+            name="layer",
         )(x_BLD, ctx, cache, replay_BLK)
         return x_BLD, (new_cache, aux)
 
@@ -79,6 +130,8 @@ class LayerStack(nn.Module):
     num_layers: int
     replay_apply: bool = True
     dsa: str = ""
+    prefix: tuple[int, int] | None = None
+    hash_routed: bool = False  # DeepSeek-V4 'hash_moe' layers
 
     @nn.compact
     def __call__(self, x_BLD, ctx, caches=None, replay=None):
@@ -87,14 +140,20 @@ class LayerStack(nn.Module):
         if cfg.scan_layers:
             scanned = nn.scan(
                 _ScanStep,
-                variable_axes={"params": 0, BIAS_COLLECTION: 0},
+                variable_axes={"params": 0, BIAS_COLLECTION: 0, HASH_COLLECTION: 0},
                 split_rngs={"params": True},
                 in_axes=(0, nn.broadcast),
                 length=self.num_layers,
                 metadata_params={nn.PARTITION_NAME: "layers"},
             )
             x_BLD, (new_caches, aux) = scanned(
-                cfg, self.moe, self.replay_apply, self.dsa, name="scan"
+                cfg,
+                self.moe,
+                self.replay_apply,
+                self.dsa,
+                self.prefix,
+                self.hash_routed,
+                name="scan",
             )(x_BLD, (caches, replay), ctx)
             return x_BLD, new_caches, aux
         layer_cls = nn.remat(DecoderLayer) if cfg.remat else DecoderLayer
@@ -103,7 +162,13 @@ class LayerStack(nn.Module):
             cache = None if caches is None else caches[i]
             replay_BLK = None if replay is None else replay[i]
             x_BLD, new_cache, aux = layer_cls(
-                cfg, self.moe, self.replay_apply, self.dsa, name=str(i)
+                cfg,
+                self.moe,
+                self.replay_apply,
+                self.dsa,
+                self.prefix,
+                self.hash_routed,
+                name=str(i),
             )(x_BLD, ctx, cache, replay_BLK)
             new_caches.append(new_cache)
             auxes.append(aux)
@@ -145,23 +210,36 @@ class Transformer(nn.Module):
         if shared_prefix:  # segment 1 is a prompt that every later segment continues
             same_BLS |= (kv_seg_BS[:, None, :] == 1) & (seg_BL[:, :, None] > 1)
         mask_BLS = (kv_slot_S[None, None, :] <= q_slot_L[None, :, None]) & same_BLS
-        ctx = (positions_BL, mask_BLS, seg_BL > 0, index)
+        ctx = (positions_BL, mask_BLS, seg_BL > 0, index, tokens_BL)
 
         embed = Embed(cfg, name="embed")
         x_BLD = embed(tokens_BL)
+        if cfg.hc_mult:  # mHC: hc_mult residual streams [B, L, N, D]
+            x_BLD = expand_streams(x_BLD, cfg.hc_mult)
         new_cache, aux, dsa_kl = {}, {}, []
-        for kind, n in (("dense", cfg.num_dense_layers), ("moe", cfg.num_moe_layers)):
-            if n == 0:
-                continue
+        for kind, n in layer_stacks(cfg):
             caches = None if cache is None else cache[kind]
+            # A (P, G) shared prefix is attended by blocks (attention.prefix_attention).
+            prefix = shared_prefix if isinstance(shared_prefix, tuple) and cache is None else None
             x_BLD, new_cache[kind], layer_aux = LayerStack(
-                cfg, kind == "moe", n, replay_apply, dsa, name=f"{kind}_layers"
+                cfg,
+                kind != "dense",
+                n,
+                replay_apply,
+                dsa,
+                prefix,
+                kind == "hash",
+                name=f"{kind}_layers",
             )(x_BLD, ctx, caches, replay if kind == "moe" else None)
             if dsa:
                 dsa_kl.append(layer_aux.pop("dsa_kl"))
+            if kind == "hash":  # own keys: the bias update, replay and metrics see 'moe' layers
+                layer_aux = {f"hash_{k}": v for k, v in layer_aux.items()}
             aux.update(layer_aux)
         if dsa:
             aux["dsa_kl"] = jnp.concatenate(dsa_kl)  # [num_hidden_layers, B, L]
+        if cfg.hc_mult:
+            x_BLD = HyperHead(cfg, name="hc_head")(x_BLD)
 
         norm = lambda name: RMSNorm(
             cfg.rms_norm_eps, cfg.compute_dtype, cfg.weight_dtype, name=name
@@ -183,6 +261,8 @@ class Transformer(nn.Module):
         logits_BLV = head(norm("final_norm")(x_BLD))
 
         if mtp and cfg.num_nextn_predict_layers and cache is None:
+            if cfg.hc_mult:  # V4's MTP block carries its own streams and head: not built yet
+                raise NotImplementedError("multi-token prediction with model.hc_mult > 0")
             aux.update(self._multi_token_prediction(x_BLD, tokens_BL, ctx, embed, head, dsa))
         if cache is not None:
             new_cache.update(index=index + L, segment_ids=kv_seg_BS)
@@ -239,7 +319,8 @@ def init_boxed(cfg: ModelConfig, key: jax.Array):
 
 
 def init(cfg: ModelConfig, key: jax.Array) -> tuple[Params, dict]:
-    """Fresh (params, state); state = {'moe_bias': ...} for MoE models, {} for dense ones."""
+    """Fresh (params, state); state = {'moe_bias': ...} for MoE models (with 'hash_moe' layers
+    also {'moe_hash': ...}, their tid2eid tables), {} for dense ones."""
     return _split(nn.meta.unbox(init_boxed(cfg, key)))
 
 
@@ -259,7 +340,7 @@ def forward(
     cache: dict | None = None,
     *,
     mtp: bool = True,
-    shared_prefix: bool = False,
+    shared_prefix: bool | tuple[int, int] = False,
     replay: jax.Array | None = None,
     replay_apply: bool = True,
     dsa: str = "",
@@ -269,7 +350,10 @@ def forward(
     `shared_prefix`: segment 1 of a row is a prompt shared by the segments after it (2, 3, ...:
     its continuations, positions continuing the prompt's); each continuation attends to the
     prompt and to itself, exactly as if it were its own row [prompt, continuation]. GRPO packs
-    a question's G completions this way: the prompt is computed once, not G times.
+    a question's G completions this way: the prompt is computed once, not G times. A pair
+    (P, G) says more: the prompt fills the row's first P slots and G continuations of equal
+    length follow; attention then skips the keys of the other continuations instead of masking
+    them (`attention.prefix_attention`, exact; far fewer scores when G is large).
 
     `replay`: routing replay, the expert ids to use [n_moe_layers, B, L, K] (int32; a token
     whose ids are -1 routes itself), e.g. those the sampler recorded (`moe.route`); with
@@ -279,7 +363,10 @@ def forward(
     [n_moe_layers], 'expert_ids' [n_moe_layers, B, L, K] (the experts used), with `replay`
     'replay_differs' and 'replay_tokens' [n_moe_layers] (valid replayed tokens whose own
     routing would differ; all valid replayed tokens), and with MTP (no cache) 'mtp_logits'
-    [D, B, L, V], 'mtp_expert_counts'.
+    [D, B, L, V], 'mtp_expert_counts'. 'n_moe_layers' counts the learned-routing ('moe')
+    layers only: DeepSeek-V4 'hash_moe' layers report under 'hash_expert_counts',
+    'hash_balance_loss', 'hash_expert_ids' and take no replay (their experts are fixed by the
+    token ids).
 
     `dsa` ('warmup' or 'sparse', no cache; see attention.MLA) trains DeepSeek Sparse
     Attention's indexer: aux then holds 'dsa_kl' [num_hidden_layers, B, L], each query's KL
@@ -306,9 +393,7 @@ def init_cache(cfg: ModelConfig, batch: int, max_len: int) -> dict:
         "index": jnp.zeros((), jnp.int32),
         "segment_ids": jnp.zeros((batch, max_len), jnp.int32),
     }
-    for kind, n in (("dense", cfg.num_dense_layers), ("moe", cfg.num_moe_layers)):
-        if n == 0:
-            continue
+    for kind, n in layer_stacks(cfg):
         layer = init_layer_cache(cfg, batch, max_len)
         if cfg.scan_layers:
             cache[kind] = jax.tree.map(lambda a, n=n: jnp.broadcast_to(a, (n, *a.shape)), layer)
@@ -322,7 +407,7 @@ def repeat_cache(cfg: ModelConfig, cache: dict, n: int) -> dict:
     samples of each prefilled prompt."""
     out = {"index": cache["index"], "segment_ids": jnp.repeat(cache["segment_ids"], n, axis=0)}
     axis = 1 if cfg.scan_layers else 0  # scanned layers stack on a leading layer axis
-    for kind in ("dense", "moe"):
+    for kind in STACK_KINDS:
         if kind in cache:
             out[kind] = jax.tree.map(lambda a: jnp.repeat(a, n, axis=axis), cache[kind])
     return out

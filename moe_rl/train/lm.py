@@ -168,7 +168,10 @@ def make_train_step(
             return (grads, counts), metrics
 
         zeros = jax.tree.map(jnp.zeros_like, state.params)
-        zero_counts = jax.tree.map(jnp.zeros_like, state.model_state) if cfg.is_moe else None
+        zero_counts = None  # shaped like counts_like_bias: the moe_bias part of the state
+        if cfg.is_moe:
+            bias = state.model_state[moe.BIAS_COLLECTION]
+            zero_counts = {moe.BIAS_COLLECTION: jax.tree.map(jnp.zeros_like, bias)}
         (grads, counts), metrics = jax.lax.scan(micro, (zeros, zero_counts), batch)
         accum = jax.tree.leaves(batch)[0].shape[0]
         grads = jax.tree.map(lambda g: g / accum, grads)

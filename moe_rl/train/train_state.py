@@ -28,7 +28,7 @@ class TrainState:
     step: jax.Array
     params: Any
     opt_state: Any
-    model_state: dict  # {'moe_bias': ...}: not trained by the optimizer
+    model_state: dict  # {"moe_bias", "moe_hash" (V4 hash layers)}: not trained by the optimizer
     rng: jax.Array
 
 
@@ -138,8 +138,11 @@ def apply_gradients(
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     model_state = state.model_state
-    if counts is not None and bias_rate:
-        model_state = jax.tree.map(
-            lambda b, c: moe.update_bias(b, c, bias_rate), model_state, counts
+    if counts is not None and bias_rate:  # only moe_bias: the moe_hash tables stay frozen
+        bias = jax.tree.map(
+            lambda b, c: moe.update_bias(b, c, bias_rate),
+            model_state[moe.BIAS_COLLECTION],
+            counts[moe.BIAS_COLLECTION],
         )
+        model_state = {**model_state, moe.BIAS_COLLECTION: bias}
     return state.replace(params=params, opt_state=opt_state, model_state=model_state)
