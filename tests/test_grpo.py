@@ -6,12 +6,14 @@ import runpy
 import shutil
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 
 from moe_rl import checkpoint, evaluate, sampling, sweep
 from moe_rl.data import tokenizers
 from moe_rl.data.tasks import get_task
+from moe_rl.models import transformer
 from moe_rl.models.config import ModelConfig
 from moe_rl.recipes import r1_zero
 from moe_rl.train import grpo, grpo_step, loop, rollout
@@ -153,6 +155,42 @@ def test_shared_prefix_packing_equals_separate_rows(tiny):
     )
 
 
+@pytest.mark.parametrize("model", ["tiny", "tiny_dense"])
+def test_prefix_attention_by_blocks_equals_the_masked_row(model, request):
+    """transformer.forward with shared_prefix=(P, G) (attention by blocks) against the same
+    row attended through the full mask (shared_prefix=True), MLA and GQA, random weights and
+    tokens, completions of unequal lengths (padding after their ends): logits and the gradient
+    of a loss over the real tokens."""
+    cfg, params, state = request.getfixturevalue(model)
+    assert cfg.attention == ("mla" if model == "tiny" else "gqa")
+    rng = np.random.default_rng(1)
+    Q, G, N, P = 2, 3, 6, 7
+    prompts = rng.integers(3, 259, (Q, P)).astype(np.int32)
+    prompts[0, :2] = 0
+    prompt_len = np.array([5, 7])
+    completions = rng.integers(3, 259, (Q, G, N)).astype(np.int32)
+    lengths = np.array([[6, 2, 4], [1, 6, 3]])
+    tokens, seg, pos = rollout.pack_groups(prompts, prompt_len, completions, lengths)
+    real = np.asarray(seg > 0, np.float32)
+
+    def loss(params, layout):
+        logits, _, _ = transformer.forward(
+            cfg, params, state, tokens, pos, seg, mtp=False, shared_prefix=layout
+        )
+        return (jax.nn.log_softmax(logits)[..., 5] * real).sum(), logits
+
+    (l_full, logits_full), g_full = jax.value_and_grad(loss, has_aux=True)(params, True)
+    (l_blocks, logits_blocks), g_blocks = jax.value_and_grad(loss, has_aux=True)(params, (P, G))
+    np.testing.assert_allclose(
+        np.asarray(logits_blocks)[real > 0], np.asarray(logits_full)[real > 0], atol=2e-5
+    )
+    np.testing.assert_allclose(l_blocks, l_full, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(g_blocks), jax.tree.leaves(g_full), strict=True):
+        np.testing.assert_allclose(a, b, atol=2e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match=r"prefix \(P=7, G=4\) does not lay out"):
+        transformer.forward(cfg, params, state, tokens, pos, seg, mtp=False, shared_prefix=(P, 4))
+
+
 def test_grpo_learns_a_trivial_reward(base_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(rollout.Roller, "score", digits)
     config = small_config(
@@ -236,6 +274,7 @@ def test_grpo_resumes_exactly(base_dir, tmp_path):
         ("grpo.is_correction", "token_mask", r"set grpo\.old_logprobs='recompute'"),
         ("grpo.is_threshold", 0.5, r"grpo\.is_threshold=0.5 must be > 1"),
         ("grpo.off_policy_steps", 2, r"grpo\.off_policy_steps=2; allowed: \(0, 1\)"),
+        ("grpo.refill", "half", r"grpo\.refill='half'; allowed: \('batch', 'missing'\)"),
     ],
 )
 def test_bad_config_fails_before_compiling(key, value, message):
@@ -396,6 +435,7 @@ def test_countdown_experiment_is_r1_zero_with_its_own_task_corpus_and_lengths():
         "sampling.max_new_tokens",
         "eval.sampling.max_new_tokens",
         "grpo.num_steps",
+        "grpo.refill",
     }, differ
     assert countdown.task.name == "countdown"
     assert countdown.pretrain.data.mix == "countdown_patient"
@@ -426,3 +466,71 @@ def test_bf16_experiment_is_r1_zero_in_bfloat16_from_the_same_seeds_base(variant
     assert sweep.seed_config(bf16, 2).init_checkpoint == "runs/r1_zero/seed_2/base"
     with pytest.raises(ValueError, match=r"allowed variants: \('plain', 'replay'\)"):
         runpy.run_path(path)["get_config"]("fp8")
+
+
+@pytest.mark.parametrize(
+    "refill, missing, expected",
+    [("batch", 1, 8), ("batch", 8, 8), ("missing", 1, 1), ("missing", 3, 4), ("missing", 5, 8)],
+)
+def test_refill_size(refill, missing, expected):
+    assert rollout.refill_size(refill, 8, missing) == expected
+
+
+@pytest.mark.parametrize("refill", ["batch", "missing"])
+def test_refill_rounds_sample_what_the_option_says(refill):
+    """Dynamic sampling with a fake sampler: the questions numbered 0 mod 3 get a zero-variance
+    group; 'batch' refills whole batches, 'missing' only the missing groups (rounded up to a
+    power of two); either way Q informative groups come out when enough were sampled, in the
+    order sampled, and the question stream advanced by exactly what was sampled."""
+    Q, G, N = 4, 2, 3
+    tokenizer = tokenizers.get_tokenizer("byte")
+    task = get_task("arithmetic")
+    g = ml_collections.ConfigDict(
+        dict(
+            num_generations=G,
+            num_questions=Q,
+            dynamic_sampling=True,
+            max_refills=3,
+            refill=refill,
+            overlong_filter=False,
+            advantage="grpo",
+            adv_eps=1e-4,
+        )
+    )
+    roller = rollout.Roller.__new__(rollout.Roller)
+    roller.g, roller.tokenizer = g, tokenizer
+    counter = iter(range(1000))
+    sizes = []
+
+    def sample_groups(params, model_state, examples, key):
+        n = len(examples)
+        sizes.append(n)
+        ids = [next(counter) for _ in range(n)]  # the questions' order in the stream
+        tokens = np.ones((n, G, N), np.int32) * np.array(ids)[:, None, None]
+        lengths = np.full((n, G), N, np.int32)
+        return (
+            [f"{i}" for i in ids for _ in range(G)],
+            tokens,
+            np.zeros((n, G, N), np.float32),
+            lengths,
+            np.ones((n, 2), np.int32),
+            np.full((n,), 2, np.int32),
+            {},
+        )
+
+    def score(texts, examples_S, lengths):
+        ids = np.array([int(t) for t in texts])
+        acc = np.where(ids % 3 == 0, 0.0, np.tile([0.0, 1.0], len(ids) // 2)).astype(np.float32)
+        return {"accuracy": acc, "total": acc}
+
+    roller.sample_groups, roller.score = sample_groups, score
+    stream = rollout.QuestionStream(task, seed=0)
+    out = roller.rollout(None, None, stream, jax.random.key(0))
+    kept_ids = out.tokens_QL[:, 2]  # the first completion token of each group: its question
+    if refill == "batch":
+        assert sizes == [4, 4]  # questions 0-3 (0, 3 zero variance), then 4-7
+    else:
+        assert sizes == [4, 2]  # two groups missing: questions 4, 5
+    assert list(kept_ids) == [1, 2, 4, 5]
+    assert out.stats["questions_sampled"] == sum(sizes) == stream.position
+    assert out.stats["refills"] == 1 and out.stats["zero_variance_groups"] == 0

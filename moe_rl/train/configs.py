@@ -195,6 +195,10 @@ def grpo(**overrides) -> ConfigDict:
             off_policy_steps=0,
             dynamic_sampling=True,  # DAPO: replace zero-variance groups
             max_refills=2,  # extra sampling rounds per step with dynamic sampling
+            # What a refill round samples: 'batch', num_questions fresh questions (DAPO's
+            # batches, extras dropped) | 'missing', only as many as groups are missing, rounded
+            # up to a power of two (at most log2(num_questions) more sampler shapes compile).
+            refill="batch",
             overlong_filter=False,  # DAPO: truncated completions carry no gradient
             overlong_buffer=0,  # DAPO soft overlong penalty over the last N tokens; 0 off
             accuracy_weight=1.0,

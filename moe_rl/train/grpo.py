@@ -30,6 +30,7 @@ GSPO_MAX_EPS = 0.01  # the widest clip range accepted for sequence ratios
 
 OLD_LOGPROBS = ("sampler", "recompute")
 OFF_POLICY_STEPS = (0, 1)
+REFILLS = ("batch", "missing")  # grpo.refill, rollout.refill_size
 
 
 def validate_grpo_config(config: ml_collections.ConfigDict) -> None:
@@ -70,6 +71,8 @@ def validate_grpo_config(config: ml_collections.ConfigDict) -> None:
             "config.grpo.routing_replay=True replays an MoE's expert choices: config.model has "
             "no routed experts (model.n_routed_experts=0)"
         )
+    if g.refill not in REFILLS:
+        raise ValueError(f"config.grpo.refill={g.refill!r}; allowed: {REFILLS}")
     if g.off_policy_steps not in OFF_POLICY_STEPS:
         raise ValueError(
             f"config.grpo.off_policy_steps={g.off_policy_steps!r}; allowed: {OFF_POLICY_STEPS} "

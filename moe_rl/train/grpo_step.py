@@ -54,7 +54,7 @@ def completion_logits(
         pos_QL,
         seg_QL,
         mtp=False,
-        shared_prefix=True,
+        shared_prefix=(P, G),  # attended by blocks: no scores between completions
         replay=replay,
         replay_apply=apply,
     )

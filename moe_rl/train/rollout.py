@@ -106,6 +106,14 @@ def pack_samples(prompts, out: sampling.Samples, G: int, pad_id: int):
     return packed, lengths_QG, P, replay
 
 
+def refill_size(refill: str, num_questions: int, missing: int) -> int:
+    """Questions a refill round samples (grpo.refill): 'batch' a whole batch, 'missing' the
+    missing groups' count rounded up to a power of two, at most the batch."""
+    if refill == "batch":
+        return num_questions
+    return min(num_questions, 1 << (missing - 1).bit_length())
+
+
 class QuestionStream:
     """The task's training questions in a fixed order; its position is checkpointed."""
 
@@ -200,7 +208,8 @@ class Roller:
         start, rounds, sampled, generated = time.perf_counter(), 0, 0, 0
         sampled_accuracy = []  # of every completion sampled, before dynamic sampling's filter
         while len(kept) < Q and rounds <= (g.max_refills if g.dynamic_sampling else 0):
-            examples = questions.take(Q)
+            n = Q if rounds == 0 else refill_size(g.refill, Q, Q - len(kept))
+            examples = questions.take(n)
             texts, tokens, logp, lengths, prompt, prompt_len, recorded = self.sample_groups(
                 params, model_state, examples, jax.random.fold_in(key, rounds)
             )
@@ -208,7 +217,7 @@ class Roller:
             r = self.score(texts, examples_S, lengths.reshape(-1))
             generated += int(lengths.sum())
             sampled_accuracy.append(r["accuracy"])
-            for q in range(Q):
+            for q in range(n):
                 rows = slice(q * G, (q + 1) * G)
                 group = dict(
                     prompt=prompt[q],
@@ -228,7 +237,7 @@ class Roller:
                 informative = np.ptp(r["accuracy"][rows]) > 0
                 (kept if informative or not g.dynamic_sampling else spare).append(group)
             rounds += 1
-            sampled += Q
+            sampled += n
         groups = (kept + spare)[:Q]
         zero_var = np.mean([np.ptp(gr["rewards"]["accuracy"]) == 0 for gr in groups])
         P = max(len(gr["prompt"]) for gr in groups)
