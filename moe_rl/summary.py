@@ -14,9 +14,20 @@ from moe_rl.models import config as model_config
 from moe_rl.models import counting, transformer
 
 
-def kv_cache_bytes_per_token(m: model_config.ModelConfig) -> dict[str, int]:
-    """Cache bytes per token over all layers, and those of standard MHA with the same heads."""
+def kv_cache_bytes_per_token(m: model_config.ModelConfig, seq_len: int = 4096) -> dict[str, int]:
+    """Cache bytes per token over all layers, and those of standard MHA with the same heads.
+
+    MLA and GQA cache a fixed number of features per token. DeepSeek-V4's cache is a window of
+    `sliding_window` keys per layer plus one entry per m tokens (and its raw buffers), so its
+    bytes per token depend on the context: those of `transformer.init_cache` for `seq_len`
+    slots, divided by `seq_len` (the slots' segment ids excluded, as for the others)."""
     item = jnp.dtype(m.dtype).itemsize
+    if m.attention == "v4":
+        cache = jax.eval_shape(lambda: transformer.init_cache(m, 1, seq_len))
+        layers = [v for k, v in cache.items() if k not in ("index", "segment_ids")]
+        total = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(layers))
+        mha = 2 * m.num_attention_heads * m.head_dim * m.num_hidden_layers * item
+        return {"cache": round(total / seq_len), "mha_equivalent": mha}
     if m.attention == "mla":
         cached = m.kv_lora_rank + m.qk_rope_head_dim
         if m.index_topk:  # DSA: the lightning indexer's key too
@@ -47,7 +58,7 @@ def summarize(m: model_config.ModelConfig, batch_size: int, seq_len: int, seed: 
         **counting.param_counts(m),
         "params_in_tree": actual,
         "train_flops_per_token": counting.flops_per_token(m, seq_len),
-        "kv_cache_bytes_per_token": kv_cache_bytes_per_token(m),
+        "kv_cache_bytes_per_token": kv_cache_bytes_per_token(m, seq_len),
         "forward_seconds": seconds,
         "forward_tokens_per_second": batch_size * seq_len / seconds,
     }

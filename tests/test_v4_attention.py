@@ -39,6 +39,7 @@ V4 = dict(
     index_head_dim=12,
     o_groups=2,
     o_lora_rank=8,
+    num_nextn_predict_layers=0,  # V4's MTP block is not built
 )
 
 

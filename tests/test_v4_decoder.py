@@ -1,6 +1,7 @@
-"""The decoder with DeepSeek-V4's mHC and hash-routed MoE layers (MLA attention: V4's own is not
-wired yet): shapes and state, cached decoding, scan vs unrolled, the train step (loss falls,
-the hash tables stay frozen), parameter counts, and the DeepSeek-V3 tree left as it was.
+"""The decoder with DeepSeek-V4's mHC and hash-routed MoE layers (with MLA attention; V4's
+own: tests/test_v4_model.py): shapes and state, cached decoding, scan vs unrolled, the train
+step (loss falls, the hash tables stay frozen), parameter counts, and the DeepSeek-V3 tree
+left as it was.
 
 One tiny config as V4 stacks its layers: a hash-routed layer, then two learned MoE layers.
 """
@@ -216,8 +217,8 @@ def test_layer_order_and_mtp_errors():
     bad = v4_config(mlp_layer_types=("moe", "hash_moe", "moe"))
     with pytest.raises(ValueError, match="'hash_moe' ones, then the 'moe' ones"):
         _abstract_init(bad)
-    with pytest.raises(NotImplementedError, match="hc_mult"):
-        _abstract_init(v4_config(num_nextn_predict_layers=1))
+    with pytest.raises(ValueError, match="model.num_nextn_predict_layers=1"):
+        v4_config(num_nextn_predict_layers=1)
     # Hash layers without mHC are a plain residual stream; a dense layer goes first.
     dense = dict(first_k_dense_replace=1, mlp_layer_types=("moe", "hash_moe", "moe"))
     params, state = _abstract_init(v4_config(hc_mult=0, **dense))

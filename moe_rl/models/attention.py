@@ -146,6 +146,8 @@ def init_layer_cache(cfg: ModelConfig, batch: int, max_len: int) -> dict:
     """Zeroed per-layer cache. MLA keeps only the normalised latent and the shared roped key
     (and, with sparse attention, the indexer's key)."""
     dt = cfg.compute_dtype
+    if cfg.attention == "v4":  # differs by layer type: transformer.init_cache
+        raise ValueError("model.attention='v4': compressed_attention.init_v4_layer_cache")
     if cfg.attention == "mla":
         cache = {
             "latent": jnp.zeros((batch, max_len, cfg.kv_lora_rank), dt),
@@ -509,8 +511,8 @@ def attention_module(
 ) -> nn.Module:
     """MLA (with `dsa`, see MLA) or GQA, by `cfg.attention`; `prefix`: a shared-prefix row's
     (P, G), attended by blocks (`prefix_attention`)."""
-    if cfg.attention == "v4":  # compressed_attention.V4Attention, per layer type: not wired yet
-        raise NotImplementedError("model.attention='v4' is not in the decoder yet")
+    if cfg.attention == "v4":  # one module per layer type: transformer.layer_attention
+        raise ValueError("model.attention='v4' is compressed_attention.V4Attention, per layer")
     if cfg.attention == "mla":
         return MLA(cfg, dsa, prefix, name=name)
     return GQA(cfg, prefix, name=name)

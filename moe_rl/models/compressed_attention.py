@@ -53,6 +53,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from moe_rl.models.attention import NEG_INF, causal_blocks, index_scores, top_k_keys
 from moe_rl.models.config import V4_LAYER_TYPES, ModelConfig
@@ -152,8 +153,10 @@ class Compressor(nn.Module):
         """Entries [B, L // rate, dim] of the complete blocks of a sequence starting at slot 0."""
         B, L, k = kv_BLk.shape
         m, n = self.rate, L // self.rate
-        if n == 0:
-            return jnp.zeros((B, 0, self.dim), self.cfg.compute_dtype)
+        if n == 0:  # no complete block: no entries (pooled anyway, so init makes every param)
+            empty = jnp.zeros((B, 0, self.span, k), jnp.float32)
+            no_slot = jnp.zeros((B, 0, self.span), bool)
+            return self._pool(empty.astype(kv_BLk.dtype), empty, no_slot, positions_BL[:, :0])
         kv_BNmk = kv_BLk[:, : n * m].reshape(B, n, m, k)
         gate_BNmk = gate_BLk[:, : n * m].reshape(B, n, m, k)
         if self.overlap:  # prepend each block's predecessor (block 0's is masked below)
@@ -227,6 +230,32 @@ def attend(q_BHLd, k_BSd, vis_BLS, e_BTd, vis_BLT, sinks_H):
     return out + jnp.einsum("bhlt,bltd->bhld" if per_query else "bhlt,btd->bhld", p_ent, e_BTd)
 
 
+def prefix_rows(x_BLD, positions_BL, mask_BLS, prefix: tuple[int, int]):
+    """A shared-prefix row (a prompt of P slots, then G continuations of N; transformer.forward's
+    `shared_prefix`) as G rows [prompt, continuation g] of P + N slots: (x [B G, P+N, D],
+    positions, mask [B G, P+N, P+N] (the packed mask restricted to those slots), and `pack`,
+    which maps the rows' outputs [B G, P+N, D] back to the packed row [B, L, D]). Exact: each
+    continuation sees what it saw packed, at the cache slots it has when sampled alone (blocks
+    and the sliding window are counted in slots, so V4 cannot attend the packed row as it is)."""
+    P, G = prefix
+    B, L, D = x_BLD.shape
+    N = (L - P) // G
+    if P + G * N != L or N < 1:
+        raise ValueError(f"prefix (P={P}, G={G}) does not lay out a row of {L} slots")
+    idx_GT = np.concatenate(
+        [np.broadcast_to(np.arange(P), (G, P)), P + np.arange(G * N).reshape(G, N)], axis=1
+    )
+    rows = lambda a: a[:, idx_GT].reshape(B * G, P + N, *a.shape[2:])
+    mask_BGTT = mask_BLS[:, idx_GT[:, :, None], idx_GT[:, None, :]]
+
+    def pack(out_rows):
+        out = out_rows.reshape(B, G, P + N, *out_rows.shape[2:])
+        completions = out[:, :, P:].reshape(B, G * N, *out.shape[3:])
+        return jnp.concatenate([out[:, 0, :P], completions], axis=1)  # every row's prompt alike
+
+    return rows(x_BLD), rows(positions_BL), mask_BGTT.reshape(B * G, P + N, P + N), pack
+
+
 def init_v4_layer_cache(cfg: ModelConfig, layer_type: str, batch: int, max_len: int) -> dict:
     """Zeroed cache of one V4 layer for `max_len` slots: 'kv' (last sliding_window keys) and,
     for compressed layers, 'raw_kv' / 'raw_gate' (the last m or 2m tokens' C, Z) and 'entries'
@@ -254,12 +283,18 @@ class V4Attention(nn.Module):
 
     cfg: ModelConfig
     layer_type: str
+    prefix: tuple[int, int] | None = None  # a shared-prefix row's (P, G): by rows (prefix_rows)
 
     @nn.compact
     def __call__(self, x_BLD, positions_BL, mask_BLS, cache=None, cache_index=None):
         cfg, kind = self.cfg, self.layer_type
         if kind not in V4_LAYER_TYPES:
             raise ValueError(f"V4Attention.layer_type={kind!r}; allowed: {V4_LAYER_TYPES}")
+        pack = None
+        if self.prefix is not None and cache is None:
+            x_BLD, positions_BL, mask_BLS, pack = prefix_rows(
+                x_BLD, positions_BL, mask_BLS, self.prefix
+            )
         dt, pdt, init = cfg.compute_dtype, cfg.weight_dtype, normal_init(cfg)
         D, H, d, r = cfg.hidden_size, cfg.num_attention_heads, cfg.head_dim, cfg.q_lora_rank
         g, W = cfg.o_groups, cfg.sliding_window
@@ -343,7 +378,8 @@ class V4Attention(nn.Module):
         )
         o_BLGk = o_BLHd.reshape(B, L, g, H // g * d)
         o_BLGr = jnp.einsum("blgk,gkr->blgr", o_BLGk, w_oa.astype(dt))
-        return jnp.einsum("blgr,grd->bld", o_BLGr, w_ob.astype(dt)), new_cache
+        out_BLD = jnp.einsum("blgr,grd->bld", o_BLGr, w_ob.astype(dt))
+        return (out_BLD if pack is None else pack(out_BLD)), new_cache
 
     def _full(
         self,

@@ -262,6 +262,11 @@ def _validate_v4_attention(m: ModelConfig) -> None:
     bad = sorted({t for t in m.layer_types if t not in V4_LAYER_TYPES})
     _require(not bad, f"model.layer_types has {bad}; allowed: {V4_LAYER_TYPES}")
     _require(
+        not m.scan_layers,
+        "model.scan_layers=True: DeepSeek-V4's layers differ by model.layer_types (their "
+        "params and caches), so they cannot be one lax.scan; allowed: False",
+    )
+    _require(
         m.num_key_value_heads == 1,
         f"model.num_key_value_heads={m.num_key_value_heads}: DeepSeek-V4 attention has one "
         "shared key=value head; allowed: 1",
@@ -411,6 +416,12 @@ def validate(m: ModelConfig) -> None:
 def _validate_v4_block(m: ModelConfig) -> None:
     """The DeepSeek-V4 block's fields: mHC, hash-routed MoE layers, swiglu_limit."""
     _require(m.hc_mult >= 0, f"model.hc_mult={m.hc_mult} must be >= 0 (0: no mHC)")
+    _require(
+        not (m.num_nextn_predict_layers and (m.hc_mult or m.attention == "v4")),
+        f"model.num_nextn_predict_layers={m.num_nextn_predict_layers}: DeepSeek-V4's "
+        "multi-token prediction block (its own mHC streams and head) is not built; with "
+        "model.hc_mult > 0 or model.attention='v4' allowed: 0",
+    )
     if m.hc_mult:
         _require(
             m.hc_sinkhorn_iters >= 1,
@@ -548,6 +559,51 @@ PRESETS = {
 # `tiny` with DeepSeek-V3.2's sparse attention (DSA, arXiv 2512.02556 sec. 2.1): each query
 # attends to its 8 best keys by a 4-head lightning indexer.
 PRESETS["tiny_v32"] = dict(PRESETS["tiny"], index_topk=8, index_n_heads=4, index_head_dim=16)
+
+# DeepSeek-V4 at `tiny`'s width (V4 report sec. 2; HF DeepseekV4Config's fields): every layer
+# MoE (the first hash-routed), mHC with 4 streams, sqrtsoftplus routing, one key=value head of
+# 32 (8 rotated), a 32-token sliding window in every layer, and one layer of each kind plus a
+# second CSA: compressed sparse (an entry per 4 tokens, the indexer's 8 best) and heavily
+# compressed (per 16, V4's 128 scaled to R1-Zero's ~250-token rows). No MTP (not built for V4).
+PRESETS["tiny_v4"] = dict(
+    vocab_size=264,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    attention="v4",
+    num_key_value_heads=1,
+    head_dim=32,
+    q_lora_rank=32,
+    partial_rotary_factor=0.25,
+    sliding_window=32,
+    layer_types=(
+        "sliding_attention",
+        "compressed_sparse_attention",
+        "heavily_compressed_attention",
+        "compressed_sparse_attention",
+    ),
+    compress_rates=dict(compressed_sparse_attention=4, heavily_compressed_attention=16),
+    compress_rope_theta=160000.0,
+    index_topk=8,
+    index_n_heads=4,
+    index_head_dim=16,
+    o_groups=2,
+    o_lora_rank=32,
+    moe_intermediate_size=32,
+    n_routed_experts=8,
+    n_shared_experts=1,
+    num_experts_per_tok=2,
+    scoring_func="sqrtsoftplus",
+    routed_scaling_factor=1.5,
+    first_k_dense_replace=0,
+    mlp_layer_types=("hash_moe", "moe", "moe", "moe"),
+    hc_mult=4,
+    hc_sinkhorn_iters=20,
+    swiglu_limit=10.0,
+    num_nextn_predict_layers=0,
+    max_position_embeddings=1024,
+)
 
 
 def preset(name: str, **overrides) -> ml_collections.ConfigDict:

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from moe_rl.models.attention import attention_module, init_layer_cache, write_cache
+from moe_rl.models.compressed_attention import V4Attention, init_v4_layer_cache
 from moe_rl.models.config import ModelConfig
 from moe_rl.models.hyper_connections import HyperHead, expand_streams, hyper_residual
 from moe_rl.models.layers import MLP, Embed, RMSNorm, logical_param, normal_init
@@ -46,6 +47,16 @@ def layer_stacks(cfg: ModelConfig) -> tuple[tuple[str, int], ...]:
     return tuple((kind, n[kind]) for kind in STACK_KINDS if n[kind])
 
 
+def layer_attention(
+    cfg: ModelConfig, layer: int, dsa: str = "", prefix: tuple[int, int] | None = None
+) -> nn.Module:
+    """Layer `layer`'s attention: MLA / GQA (attention.attention_module), or DeepSeek-V4's of
+    that layer's `cfg.layer_types` kind (compressed_attention.V4Attention)."""
+    if cfg.attention == "v4":
+        return V4Attention(cfg, cfg.layer_types[layer], prefix, name="attn")
+    return attention_module(cfg, "attn", dsa, prefix)
+
+
 class DecoderLayer(nn.Module):
     """Pre-norm block: x + Attn(norm(x)), then + FFN(norm(.)), FFN dense or DeepSeekMoE.
 
@@ -60,6 +71,7 @@ class DecoderLayer(nn.Module):
     dsa: str = ""  # training DSA's indexer (attention.MLA): aux gets its 'dsa_kl' [B, L]
     prefix: tuple[int, int] | None = None  # a shared-prefix row's (P, G): attention by blocks
     hash_routed: bool = False  # a DeepSeek-V4 'hash_moe' layer (moe.MoE's hash_routed)
+    layer: int = 0  # the decoder's layer index (DeepSeek-V4: its layer_types entry)
 
     @nn.compact
     def __call__(self, x, ctx, cache=None, replay_BLK=None):
@@ -68,7 +80,7 @@ class DecoderLayer(nn.Module):
         norm = lambda name: RMSNorm(
             cfg.rms_norm_eps, cfg.compute_dtype, cfg.weight_dtype, name=name
         )
-        attn = attention_module(cfg, "attn", self.dsa, self.prefix)
+        attn = layer_attention(cfg, self.layer, self.dsa, self.prefix)
 
         def attention(h_BLD):
             out_BLD, new_cache, *attn_aux = attn(
@@ -123,7 +135,9 @@ class _ScanStep(nn.Module):
 
 
 class LayerStack(nn.Module):
-    """`num_layers` identical layers, unrolled or as one lax.scan (params stacked on 'layers')."""
+    """`num_layers` identical layers, unrolled or as one lax.scan (params stacked on 'layers');
+    `first`: the decoder's index of the first (DeepSeek-V4's layers differ by layer_types, so
+    they are never scanned: config validation)."""
 
     cfg: ModelConfig
     moe: bool
@@ -132,6 +146,7 @@ class LayerStack(nn.Module):
     dsa: str = ""
     prefix: tuple[int, int] | None = None
     hash_routed: bool = False  # DeepSeek-V4 'hash_moe' layers
+    first: int = 0
 
     @nn.compact
     def __call__(self, x_BLD, ctx, caches=None, replay=None):
@@ -168,6 +183,7 @@ class LayerStack(nn.Module):
                 self.dsa,
                 self.prefix,
                 self.hash_routed,
+                self.first + i,
                 name=str(i),
             )(x_BLD, ctx, cache, replay_BLK)
             new_caches.append(new_cache)
@@ -216,7 +232,7 @@ class Transformer(nn.Module):
         x_BLD = embed(tokens_BL)
         if cfg.hc_mult:  # mHC: hc_mult residual streams [B, L, N, D]
             x_BLD = expand_streams(x_BLD, cfg.hc_mult)
-        new_cache, aux, dsa_kl = {}, {}, []
+        new_cache, aux, dsa_kl, first = {}, {}, [], 0
         for kind, n in layer_stacks(cfg):
             caches = None if cache is None else cache[kind]
             # A (P, G) shared prefix is attended by blocks (attention.prefix_attention).
@@ -229,8 +245,10 @@ class Transformer(nn.Module):
                 dsa,
                 prefix,
                 kind == "hash",
+                first,
                 name=f"{kind}_layers",
             )(x_BLD, ctx, caches, replay if kind == "moe" else None)
+            first += n
             if dsa:
                 dsa_kl.append(layer_aux.pop("dsa_kl"))
             if kind == "hash":  # own keys: the bias update, replay and metrics see 'moe' layers
@@ -393,7 +411,14 @@ def init_cache(cfg: ModelConfig, batch: int, max_len: int) -> dict:
         "index": jnp.zeros((), jnp.int32),
         "segment_ids": jnp.zeros((batch, max_len), jnp.int32),
     }
+    first = 0
     for kind, n in layer_stacks(cfg):
+        if cfg.attention == "v4":  # per layer type; V4 layers are never scanned
+            types = cfg.layer_types[first : first + n]
+            cache[kind] = tuple(init_v4_layer_cache(cfg, t, batch, max_len) for t in types)
+            first += n
+            continue
+        first += n
         layer = init_layer_cache(cfg, batch, max_len)
         if cfg.scan_layers:
             cache[kind] = jax.tree.map(lambda a, n=n: jnp.broadcast_to(a, (n, *a.shape)), layer)
