@@ -50,6 +50,10 @@ def test_tree_follows_layer_types_and_counts_match(model):
     total = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
     assert counting.param_counts(cfg)["total"] == total
     assert set(state) == {"moe_bias", "moe_hash"}
+    small = make_config("small_v4")
+    small_params = jax.eval_shape(lambda: transformer.init(small, jax.random.key(0)))[0]
+    small_total = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(small_params))
+    assert counting.param_counts(small)["total"] == small_total
     # Attention FLOPs grow with the context only through the compressed entries: a model of
     # sliding layers costs the same at any length past twice its window.
     f = lambda c, L: counting.flops_per_token(c, L)

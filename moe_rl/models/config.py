@@ -605,6 +605,34 @@ PRESETS["tiny_v4"] = dict(
     max_position_embeddings=1024,
 )
 
+# The same generations at `small`'s width: V3.2 with 16 selected keys of 8 indexer heads, and
+# V4 with six layers (sliding, then CSA / HCA alternating; HCA an entry per 32 tokens), two
+# hash-routed layers first and 16 experts (top-4) as `small`.
+PRESETS["small_v32"] = dict(PRESETS["small"], index_topk=16, index_n_heads=8, index_head_dim=32)
+PRESETS["small_v4"] = dict(
+    PRESETS["tiny_v4"],
+    hidden_size=256,
+    intermediate_size=768,
+    num_hidden_layers=6,
+    num_attention_heads=8,
+    head_dim=64,
+    q_lora_rank=128,
+    sliding_window=64,
+    layer_types=("sliding_attention",)
+    + ("compressed_sparse_attention", "heavily_compressed_attention") * 2
+    + ("compressed_sparse_attention",),
+    compress_rates=dict(compressed_sparse_attention=4, heavily_compressed_attention=32),
+    index_topk=16,
+    index_n_heads=8,
+    index_head_dim=32,
+    o_groups=4,
+    o_lora_rank=64,
+    moe_intermediate_size=128,
+    n_routed_experts=16,
+    num_experts_per_tok=4,
+    mlp_layer_types=("hash_moe",) * 2 + ("moe",) * 4,
+)
+
 
 def preset(name: str, **overrides) -> ml_collections.ConfigDict:
     """The named model preset as an overridable ConfigDict."""

@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 import os
 
+import jax
+
 from moe_rl.models import config as model_config
 from moe_rl.models import counting
 from moe_rl.summary import kv_cache_bytes_per_token, summarize
@@ -49,6 +51,11 @@ def run(config, workdir: str) -> dict:
 def compare(config, workdir: str) -> dict:
     """`summarize` for each of `config.presets`, as one markdown table (a column per preset)."""
     contexts = [int(c) for c in config.contexts]
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    machine = (
+        f"jax {jax.__version__}, {jax.default_backend()} ({jax.devices()[0].device_kind}), "
+        f"{os.cpu_count()} CPUs, load average {load:.1f} at the start"
+    )
     results = {}
     for name in config.presets:
         m = model_config.ModelConfig.from_config(model_config.preset(name))
@@ -94,7 +101,7 @@ def compare(config, workdir: str) -> dict:
     lines += [
         f"| {label} | " + " | ".join(f(r) for r in results.values()) + " |" for label, f in rows
     ]
-    table = "\n".join(lines)
+    table = "\n".join(lines) + f"\n\nForward timed on: {machine}."
     print(table)
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, "generations.md"), "w") as f:
