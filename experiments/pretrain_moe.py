@@ -7,6 +7,9 @@ Runtime:  about 3-4 minutes on a 2-core CPU (300 steps x 16 x 256 tokens; ~6k to
 Result:   validation loss from 5.6 (ln 264) to about 0.64 nats/byte; runs/pretrain_moe holds
           metrics.jsonl, TensorBoard events, loss.png, expert_load.png, summary.json, checkpoints.
 The small MoE (6 layers, 16 experts top-4): --config=experiments/pretrain_moe.py:small
+DeepSeek-V4 (`tiny_v4`, `small_v4`): --config=experiments/pretrain_moe.py:tiny_v4 trains its 2-D
+          matrices with Muon and the rest with AdamW, as V4 does (optim.name='muon'; set
+          --config.optim.name=adamw for AdamW everywhere).
 Kill it at any time and re-run the same command: it resumes from the last checkpoint.
 """
 
@@ -27,7 +30,8 @@ def get_config(model: str = "tiny") -> ConfigDict:
             model=preset(model),
             data=configs.data(),
             train=configs.train(),
-            optim=configs.optim(),
+            # As DeepSeek-V4 trains: Muon for the matrices, AdamW for the rest (train_state).
+            optim=configs.optim(name="muon" if model.endswith("_v4") else "adamw"),
             mesh=configs.mesh(),  # e.g. --config.mesh.expert=4 on 8 devices
         )
     )

@@ -4,6 +4,9 @@ against the full forward (padded prompts), GRPO's shared-prefix rows against sep
 config errors, and the presets through pretraining and R1-Zero's smoke path.
 """
 
+import os
+import runpy
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,7 +18,7 @@ from moe_rl.models.config import preset
 from moe_rl.recipes import pretrain, r1_zero
 from moe_rl.train import grpo_step, rollout
 from tests.test_grpo import digits, small_config, training_rows
-from tests.utils import jitted_forward, make_config, tiny_pretrain_config
+from tests.utils import ROOT, jitted_forward, make_config, tiny_pretrain_config
 
 
 @pytest.fixture(scope="module")
@@ -153,6 +156,10 @@ def test_preset_pretrains_then_runs_r1_zero(name, tmp_path, monkeypatch):
     base = tmp_path / "base"
     config = tiny_pretrain_config(3, data=1)
     config.model = preset(name)
+    # experiments/pretrain_moe.py:<preset> trains V4's matrices with Muon, as V4 does
+    experiment = runpy.run_path(os.path.join(ROOT, "experiments/pretrain_moe.py"))
+    config.optim = experiment["get_config"](name).optim
+    assert config.optim.name == ("muon" if name == "tiny_v4" else "adamw")
     summary = pretrain.run(config, str(base))
     assert summary["steps"] == 3 and np.isfinite(summary["final_val_loss"])
     monkeypatch.setattr(rollout.Roller, "score", digits)
@@ -170,11 +177,9 @@ def test_generations_table_side_by_side(tmp_path, capsys):
     """experiments/generations.py's recipe at toy sizes: one column per preset; MLA's cache
     bytes per token are the same at every context, V4's fall with it (a fixed window plus one
     entry per m tokens), and the V3.2 indexer's key adds to MLA's."""
-    import runpy
-
     from moe_rl.recipes import summary
 
-    config = runpy.run_path("experiments/generations.py")["get_config"]()
+    config = runpy.run_path(os.path.join(ROOT, "experiments/generations.py"))["get_config"]()
     config.update_from_flattened_dict({"batch_size": 1, "seq_len": 16})
     results = summary.compare(config, str(tmp_path))
     assert list(results) == ["tiny", "tiny_v32", "tiny_v4"]
