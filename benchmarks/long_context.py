@@ -14,10 +14,12 @@ this times one attention layer on random weights and inputs, batch 1, float32:
 MLA and DSA are one layer (`attention.MLA`; DSA is MLA with the lightning indexer's top-k).
 V4's layers differ by `layer_types`: each kind is timed and the row is their mean weighted by
 how many layers of the preset have it (so it is the per-layer cost of that model). A prefill
-whose compiled temporaries exceed --budget_gib is not run (its cell says so): dense attention's
-[L, L] scores are what stop first. The crossover lines give the shortest context at which each
-sparse attention is faster per token than MLA. Ratios and crossovers come from one run; the
-machine and its load are printed with the table.
+whose compiled temporaries exceed --budget_gib is not run (its cell says so), nor compiled when
+an estimate of 16 bytes per (query, key) pair does: every full forward here builds [L, L]
+masks (and MLA/DSA [L, L] scores), V4's too, so its prefill is O(L^2) in memory although it
+reads O(L) keys per query; its decode is not. The crossover lines give the shortest context
+from which each sparse attention is faster per token than MLA. Ratios and crossovers come from
+one run; the machine and its load are printed with the table.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from moe_rl.summary import kv_cache_bytes_per_token
 
 CONTEXTS = (1024, 2048, 4096, 8192, 16384, 32768)
 NAMES = {"": "MLA (V3)", "_v32": "DSA (V3.2)", "_v4": "V4 hybrid"}
+PAIR_BYTES = 16  # a full forward's memory per (query, key) pair, for the budget check
 
 
 def layers_of(cfg: ModelConfig) -> list[tuple[object, float]]:
@@ -74,14 +77,18 @@ def bench_layer(cfg, module, params, L: int, repeats: int, budget: float) -> dic
     key = jax.random.key(L)
     x = jax.random.normal(key, (1, L, D), jnp.float32)
     pos = jnp.arange(L)[None]
-    causal = jnp.tril(jnp.ones((L, L), bool))[None]
-    prefill = jax.jit(lambda p, x, pos, mask: module.apply({"params": p}, x, pos, mask)[0])
-    temp = prefill.lower(params, x, pos, causal).compile().memory_analysis()
-    temp = float(temp.temp_size_in_bytes) if temp is not None else float("nan")
-    out = {"prefill_temp_bytes": temp, "prefill_s_per_token": None}
-    if temp <= budget:
-        out["prefill_s_per_token"] = timed(prefill, params, x, pos, causal, repeats=repeats) / L
-    del causal
+    out = {"prefill_temp_bytes": float("nan"), "prefill_s_per_token": None}
+    # Every full forward here holds [L, L] masks and scores: ~15 bytes per pair measured up to
+    # 16k. Past the budget it is not even compiled (compiling can take as much).
+    if PAIR_BYTES * L * L <= budget:
+        causal = jnp.tril(jnp.ones((L, L), bool))[None]
+        prefill = jax.jit(lambda p, x, pos, mask: module.apply({"params": p}, x, pos, mask)[0])
+        temp = prefill.lower(params, x, pos, causal).compile().memory_analysis()
+        out["prefill_temp_bytes"] = float(temp.temp_size_in_bytes) if temp else float("nan")
+        if out["prefill_temp_bytes"] <= budget:
+            out["prefill_s_per_token"] = timed(prefill, params, x, pos, causal, repeats=repeats)
+            out["prefill_s_per_token"] /= L
+        del causal
 
     # Decode the token at slot L against a cache of L filled slots (random contents: the time
     # does not depend on them, top-k included).
@@ -140,10 +147,16 @@ def crossover(rows, base: str, other: str, key: str):
     found = None
     for L in sorted({r["context"] for r in rows}, reverse=True):
         a, b = by.get((base, L)), by.get((other, L))
+        if a is None and b is None:  # neither measured there (both over budget)
+            continue
         if b is None or (a is not None and b >= a):
             break
         found = L
     return found
+
+
+def _mib(b: float) -> str:
+    return "not compiled" if b != b else f"{b / 2**20:,.0f}"
 
 
 def table(rows, models, machine: str) -> str:
@@ -159,7 +172,7 @@ def table(rows, models, machine: str) -> str:
         lines.append(
             f"| {r['context']:,} | {NAMES[r['model'][len(models[0]) :]]} (`{r['model']}`) | "
             f"{fmt_t(r['prefill_s_per_token'])} | {r['decode_s_per_token'] * 1e6:,.1f} | "
-            f"{r['prefill_temp_bytes'] / 2**20:,.0f} | {r['cache_bytes_per_token']:,.0f} |"
+            f"{_mib(r['prefill_temp_bytes'])} | {r['cache_bytes_per_token']:,.0f} |"
         )
     lines.append("")
     for other in models[1:]:
@@ -207,17 +220,26 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--budget_gib", type=float, default=8.0)
     parser.add_argument("--out", default="", help="folder for long_context.{md,json,png}")
+    parser.add_argument(
+        "--from_json", default="", help="re-render the table and figure of a run's JSON"
+    )
     args = parser.parse_args(argv)
     contexts = [int(c) for c in args.contexts.split(",")]
     models = [args.size + suffix for suffix in NAMES]
-    load = os.getloadavg()[0]
-    machine = (
-        f"jax {jax.__version__}, {jax.default_backend()}, {os.cpu_count()} CPUs, load average "
-        f"{load:.1f} at the start; medians of {args.repeats} after compiling"
-    )
-    rows = []
-    for name in models:
-        rows += bench_model(name, contexts, args.repeats, args.budget_gib * 2**30)
+    if args.from_json:
+        with open(args.from_json) as f:
+            saved = json.load(f)
+        machine, rows = saved["machine"], saved["rows"]
+        models = list(dict.fromkeys(r["model"] for r in rows))
+    else:
+        load = os.getloadavg()[0]
+        machine = (
+            f"jax {jax.__version__}, {jax.default_backend()}, {os.cpu_count()} CPUs, load "
+            f"average {load:.1f} at the start; medians of {args.repeats} after compiling"
+        )
+        rows = []
+        for name in models:
+            rows += bench_model(name, contexts, args.repeats, args.budget_gib * 2**30)
     text = table(rows, models, machine)
     print(text)
     if args.out:

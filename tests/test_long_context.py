@@ -25,6 +25,10 @@ def test_crossover_is_where_it_stays_faster():
     # the dense one over its memory budget at the longest contexts: the sparse one wins there
     rows = _rows([1, 2, None, None], [2, 1, 3, 4])
     assert long_context.crossover(rows, "tiny", "tiny_v4", "t") == 2
+    # contexts where neither was measured do not count
+    assert (
+        long_context.crossover(_rows([1, 3, 2, None], [2, 1, 1, None]), "tiny", "tiny_v4", "t") == 2
+    )
 
 
 def test_toy_run_writes_table_json_and_figure(tmp_path):
@@ -43,3 +47,6 @@ def test_toy_run_writes_table_json_and_figure(tmp_path):
     assert text.count("| 64 |") == 3 and "faster than MLA" in text
     assert json.loads((tmp_path / "long_context.json").read_text())["rows"] == rows
     assert (tmp_path / "long_context.png").stat().st_size > 10_000
+    again = tmp_path / "again"
+    long_context.main(["--from_json", str(tmp_path / "long_context.json"), "--out", str(again)])
+    assert (again / "long_context.md").read_text() == text
