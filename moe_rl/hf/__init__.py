@@ -1,4 +1,5 @@
-"""Hugging Face checkpoints in and out: DeepSeek-V3/V3.2/V2 (MLA + DeepSeekMoE), Qwen2, Llama.
+"""Hugging Face checkpoints in and out: DeepSeek-V4, DeepSeek-V3/V3.2/V2 (MLA + DeepSeekMoE),
+Qwen2, Llama.
 
 A Hugging Face model folder (config.json + *.safetensors + tokenizer.json) can stand wherever
 a run reads a model (`config.init_checkpoint`, `config.checkpoint`):
@@ -25,6 +26,16 @@ Conventions mapped exactly:
   one (`model.layers.{L+k-1}`: enorm, hnorm, eh_proj acting on [emb; h], shared_head.norm).
   It is read when present (transformers drops it, so its folders have none) and written for
   DeepseekV3 exports.
+- DeepSeek-V4 (`DeepseekV4ForCausalLM`, config_v4.py / names_v4.py): tensors carry the names
+  transformers' `save_pretrained` writes (DeepSeek's: `attn.wq_a`, `attn.compressor.ape`,
+  `attn.indexer.compressor.wkv`, `attn.attn_sink`, `hc_attn_fn`, `ffn.experts.{e}.w1/w3/w2`,
+  `head.weight`, `model.hc_head.hc_fn`...; transformers renames them on load and fuses the
+  experts into `gate_up_proj` [E, 2F, D] / `down_proj`). The grouped `wo_a` [G * o_lora_rank,
+  H * head_dim / G] is our [G, in, out]; mHC's `fn` [(2 + n) n, n D] is transposed;
+  `ffn.gate.bias` is our `moe_bias` state and the hash layers' `ffn.gate.tid2eid` (int64) our
+  `moe_hash` state (int32). `rope_parameters` is {"main": sliding layers, "compress":
+  compressed ones (YaRN at attention_factor 1)}. Every layer is MoE with one shared expert
+  (first_k_dense_replace 0), and there is no MTP (transformers builds none).
 
 Loading streams tensor by tensor: every parameter is built by `jax.make_array_from_callback`
 for the slices its devices hold, reading only the stored tensors those slices cover (an expert
@@ -32,8 +43,8 @@ shard reads only its experts, a slice of a scanned stack only its layers), cast 
 configured `model.param_dtype`. Missing, unexpected or misshapen tensors are one ValueError
 that names each of them, raised before anything is read.
 
-One idea per file: config.py (config.json <-> ModelConfig), names.py (tensor names and
-layouts), reader.py (the safetensors files of a folder), load.py (streamed, sharded loading),
+One idea per file: config.py (config.json <-> ModelConfig; V4's in config_v4.py), names.py
+(tensor names and layouts; V4's in names_v4.py, a tensor's rule in rule.py), reader.py (the safetensors files of a folder), load.py (streamed, sharded loading),
 save.py (export).
 """
 

@@ -10,12 +10,14 @@ import os
 
 import ml_collections
 
+from moe_rl.hf.config_v4 import v4_architecture_fields, v4_hf_config
 from moe_rl.hf.reader import _Reader
 from moe_rl.models.config import ModelConfig, model_config_dict
 
 ARCHITECTURES = {
     "DeepseekV3ForCausalLM": "deepseek_v3",
     "DeepseekV32ForCausalLM": "deepseek_v32",  # V3 + sparse attention (DSA)
+    "DeepseekV4ForCausalLM": "deepseek_v4",  # hybrid attention, mHC, hash MoE (config_v4.py)
     "DeepseekV2ForCausalLM": "deepseek_v2",
     "Qwen2ForCausalLM": "qwen2",
     "LlamaForCausalLM": "llama",
@@ -120,6 +122,8 @@ def architecture_fields(hf: dict, where: str = "<folder>") -> dict:
         raise _unsupported(
             where, f"architectures={archs} is not supported; supported: {sorted(ARCHITECTURES)}"
         )
+    if family == "deepseek_v4":
+        return v4_architecture_fields(hf, where)
     checks = [
         ("hidden_act", hf.get("hidden_act", "silu") == "silu", "'silu'"),
         (
@@ -276,12 +280,24 @@ def _fields_of(cfg: ModelConfig) -> dict:
 
 def hf_config(cfg: ModelConfig) -> dict:
     """The config.json of our model: DeepseekV3 for MLA models (DeepseekV2 with softmax
-    routing), Qwen2 (q/k/v biases) or Llama for GQA ones. Raises ValueError naming a setting
-    the format cannot express."""
+    routing, DeepseekV32 with sparse attention), DeepseekV4 for attention='v4', Qwen2 (q/k/v
+    biases) or Llama for GQA ones. Raises ValueError naming a setting the format cannot
+    express."""
 
     def need(ok: bool, what: str):
         if not ok:
             raise ValueError(f"Cannot export to Hugging Face format: {what}")
+
+    if cfg.attention == "v4":
+        return v4_hf_config(cfg, need)
+    need(
+        cfg.hc_mult == 0
+        and not cfg.swiglu_limit
+        and cfg.scoring_func != "sqrtsoftplus"
+        and "hash_moe" not in cfg.mlp_kinds,
+        "DeepSeek-V4 block features (model.hc_mult, swiglu_limit, sqrtsoftplus, hash_moe "
+        "layers) without model.attention='v4'",
+    )
 
     fields = lambda *names: {name: getattr(cfg, name) for name in names}
     common = fields(

@@ -16,6 +16,7 @@ from moe_rl.hf.names import Placement, _hf_shape, _tensor_name, _to_ours, placem
 from moe_rl.hf.reader import _Reader
 from moe_rl.models import transformer
 from moe_rl.models.config import ModelConfig
+from moe_rl.models.moe import BIAS_COLLECTION
 
 
 def _expected(cfg: ModelConfig, tree: Any, places: Any) -> dict[str, tuple[int, ...]]:
@@ -95,13 +96,25 @@ def _builder(reader: _Reader, p: Placement, shape: tuple[int, ...], dtype) -> Ca
     return build
 
 
+def _stored_collections(reader: _Reader, cfg: ModelConfig, state, places) -> dict[str, bool]:
+    """Whether each model-state collection is read from the folder: the routing bias
+    (moe_bias) when the folder has it (DeepSeek-V2's softmax routing has none: zeros), every
+    other one (V4's moe_hash table) always."""
+    out = {}
+    for col in state:
+        names = _expected(cfg, state[col], places[col])
+        out[col] = col != BIAS_COLLECTION or any(k in reader.keys for k in names)
+    return out
+
+
 def load_params(folder: str, cfg: ModelConfig, shardings: tuple | None = None):
     """(params, model_state) of `cfg`'s model from the folder's safetensors.
 
     `shardings`: optional (params, model_state) trees of NamedShardings (e.g. from
     `sharding.model_shardings`); each array is created directly in its sharding from the
     slices its devices need. Parameters are cast to `cfg.param_dtype`, the routing bias stays
-    float32 (zeros when the checkpoint has none, e.g. DeepSeek-V2's softmax routing).
+    float32 (zeros when the checkpoint has none, e.g. DeepSeek-V2's softmax routing) and
+    DeepSeek-V4's hash table (moe_hash) int32.
     """
     reader = _Reader(folder)
     abstract_params, abstract_state = jax.eval_shape(
@@ -110,9 +123,10 @@ def load_params(folder: str, cfg: ModelConfig, shardings: tuple | None = None):
     param_places = placements(cfg, abstract_params)
     needed = _expected(cfg, abstract_params, param_places)
     state_places = placements(cfg, abstract_state) if abstract_state else {}
-    bias_stored = any(k.endswith("e_score_correction_bias") for k in reader.keys)
-    if bias_stored:
-        needed.update(_expected(cfg, abstract_state, state_places))
+    stored = _stored_collections(reader, cfg, abstract_state, state_places)
+    for col in abstract_state:
+        if stored[col]:
+            needed.update(_expected(cfg, abstract_state[col], state_places[col]))
     check_tensors(reader, needed, cfg)
     if shardings is None:
         device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
@@ -131,7 +145,10 @@ def load_params(folder: str, cfg: ModelConfig, shardings: tuple | None = None):
         return jax.tree.map(leaf, tree, places, sh)
 
     params = load(abstract_params, param_places, shardings[0])
-    state = load(abstract_state, state_places, shardings[1], bias_stored) if abstract_state else {}
+    state = {
+        col: load(abstract_state[col], state_places[col], shardings[1][col], stored[col])
+        for col in abstract_state
+    }
     logging.info("Loaded %d tensors from %s", len(needed), folder)
     return params, state
 

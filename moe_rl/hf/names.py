@@ -9,27 +9,14 @@ from typing import Any
 import jax
 import numpy as np
 
+from moe_rl.hf import names_v4
+from moe_rl.hf.rule import Rule
 from moe_rl.models.config import ModelConfig
-from moe_rl.models.moe import BIAS_COLLECTION
+from moe_rl.models.moe import BIAS_COLLECTION, HASH_COLLECTION
+from moe_rl.models.transformer import layer_stacks
 
 # ----------------------------------------------------------------------------------------------
 # Tensor names: our parameter paths <-> Hugging Face tensors.
-
-
-@dataclasses.dataclass(frozen=True)
-class Rule:
-    """How one of our (per-layer) parameters is stored in Hugging Face form.
-
-    `name` may hold '{e}' (one tensor per routed expert, stacked on our axis 0). kind:
-    'linear': a torch [out, in] weight; ours is [*in, *out] with the first `in_dims` axes the
-    input (o_proj: [heads, v_dim, D], in_dims=2), i.e. the transpose, reshaped;
-    'copy': the same array; 'flat': the same numbers stored flat (q/k/v biases [heads, dim]);
-    'eh_proj': MTP's [D, 2D] acting on [emb; h], ours is [2D, D] acting on [h; emb].
-    """
-
-    name: str
-    kind: str = "linear"
-    in_dims: int = 1
 
 
 def _layer_rules(sub: str) -> Rule:
@@ -78,12 +65,18 @@ class Placement:
 
 
 def placements(cfg: ModelConfig, tree: Any) -> Any:
-    """A Placement for every leaf of a params or moe_bias tree (same structure)."""
+    """A Placement for every leaf of a params, moe_bias or moe_hash tree (same structure);
+    DeepSeek-V4's names are names_v4's."""
     L = cfg.num_hidden_layers
+    v4 = cfg.attention == "v4"
+    layer_rule = names_v4.layer_rule if v4 else _layer_rules
+    offsets, first = {}, 0  # the first HF layer of each stack (dense, hash, moe: bottom up)
+    for kind, n in layer_stacks(cfg):
+        offsets[f"{kind}_layers"], first = first, first + n
 
     def place(path, leaf) -> Placement:
         keys = [str(getattr(k, "key", k)) for k in path]
-        if keys[0] == BIAS_COLLECTION:
+        if keys[0] in (BIAS_COLLECTION, HASH_COLLECTION):
             keys = keys[1:]
         head, rest = keys[0], keys[1:]
         top = {
@@ -91,14 +84,17 @@ def placements(cfg: ModelConfig, tree: Any) -> Any:
             "final_norm": Rule("model.norm.weight", "copy"),
             "lm_head": Rule("lm_head.weight"),
         }
+        if v4:
+            top = names_v4.TOP
+            head = "/".join(keys) if head == "hc_head" else head
         if head in top:
             return Placement(top[head], None)
-        if head in ("dense_layers", "moe_layers"):
-            offset = 0 if head == "dense_layers" else cfg.num_dense_layers
+        if head in offsets:
+            offset = offsets[head]
             if rest[0] == "scan":  # scanned: one leaf stacks every layer of this kind
                 n = leaf.shape[0]
-                return Placement(_layer_rules("/".join(rest[2:])), tuple(range(offset, offset + n)))
-            return Placement(_layer_rules("/".join(rest[1:])), offset + int(rest[0]))
+                return Placement(layer_rule("/".join(rest[2:])), tuple(range(offset, offset + n)))
+            return Placement(layer_rule("/".join(rest[1:])), offset + int(rest[0]))
         if head.startswith("mtp_"):  # mtp_{k}_<part>
             _, k, part = head.split("_", 2)
             layer = L + int(k) - 1
@@ -130,8 +126,10 @@ def _tensor_name(rule: Rule, layer: int | None, expert: int | None = None) -> st
 
 def _hf_shape(rule: Rule, ours: tuple[int, ...]) -> tuple[int, ...]:
     """The stored shape of one tensor for our per-layer (per-expert) shape."""
-    if rule.kind == "copy":
+    if rule.kind in ("copy", "index"):
         return ours
+    if rule.kind == "grouped":  # ours [G, in, out]
+        return (ours[0] * ours[2], ours[1])
     if rule.kind == "flat":
         return (math.prod(ours),)
     if rule.kind == "eh_proj":
@@ -140,8 +138,11 @@ def _hf_shape(rule: Rule, ours: tuple[int, ...]) -> tuple[int, ...]:
 
 
 def _to_ours(rule: Rule, w: np.ndarray, ours: tuple[int, ...]) -> np.ndarray:
-    if rule.kind in ("copy", "flat"):
+    if rule.kind in ("copy", "flat", "index"):
         return w.reshape(ours)
+    if rule.kind == "grouped":  # [G * out, in] -> [G, in, out]
+        G, n_in, n_out = ours
+        return w.reshape(G, n_out, n_in).transpose(0, 2, 1)
     if rule.kind == "eh_proj":  # [D, 2D] on [emb; h] -> [2D, D] on [h; emb]
         D = ours[1]
         return np.concatenate([w[:, D:].T, w[:, :D].T], axis=0)
@@ -151,6 +152,10 @@ def _to_ours(rule: Rule, w: np.ndarray, ours: tuple[int, ...]) -> np.ndarray:
 def _to_hf(rule: Rule, w: np.ndarray) -> np.ndarray:
     if rule.kind == "copy":
         return w
+    if rule.kind == "index":
+        return w.astype(np.int64)
+    if rule.kind == "grouped":  # [G, in, out] -> [G * out, in]
+        return w.transpose(0, 2, 1).reshape(-1, w.shape[1])
     if rule.kind == "flat":
         return w.reshape(-1)
     if rule.kind == "eh_proj":
