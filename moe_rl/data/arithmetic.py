@@ -377,6 +377,19 @@ MIXES = {
 # early (a hit or 6 tries): pilot 6's base gave up after ~2 tries
 # (docs/results/r1_zero_countdown/README.md).
 MIXES["countdown_patient"] = dataclasses.replace(MIXES["countdown_compare"], patient=True)
+# Countdown pilot 15: 'countdown_patient' with twice the comparison drills (a fifth of the
+# documents, taken from the step drills): the ninth session's base called "found it" on only
+# 47% of its hits (docs/results/r1_zero_countdown/README.md).
+MIXES["countdown_drilled"] = dataclasses.replace(
+    MIXES["countdown_patient"],
+    kinds={
+        "countdown_search": 0.6,
+        "step_facts": 0.1,
+        "compare_facts": 0.2,
+        "addition": 0.05,
+        "subtraction": 0.05,
+    },
+)
 
 
 def document(rng: Random, mix: str = "default") -> str:
