@@ -44,8 +44,8 @@ configured `model.param_dtype`. Missing, unexpected or misshapen tensors are one
 that names each of them, raised before anything is read.
 
 One idea per file: config.py (config.json <-> ModelConfig; V4's in config_v4.py), names.py
-(tensor names and layouts; V4's in names_v4.py, a tensor's rule in rule.py), reader.py (the safetensors files of a folder), load.py (streamed, sharded loading),
-save.py (export).
+(tensor names and layouts; V4's in names_v4.py, a tensor's rule in rule.py), reader.py (the
+safetensors files of a folder), load.py (streamed, sharded loading), save.py (export).
 """
 
 from moe_rl.hf.config import (
