@@ -9,7 +9,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from moe_rl.hf import names_v4
+import moe_rl.hf.names_v4 as names_v4
 from moe_rl.hf.rule import Rule
 from moe_rl.models.config import ModelConfig
 from moe_rl.models.moe import BIAS_COLLECTION, HASH_COLLECTION
