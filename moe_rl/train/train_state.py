@@ -52,17 +52,44 @@ def make_schedule(c: ml_collections.ConfigDict, num_steps: int) -> optax.Schedul
 OPTIMIZERS = ("adamw", "muon")  # optim.name
 
 
+# Not linear maps, or kept on AdamW as DeepSeek-V4 keeps them: the embedding, the output head,
+# and V4's compressor position biases (a [rate, width] table added to the gate logits).
+NOT_MUON = frozenset({"embedding", "lm_head", "position_bias"})
+
+# The matrix each >2-D weight is, by its name: (reduction axes, output axes); any other axis is
+# a batch of separate matrices. Not listed: [in, heads, dim] (q/k/v, q_b, kv_b, the indexers'
+# query projections), one matrix from `in` to heads x dim.
+MATRIX_AXES = {
+    "experts_gate": ((1,), (2,)),  # [E, D, F]: one matrix per routed expert
+    "experts_up": ((1,), (2,)),
+    "experts_down": ((1,), (2,)),  # [E, F, D]
+    "o_proj": ((0, 1), (2,)),  # [heads, v, D]: all heads into D
+    "o_a_proj": ((1,), (2,)),  # V4 [groups, heads/g x d, o_lora]: one matrix per group
+    "o_b_proj": ((0, 1), (2,)),  # V4 [groups, o_lora, D]: all groups into D
+}
+
+
 def is_muon_matrix(path: tuple, p) -> bool:
-    """Muon's parameters (optim.name='muon'): the 2-D weight matrices but the embedding and the
-    output head, as in DeepSeek-V4; AdamW keeps those, norms, biases and >2-D tensors."""
+    """Muon's parameters (optim.name='muon'): the weight matrices (2-D, or stacks of them,
+    `muon_axes`) but the embedding, the output head and V4's position biases, as in
+    DeepSeek-V4; AdamW keeps those, norms, biases and vectors."""
     names = {getattr(k, "key", None) for k in path}
-    return p.ndim == 2 and not names & {"embedding", "lm_head"}
+    return p.ndim >= 2 and not names & NOT_MUON
+
+
+def muon_axes(path: tuple, p) -> optax.contrib.MuonDimensionNumbers:
+    """The (reduction, output) axes of a Muon parameter as the matrix it multiplies by
+    (optax's MuonDimensionNumbers; the other axes are a batch of matrices)."""
+    name = getattr(path[-1], "key", None)
+    reduction, output = MATRIX_AXES.get(name, ((0,), tuple(range(1, p.ndim))))
+    return optax.contrib.MuonDimensionNumbers(reduction, output)
 
 
 def make_optimizer(c: ml_collections.ConfigDict, num_steps: int) -> optax.GradientTransformation:
     """Global-norm clipping, then AdamW with the warmup-cosine schedule; with optim.name='muon',
     optax's Muon (optax.contrib.muon: Newton-Schulz-orthogonalised Nesterov momentum, Jordan et
-    al. 2024) on `is_muon_matrix` params, its updates rescaled to RMS optim.muon_rms
+    al. 2024) on `is_muon_matrix` params (stacks of matrices as `muon_axes` says), its updates
+    rescaled to RMS optim.muon_rms
     (Moonlight's matching, arXiv 2502.16982: AdamW's learning rate and weight decay carry
     over), and the same AdamW on the rest."""
     schedule = make_schedule(c, num_steps)
@@ -76,6 +103,9 @@ def make_optimizer(c: ml_collections.ConfigDict, num_steps: int) -> optax.Gradie
         beta=c.muon_momentum,
         weight_decay=c.weight_decay,
         consistent_rms=c.muon_rms,
+        muon_weight_dimension_numbers=lambda params: jax.tree_util.tree_map_with_path(
+            muon_axes, params
+        ),
     )
     labels = lambda params: jax.tree_util.tree_map_with_path(
         lambda path, p: "muon" if is_muon_matrix(path, p) else "adamw", params
