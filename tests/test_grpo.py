@@ -436,9 +436,14 @@ def test_countdown_experiment_is_r1_zero_with_its_own_task_corpus_and_lengths():
         "eval.sampling.max_new_tokens",
         "grpo.num_steps",
         "grpo.refill",
+        "pretrain.train.seq_len",
+        "pretrain.train.batch_size",
     }, differ
     assert countdown.task.name == "countdown"
-    assert countdown.pretrain.data.mix == "countdown_patient"
+    assert countdown.pretrain.data.mix == "countdown_drilled"
+    # the same tokens per pretraining step, in rows long enough for a whole search
+    t, r = countdown.pretrain.train, r1_zero.pretrain.train
+    assert t.seq_len * t.batch_size == r.seq_len * r.batch_size and t.seq_len == 512
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
