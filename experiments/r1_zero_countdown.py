@@ -3,26 +3,23 @@ Countdown mix, then GRPO with the answer reward only: a search that has to keep 
 
 Each question gives 3 numbers from 1..10 and a target up to 100; the answer is an expression
 using each number at most once (moe_rl.data.tasks.countdown, checked by our own expression
-parser, never `eval`). The base's corpus (data/arithmetic.py MIXES['countdown_patient']) solves
+parser, never `eval`). The base's corpus (data/arithmetic.py MIXES['countdown_drilled']) solves
 such puzzles by trial: the target restated ("Target: 22."), then random expressions, each worked
 step by step and compared with the target side by side ("12 * 3 = 36, 36 vs 22: no."), the
 search going on to a hit ("22 vs 22: found it.") or to its sixth try and "I stop here." (10% of
-the documents carry a slip; a tenth of the corpus drills the comparisons). Numbers are single
+the documents carry a slip; a fifth of the corpus drills the comparisons). Numbers are single
 tokens (tokenizer 'bpe:1024:numbers'), so that a hit is two equal tokens side by side. Nothing
 in the corpus says which expression to try. RL rewards only the final expression.
 
 Command:  python -m moe_rl.main --config=experiments/r1_zero_countdown.py [--seeds=0-2]
-Runtime:  seed 0 on the ninth session's 2-core VM: ~20 min (base ~9 beside unit tests, its
-          evaluation 0.7, GRPO 9.2: 40 steps of ~12.7 s, the R1-Zero prompt + up to 320 new
-          tokens; final evaluation ~0.9). Before refill='missing' and attention by blocks: ~28
-          min (GRPO 18.3, steps of 26-30 s; sixth session's VM).
+Runtime:  seed 0 on the tenth session's 2-core VM: 15.2 min (base 5.5: 3600 steps of 4 x 512
+          tokens; its evaluation 0.4; GRPO 9.0: 100 steps of ~5 s, the R1-Zero prompt + up to
+          320 new tokens; final evaluation 0.3).
 Result:   not yet the goal (+20 points on 3 seeds, <= 20 min): seed 0's held-out pass@1
-          0.129 -> 0.176 (+4.7, pilot 14, this config, from the ninth session's VM's base);
-          0.182 -> 0.264 (+8.2, pilot 8, refill 'batch', from the sixth session's VM's base,
-          which checks its tries more reliably: 89% of its hits called "found it", not 47%).
-          docs/results/r1_zero_countdown/ (README: the attempts and what to try next;
-          search.md: tries, checked answers, step accuracy and target copying before/after,
-          from its search_stats.py).
+          0.311 -> 0.346 (+3.5, pilot 17, this config, tenth session's VM). Earlier recipes:
+          0.182 -> 0.264 (+8.2, pilot 8, sixth session's VM), 0.129 -> 0.176 (+4.7, pilot 14,
+          ninth). docs/results/r1_zero_countdown/ (README: the attempts and what to try next;
+          attempts/pilot<N>.json: each one's statistics of the search before and after).
 """
 
 from ml_collections import ConfigDict
