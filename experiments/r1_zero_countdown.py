@@ -16,7 +16,8 @@ Runtime:  seed 0 on the tenth session's 2-core VM: 15.2 min (base 5.5: 3600 step
           tokens; its evaluation 0.4; GRPO 9.0: 100 steps of ~5 s, the R1-Zero prompt + up to
           320 new tokens; final evaluation 0.3).
 Result:   not yet the goal (+20 points on 3 seeds, <= 20 min): seed 0's held-out pass@1
-          0.311 -> 0.346 (+3.5, pilot 17, this config, tenth session's VM). Earlier recipes:
+          0.311 -> 0.346 (+3.5, pilot 17, this config, tenth session's VM); seeds 1 and 2
+          0.111 -> 0.211 (+10.0) and 0.158 -> 0.266 (+10.7), 16.8 and 16.5 min. Earlier recipes:
           0.182 -> 0.264 (+8.2, pilot 8, sixth session's VM), 0.129 -> 0.176 (+4.7, pilot 14,
           ninth). docs/results/r1_zero_countdown/ (README: the attempts and what to try next;
           attempts/pilot<N>.json: each one's statistics of the search before and after).

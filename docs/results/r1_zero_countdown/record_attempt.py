@@ -1,12 +1,13 @@
 """One Countdown attempt's record (attempts/pilot<N>.json) from its workdir.
 
-    python docs/results/r1_zero_countdown/record_attempt.py <workdir> <N> "<what was tried>"
+    python docs/results/r1_zero_countdown/record_attempt.py <workdir> <N or name> "<what was tried>"
 
 Reads what `python -m moe_rl.main --config=experiments/r1_zero_countdown.py --workdir=<workdir>`
 wrote: summary.json (the held-out evaluations before and after GRPO, seconds per stage),
 metrics.jsonl (every GRPO step's training-split metrics) and
 the two evaluations' answers (search_stats.stats: tries, checks, step accuracy). Writes
-attempts/pilot<N>.json beside this file: the same fields as the earlier pilots'.
+attempts/pilot<N>.json (or attempts/<name>.json) beside this file: the same fields as the
+earlier pilots'.
 """
 
 import json
@@ -37,7 +38,7 @@ STEP_KEYS = (
 )
 
 
-def record(workdir: str, pilot: int, what: str) -> dict:
+def record(workdir: str, pilot: str, what: str) -> dict:
     load = lambda name: json.load(open(os.path.join(workdir, name)))
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         steps = [json.loads(line) for line in f]
@@ -59,7 +60,8 @@ def record(workdir: str, pilot: int, what: str) -> dict:
         "median_step_seconds": float(np.median([s["step_seconds"] for s in steps])),
         "grpo_steps_train_split": steps,
     }
-    path = os.path.join(HERE, "attempts", f"pilot{pilot}.json")
+    name = f"pilot{pilot}" if str(pilot).isdigit() else pilot
+    path = os.path.join(HERE, "attempts", f"{name}.json")
     with open(path, "w") as f:
         json.dump(out, f, indent=1)
     print(f"{path}: pass@1 {out['before']['pass@1']:.3f} -> {out['after']['pass@1']:.3f}")
@@ -67,4 +69,4 @@ def record(workdir: str, pilot: int, what: str) -> dict:
 
 
 if __name__ == "__main__":
-    record(sys.argv[1], int(sys.argv[2]), sys.argv[3])
+    record(sys.argv[1], sys.argv[2], sys.argv[3])
