@@ -278,9 +278,8 @@ class Transformer(nn.Module):
             ).astype(jnp.float32)
         logits_BLV = head(norm("final_norm")(x_BLD))
 
+        # (V4's MTP block is not built: config validation refuses MTP with mHC or V4 attention)
         if mtp and cfg.num_nextn_predict_layers and cache is None:
-            if cfg.hc_mult:  # V4's MTP block carries its own streams and head: not built yet
-                raise NotImplementedError("multi-token prediction with model.hc_mult > 0")
             aux.update(self._multi_token_prediction(x_BLD, tokens_BL, ctx, embed, head, dsa))
         if cache is not None:
             new_cache.update(index=index + L, segment_ids=kv_seg_BS)
