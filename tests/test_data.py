@@ -66,16 +66,33 @@ def test_learned_bpe_specials_digits_and_compression(learned_bpe):
 
 
 def test_learned_bpe_with_whole_numbers_merges_frequent_numbers(tmp_path):
-    """split_digits=False ('bpe:<vocab>:numbers'): frequent numbers become one token each, two
+    """numbers='whole' ('bpe:<vocab>:numbers'): frequent numbers become one token each, two
     equal numbers two equal tokens; any text still round-trips."""
     docs = list(arithmetic.documents(2000, seed=0, mix="countdown"))
-    tok = train_bpe(docs, 600, str(tmp_path), split_digits=False)
+    tok = train_bpe(docs, 600, str(tmp_path), numbers="whole")
     assert sum(len(tok.encode(str(n))) == 1 for n in range(101)) >= 60
     a, b = tok.encode("36 vs 36:")[0], tok.encode("36 vs 36:")[-2]
     assert a == b and tok.decode([a]) == "36"
     assert tok.decode(tok.encode("12345 x")) == "12345 x"
     with pytest.raises(ValueError, match="'bpe:<vocab size >= 260>:numbers'"):
         lm.run_tokenizer("bpe:600:whole", docs, str(tmp_path / "x"))
+    with pytest.raises(ValueError, match="allowed"):
+        train_bpe(docs, 600, str(tmp_path / "y"), numbers="digits")
+
+
+def test_learned_bpe_with_spaced_numbers_joins_the_space(tmp_path):
+    """numbers='spaced' ('bpe:<vocab>:spaced', GPT-2's pre-tokenization): " 36" is one token,
+    the same on both sides of a comparison, and a Countdown try takes fewer tokens than with
+    'whole' numbers; any text still round-trips."""
+    docs = list(arithmetic.documents(2000, seed=0, mix="countdown_drilled"))
+    spaced = lm.run_tokenizer("bpe:600:spaced", docs, str(tmp_path / "spaced"))
+    whole = train_bpe(docs, 600, str(tmp_path / "whole"), numbers="whole")
+    ids = spaced.encode(" 36 vs 36:")
+    assert [spaced.decode([i]) for i in ids] == [" 36", " vs", " 36", ":"]
+    assert sum(len(spaced.encode(f" {n}")) == 1 for n in range(101)) >= 60
+    attempt = " Try (7 + 5) * 3: 7 + 5 = 12, 12 * 3 = 36, 36 vs 22: no."
+    assert len(spaced.encode(attempt)) < 0.8 * len(whole.encode(attempt))
+    assert spaced.decode(spaced.encode("12345 x (7+1)")) == "12345 x (7+1)"
 
 
 def test_learned_bpe_is_deterministic(learned_bpe, tmp_path):
@@ -313,6 +330,28 @@ def test_countdown_search_tries_until_a_checked_hit(compare):
         wrong = [countdown_docs.countdown_search(rng, wrong=True) for _ in range(300)]
         claims = [p for p in wrong if p.steps[-1].endswith("found it.")]
         assert any(_evaluate(p.answer) != _countdown_question(p.question)[1] for p in claims)
+
+
+def test_countdown_search_patience_gives_a_geometric_budget():
+    """patience q ('countdown_long'): after each miss the writer goes on with probability q, up
+    to max_tries: the searches that end without a hit have lengths 1..max_tries, the share
+    stopping after k misses ~ (1 - q) q^(k-1), the longest exactly at max_tries."""
+    rng = draws.Random(3)
+    gave_up = []
+    for _ in range(3000):
+        p = countdown_docs.countdown_search(
+            rng, wrong=False, compare=True, patience=0.8, max_tries=12
+        )
+        tries = [w for w in p.steps if w.startswith("Try ")]
+        assert 1 <= len(tries) <= 12
+        if p.steps[-1] == "I stop here.":
+            gave_up.append(len(tries))
+    counts = np.bincount(gave_up, minlength=13)
+    # A search that gives up after k tries missed k times and its budget was k: P(budget = 1)
+    # = 0.2, and more budgets of 1 than of 2 than of 3 end that way.
+    assert counts[1] > counts[2] > counts[3] > 0 and counts[12] > 0
+    assert 0.15 < counts[1] / 3000 < 0.25
+    assert np.mean(gave_up) < 4
 
 
 def test_countdown_search_comparisons_are_right_about_their_numbers():

@@ -440,10 +440,12 @@ def test_countdown_experiment_is_r1_zero_with_its_own_task_corpus_and_lengths():
         "pretrain.train.batch_size",
     }, differ
     assert countdown.task.name == "countdown"
-    assert countdown.pretrain.data.mix == "countdown_drilled"
+    assert countdown.pretrain.data.mix == "countdown_long"
     # the same tokens per pretraining step, in rows long enough for a whole search
     t, r = countdown.pretrain.train, r1_zero.pretrain.train
     assert t.seq_len * t.batch_size == r.seq_len * r.batch_size and t.seq_len == 512
+    # the longest search the corpus writes, with the prompt, inside the rows' positions
+    assert countdown.sampling.max_new_tokens + 128 <= t.seq_len
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:

@@ -317,6 +317,9 @@ class Mix:
     compare: Countdown searches compare each try's value with the target side by side
       (`countdown_docs.countdown_search`).
     patient: Countdown searches go on to a hit or to their last try (`countdown_search`).
+    patience: Countdown writers go on after a miss with this probability (0: off; see
+      `countdown_search`), up to max_tries.
+    max_tries: the most tries a Countdown search makes.
     """
 
     kinds: dict[str, float]
@@ -329,6 +332,8 @@ class Mix:
     wrong_rate: float = WRONG_RATE
     compare: bool = False
     patient: bool = False
+    patience: float = 0.0
+    max_tries: int = 6
 
 
 # Named document mixes. 'r1' is the base model's corpus for experiments/r1_zero.py: mostly
@@ -391,6 +396,15 @@ MIXES["countdown_drilled"] = dataclasses.replace(
     },
 )
 
+# Countdown pilot 18: 'countdown_drilled' whose writers give up early and sometimes search
+# long: after each miss one goes on with probability 0.8, up to 12 tries (mean ~3.7 tries;
+# 8.6% of the writers would try 12). Random tries over the numbers hit within 6 tries in ~41%
+# of the puzzles and within 12 in ~65%: the corpus's searches stop short of what patience
+# reaches, which is what RL can learn (docs/results/r1_zero_countdown/README.md).
+MIXES["countdown_long"] = dataclasses.replace(
+    MIXES["countdown_drilled"], patient=False, patience=0.8, max_tries=12
+)
+
 
 def document(rng: Random, mix: str = "default") -> str:
     """One random document: a kind of problem rendered in a style, wrong WRONG_RATE of the time."""
@@ -400,7 +414,13 @@ def document(rng: Random, mix: str = "default") -> str:
     if kind == "addition":
         make = functools.partial(addition, restate=m.restate, column=m.column, so_far=m.so_far)
     if kind == "countdown_search":
-        make = functools.partial(countdown_search, compare=m.compare, patient=m.patient)
+        make = functools.partial(
+            countdown_search,
+            compare=m.compare,
+            patient=m.patient,
+            patience=m.patience,
+            max_tries=m.max_tries,
+        )
     if kind in ("facts", "step_facts", "compare_facts"):  # a drill is its own document, in no style
         return make(rng, rng.random() < m.wrong_rate).fact
     style = weighted(rng, m.styles)

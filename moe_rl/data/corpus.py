@@ -70,7 +70,7 @@ class MoeRlArithmetic(tfds.core.GeneratorBasedBuilder):
     Bump VERSION whenever the generator's output changes: prepared copies are reused by version.
     """
 
-    VERSION = tfds.core.Version("1.4.0")
+    VERSION = tfds.core.Version("1.5.0")
     RELEASE_NOTES = {
         "1.0.0": "Initial release.",
         "1.1.0": "Mix 'r1': additions, fact drills, short and worked thinks, restated operands.",
@@ -78,6 +78,8 @@ class MoeRlArithmetic(tfds.core.GeneratorBasedBuilder):
         # 1.3.0 was a withdrawn pilot's (Countdown pilot 4): never reuse a version.
         "1.4.0": "Mix 'countdown_compare': verdicts compare side by side ('36 vs 22: no'), "
         "comparison drills, slips never onto the target; the other mixes as in 1.2.0.",
+        "1.5.0": "Mix 'countdown_long': writers going on after a miss with probability 0.8, up "
+        "to 12 tries; the other mixes as in 1.4.0.",
     }
     BUILDER_CONFIGS = [arithmetic_config()]
 

@@ -113,7 +113,12 @@ def _attempt(
 
 
 def countdown_search(
-    rng: Random, wrong: bool, max_tries: int = 6, compare: bool = False, patient: bool = False
+    rng: Random,
+    wrong: bool,
+    max_tries: int = 6,
+    compare: bool = False,
+    patient: bool = False,
+    patience: float = 0.0,
 ) -> Solved:
     """Countdown solved by trial and checking, as a person without a method does it.
 
@@ -137,9 +142,19 @@ def countdown_search(
     `patient` (the 'countdown_patient' mix): every writer is willing to try max_tries
     expressions, so a search stops only at a hit or after max_tries misses: the corpus never
     gives up while tries remain, and its long searches are the successful ones more often.
+
+    `patience` > 0 (the 'countdown_long' mix): after each try the writer goes on with this
+    probability, up to max_tries (a geometric budget: every search length occurs, the short
+    ones most often), so the corpus mostly gives up early and sometimes searches long; what RL
+    can learn is to give up less. Overrides `patient`.
     """
     numbers, target, _, _ = countdown_puzzle(rng, 3, 10, 100)
-    budget = max_tries if patient else rng.integers(1, max_tries + 1)
+    if patience:
+        budget = 1
+        while budget < max_tries and rng.random() < patience:
+            budget += 1
+    else:
+        budget = max_tries if patient else rng.integers(1, max_tries + 1)
     bad = rng.below(budget) if wrong else -1
     seen: set[str] = set()
     work, text = [f"Target: {target}."], ""

@@ -139,26 +139,34 @@ def _chat_template(config: dict, folder: str) -> str | None:
     return template
 
 
+NUMBERS = ("split", "whole", "spaced")  # train_bpe's ways with numbers
+
+
 def train_bpe(
-    texts: Iterable[str], vocab_size: int, folder: str, split_digits: bool = True
+    texts: Iterable[str], vocab_size: int, folder: str, numbers: str = "split"
 ) -> HFTokenizer:
     """Trains a byte-level BPE tokenizer on `texts` and saves it as a Hugging Face folder.
 
-    Digits are split one by one (as Llama does: numbers stay readable digit by digit), or with
-    `split_digits=False` a run of digits is one piece that BPE may merge whole (as GPT-2's
-    does: a frequent number becomes one token, so two equal numbers are two equal tokens).
-    PAD, BOS and EOS are ids 0, 1, 2 ("<pad>", "<s>", "</s>"); any UTF-8 text round-trips.
-    Deterministic for the same texts in the same order.
+    `numbers`: 'split', digits one by one (as Llama does: numbers stay readable digit by
+    digit); 'whole', a run of digits is one piece that BPE may merge whole, apart from the
+    space before it (a frequent number becomes one token, " 12" two: " " and "12"); 'spaced',
+    GPT-2's pre-tokenization, the space joined to the word or number after it (" 12" one token,
+    so a Countdown try of ~36 'whole' tokens takes ~25). With 'whole' and 'spaced' two equal
+    numbers are two equal tokens. PAD, BOS and EOS are ids 0, 1, 2 ("<pad>", "<s>", "</s>"); any
+    UTF-8 text round-trips. Deterministic for the same texts in the same order.
     """
     from tokenizers import decoders, models, pre_tokenizers, trainers
 
+    if numbers not in NUMBERS:
+        raise ValueError(f"numbers={numbers!r}; allowed: {NUMBERS}")
     tok = tokenizers.Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Digits(individual_digits=split_digits),
-            pre_tokenizers.ByteLevel(add_prefix_space=False),
-        ]
-    )
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    if numbers == "spaced":  # ByteLevel's own regex: ' ?\p{N}+' keeps the space
+        tok.pre_tokenizer = byte_level
+    else:
+        tok.pre_tokenizer = pre_tokenizers.Sequence(
+            [pre_tokenizers.Digits(individual_digits=numbers == "split"), byte_level]
+        )
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,

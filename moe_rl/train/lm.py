@@ -366,24 +366,28 @@ def restore_or_init(config, cfg: ModelConfig, tx, workdir: str, mesh=None):
 
 
 BPE_DOCUMENTS = 20_000  # training documents a 'bpe:<vocab>' tokenizer is learned from
+# 'bpe:<vocab>[:<suffix>]': the suffix -> tokenizers.train_bpe's `numbers`
+BPE_NUMBERS = {"": "split", "numbers": "whole", "spaced": "spaced"}
 
 
 def run_tokenizer(name: str, train_src, workdir: str):
     """config.data.tokenizer: 'byte', a Hugging Face folder/file, or 'bpe:<vocab size>' = a BPE
     learned from the first training documents (digits split), 'bpe:<vocab size>:numbers' the
-    same with whole numbers mergeable into one token; saved in <workdir>/tokenizer, reused."""
+    same with whole numbers mergeable into one token, 'bpe:<vocab size>:spaced' with a number's
+    leading space in its token too (GPT-2's pre-tokenization; `tokenizers.train_bpe`); saved in
+    <workdir>/tokenizer, reused."""
     if not name.startswith("bpe:"):
         return tokenizers.get_tokenizer(name)
     folder = os.path.join(workdir, "tokenizer")
     if os.path.exists(os.path.join(folder, "tokenizer.json")):
         return tokenizers.get_tokenizer(folder)
     size, _, digits = name.removeprefix("bpe:").partition(":")
-    if not size.isdigit() or int(size) < 260 or digits not in ("", "numbers"):
+    if not size.isdigit() or int(size) < 260 or digits not in BPE_NUMBERS:
         raise ValueError(
             f"config.data.tokenizer={name!r}: expected 'bpe:<vocab size >= 260>' or "
-            "'bpe:<vocab size >= 260>:numbers'"
+            "'bpe:<vocab size >= 260>:numbers' or 'bpe:<vocab size >= 260>:spaced'"
         )
     if isinstance(train_src[0], tuple):
         raise ValueError("config.data.tokenizer='bpe:...' is for pretraining corpora")
     texts = (train_src[i] for i in range(min(len(train_src), BPE_DOCUMENTS)))
-    return tokenizers.train_bpe(texts, int(size), folder, split_digits=digits != "numbers")
+    return tokenizers.train_bpe(texts, int(size), folder, numbers=BPE_NUMBERS[digits])
