@@ -19,9 +19,11 @@ Rows (each timing the median of a few repetitions after a warm-up call, compilat
   experts) for each `model.moe_impl` (sparse dispatch, dense oracle, ragged_dot) against a dense
   SwiGLU FFN of the same activated FLOPs; on CPU ragged_dot runs only at the --quick size
   (XLA:CPU runs it ~100x slower than a matmul of the same FLOPs), with its own bound;
-- pretraining step (benchmarks/mfu.py's step: `lm.make_train_step`, AdamW): tokens/s and MFU
-  against the float32 matmul peak measured in the same run (model FLOPs from
-  `moe_rl.models.counting.flops_per_token`, MTP not counted: a lower bound);
+- pretraining step (benchmarks/mfu.py's step: `lm.make_train_step`, AdamW) with the model's
+  'auto' choices of this backend (dtype / moe_impl / attention_impl, in the shape column):
+  tokens/s and MFU against the matmul peak of its dtype measured in the same run (float32 on
+  CPU, bfloat16 on accelerators; model FLOPs from `moe_rl.models.counting.flops_per_token`,
+  MTP not counted: a lower bound);
 - sampler (`moe_rl.sampling.generate`, KV cache, greedy) tokens/s at batch 64;
 - one GRPO step (benchmarks/grpo_step.py) split into rollout / reference / train seconds.
 The last column is peak memory: on GPU/TPU the default device's `memory_stats()`
@@ -220,18 +222,19 @@ def run(sizes: Sizes, mode: str, sections: dict) -> list[tuple[str, str, str, st
 
     sections["MoE layer"] = time.perf_counter()
 
-    # Pretraining step: tokens/s, MFU against the float32 peak (filled in at the end).
+    # Pretraining step: tokens/s, MFU against its dtype's peak (filled in at the end).
     name, batch, seq = sizes.pretrain
     over = dict(sizes.overrides)
     note = " (no MTP)" if over.get("num_nextn_predict_layers") == 0 else ""
     pre = mfu.pretrain_step(name, batch, seq, R, **over)
+    m = pre["cfg"]  # 'auto' resolved for this backend
     rows.append(
         (
             "pretraining step",
-            f"{name}{note}, {batch} x {seq} tokens",
+            f"{name}{note}, {batch} x {seq} tokens, {m.dtype} / {m.moe_impl} / {m.attention_impl}",
             fmt(batch * seq / pre["seconds"]),
             "tokens/s",
-            "MFU {mfu:.1f}% of the float32 peak" + f" ({pre['seconds']:.3f} s/step)",
+            "MFU {mfu:.1f}% of the " + f"{m.dtype} peak ({pre['seconds']:.3f} s/step)",
             peak_memory(),
         )
     )
@@ -282,7 +285,8 @@ def run(sizes: Sizes, mode: str, sections: dict) -> list[tuple[str, str, str, st
     peak = max(peak, after)
     rows[i] = rows[i][:2] + (fmt(peak / 1e9), rows[i][3], note, rows[i][5])
     i = [r[0] for r in rows].index("pretraining step")
-    mfu_pct = 100 * pre["flops"] / pre["seconds"] / peak
+    pre_peak = 1e9 * bf16 if accel and m.dtype == "bfloat16" else peak
+    mfu_pct = 100 * pre["flops"] / pre["seconds"] / pre_peak
     rows[i] = rows[i][:4] + (rows[i][4].format(mfu=mfu_pct), rows[i][5])
     sections["matmul again"] = time.perf_counter()
     return rows

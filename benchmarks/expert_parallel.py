@@ -125,7 +125,8 @@ def main():
     if args.eps[0] != 1:
         raise SystemExit("--eps must start with 1: the ratios are to EP=1")
 
-    cfg = ModelConfig.from_config(preset(args.preset))
+    # One config for every EP: 'auto' as under expert parallelism ('sparse'; ragged has no EP form).
+    cfg = ModelConfig.from_config(preset(args.preset), expert_parallel=max(args.eps))
     print(perf.machine_description())
     print(
         f"preset {args.preset!r}: {cfg.n_routed_experts} routed experts top-"

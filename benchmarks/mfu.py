@@ -3,9 +3,10 @@
     python benchmarks/mfu.py [--model small --batch 16 --seq-len 256 --steps 5]
     python benchmarks/mfu.py --model tiny --steps 2 --grpo-steps 1   # a quick check
 
-MFU = model FLOPs per step / step time / peak. The peak is the best FLOP/s of float32 jnp
-matmuls of a few sizes (best of several runs each), measured in the same process. Model FLOPs
-are `moe_rl.models.counting.flops_per_token` (6 x activated matmul parameters + causal
+MFU = model FLOPs per step / step time / peak. The peak is the best FLOP/s of jnp matmuls in
+the model's compute dtype ('auto': float32 on CPU, bfloat16 on GPU/TPU) of a few sizes (best
+of several runs each), measured in the same process. Model FLOPs are
+`moe_rl.models.counting.flops_per_token` (6 x activated matmul parameters + causal
 attention; the training-only MTP module is not counted, so MFU is a lower bound) times the
 tokens: for pretraining, batch x seq-len tokens through forward and backward; for a GRPO step
 (the shape of benchmarks/grpo_step.py, timed by its code), the rollout's and the reference's
@@ -24,7 +25,7 @@ import jax
 import numpy as np
 
 from moe_rl import perf
-from moe_rl.models import counting
+from moe_rl.models import backend, counting
 from moe_rl.models.config import ModelConfig, preset
 from moe_rl.recipes.distill_vs_rl import estimate
 from moe_rl.train import configs, lm, train_state
@@ -35,9 +36,9 @@ import grpo_step  # noqa: E402  (benchmarks/grpo_step.py: the GRPO step timed th
 PEAK_SIZES = (512, 1024, 2048)
 
 
-def matmul_peak(repeats: int) -> dict[int, float]:
-    """Best FLOP/s of an n x n x n float32 matmul for each n of PEAK_SIZES."""
-    return {n: perf.measure_matmul_peak(n, repeats) for n in PEAK_SIZES}
+def matmul_peak(repeats: int, dtype="float32") -> dict[int, float]:
+    """Best FLOP/s of an n x n x n matmul in `dtype` for each n of PEAK_SIZES."""
+    return {n: perf.measure_matmul_peak(n, repeats, dtype) for n in PEAK_SIZES}
 
 
 def pretrain_step(name: str, batch: int, seq_len: int, steps: int, **overrides) -> dict:
@@ -70,7 +71,13 @@ def pretrain_step(name: str, batch: int, seq_len: int, steps: int, **overrides) 
         jax.block_until_ready(metrics)
         times.append(time.perf_counter() - start)
     flops = counting.flops_per_token(cfg, seq_len) * batch * seq_len
-    return {"seconds": float(np.median(times)), "flops": flops, "first": first, "times": times}
+    return {
+        "seconds": float(np.median(times)),
+        "flops": flops,
+        "first": first,
+        "times": times,
+        "cfg": cfg,  # 'auto' resolved: dtype, moe_impl, attention_impl of this backend
+    }
 
 
 def grpo(name: str, args) -> dict:
@@ -117,14 +124,16 @@ def main():
     args = parser.parse_args()
 
     print(perf.machine_description())
-    peaks = matmul_peak(args.peak_repeats)
+    dtype = ModelConfig.from_config(preset(args.model)).dtype  # the peak of the model's matmuls
+    peaks = matmul_peak(args.peak_repeats, dtype)
     pre = pretrain_step(args.model, args.batch, args.seq_len, args.steps)
     g = grpo(args.grpo_model or args.model, args) if args.grpo_steps else None
     # The peak again after the steps: on a shared machine take the best of both measurements.
-    after = matmul_peak(args.peak_repeats)
+    after = matmul_peak(args.peak_repeats, dtype)
     peak = max(*peaks.values(), *after.values())
     sizes = ", ".join(f"{n}: {max(peaks[n], after[n]) / 1e9:.0f}" for n in PEAK_SIZES)
-    print(f"float32 matmul peak {peak / 1e9:.1f} GFLOP/s (GFLOP/s by size n x n x n: {sizes})\n")
+    print(f"{dtype} matmul peak {peak / 1e9:.1f} GFLOP/s (GFLOP/s by size n x n x n: {sizes})")
+    print(f"model: {backend.describe(pre['cfg'])}\n")
 
     print("| step | model FLOPs | seconds | GFLOP/s | MFU |")
     print("| --- | ---: | ---: | ---: | ---: |")

@@ -34,7 +34,9 @@ PAD, EOS = 0, 1
 
 
 def model(init: str):
-    cfg = ModelConfig.from_config(preset("tiny", vocab_size=384, num_nextn_predict_layers=0))
+    # float32 and the einsum attention on every backend: main() changes the dtype alone.
+    over = dict(vocab_size=384, num_nextn_predict_layers=0, dtype="float32", attention_impl="xla")
+    cfg = ModelConfig.from_config(preset("tiny", **over))
     variables = evaluate.init_model(cfg, 0)
     if init:
         abstract = jax.eval_shape(lambda: variables)

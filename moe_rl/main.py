@@ -117,8 +117,42 @@ def banner(config, config_path: str | None, workdir: str, seeds=None) -> str:
         f"workdir: {os.path.abspath(workdir)}"
         + (f" (seeds {', '.join(map(str, seeds))}: seed_<n>/ each)" if seeds else ""),
         f"devices: {len(devices)} x {devices[0].device_kind} ({jax.default_backend()})",
+        *model_lines(config),
     ]
     return "\n".join(lines)
+
+
+def model_lines(config) -> list[str]:
+    """Each model block's run-time choices ('auto' resolved for this backend and config.mesh,
+    as the recipe resolves them; models/backend.py); a block that does not validate is left to
+    the recipe to report."""
+    import jax
+    import ml_collections
+
+    from moe_rl import hf, mesh
+    from moe_rl.models import backend
+    from moe_rl.models.config import ModelConfig
+
+    def blocks(node, path):
+        for key, value in node.items():
+            if not isinstance(value, ml_collections.ConfigDict):
+                continue
+            name = f"{path}{key}"
+            if "moe_impl" in value and "vocab_size" in value:
+                yield name, value
+            elif not path:  # one level down: teacher.model, student.model
+                yield from blocks(value, f"{name}.")
+
+    lines = []
+    try:
+        ep = mesh.mesh_shape(config.get("mesh") or {}, jax.device_count())["expert"]
+        config = hf.with_hf_model(config)  # a Hugging Face init_checkpoint's architecture
+        for name, block in blocks(config, ""):
+            m = ModelConfig.from_config(block, expert_parallel=ep)
+            lines.append(f"{name}: {backend.describe(m)} (resolved for {jax.default_backend()})")
+    except ValueError:
+        pass
+    return lines
 
 
 def written(workdir: str) -> list[str]:

@@ -15,7 +15,10 @@ temporaries. The KV cache is exact for `transformer.init_cache` with rows split 
 batch axes.
 
 `num_devices` may exceed the devices of this host (planning a pod from a laptop): the mesh is
-then an `AbstractMesh` of the same shape, which shardings and shard shapes accept.
+then an `AbstractMesh` of the same shape, which shardings and shard shapes accept. The model's
+'auto' choices are resolved for this host's backend (models/backend.py): `model.dtype='auto'`
+is float32 on a CPU, so a laptop plans an accelerator's bfloat16 activations at twice their
+bytes; `--config.model.dtype=bfloat16` plans them as the accelerator will run them.
 
 GRPO and distillation configs are read too (`config.recipe` 'r1_zero', 'r1', 'distill';
 `plan_recipe`), stage by stage as the recipes run them:

@@ -23,7 +23,9 @@ ARCHITECTURES = {
     "LlamaForCausalLM": "llama",
 }
 # Fields of ModelConfig a run chooses, not the checkpoint (numerics, compilation, kernels).
-RUNTIME_FIELDS = ("mla_absorb", "moe_impl", "dtype", "param_dtype", "scan_layers", "remat")
+RUNTIME_FIELDS = (
+    "mla_absorb", "moe_impl", "attention_impl", "dtype", "param_dtype", "scan_layers", "remat",
+)  # fmt: skip
 # config.json fields the mapping reads (and checks where only some values are supported) ...
 READ_FIELDS = {
     "architectures", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
@@ -264,9 +266,10 @@ def with_hf_model(config: ml_collections.ConfigDict, key: str = "init_checkpoint
 
 def model_block(folder: str, model: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """A model config block with the architecture of the Hugging Face `folder` and the
-    run-time choices (RUNTIME_FIELDS) of `model`."""
+    run-time choices (RUNTIME_FIELDS) of `model`, as given: 'auto' is resolved by the run
+    (its backend and mesh), not here."""
     runtime = {k: model[k] for k in RUNTIME_FIELDS if k in model}
-    return model_config_dict(**_fields_of(model_config(folder, **runtime)))
+    return model_config_dict(**{**_fields_of(model_config(folder, **runtime)), **runtime})
 
 
 def _fields_of(cfg: ModelConfig) -> dict:

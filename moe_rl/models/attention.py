@@ -7,7 +7,10 @@ the decoder and shared by every layer.
 Score and value contractions run head-major ([B, H, L, d]): XLA:CPU multiplies batched
 matrices ~5x faster when the batch dims lead than with heads between length and features.
 Without a cache (training, scoring) queries go in causal blocks (`causal_attention`): keys past
-a block's last query are masked anyway, so they are neither multiplied nor stored.
+a block's last query are masked anyway, so they are neither multiplied nor stored. With
+`model.attention_impl` 'dot_product_attention' or 'cudnn' the full forward goes through
+`jax.nn.dot_product_attention` instead (`fused_attention`; cuDNN's flash attention on GPUs);
+shared-prefix rows, DSA's indexer training and cached decoding keep the einsums.
 
 DeepSeek Sparse Attention (DeepSeek-V3.2, arXiv 2512.02556 sec. 2.1), on when
 `model.index_topk` > 0: a lightning indexer (`Indexer`) scores every visible key of each query
@@ -86,6 +89,38 @@ def causal_attention(
             probs_out.append((lo, hi, probs))
         outs.append(values_fn(probs.astype(dt), hi))
     return outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=2)
+
+
+def fused_attention(
+    q_BHLk: jax.Array, k_BKSk: jax.Array, v_BKSv: jax.Array, mask_BLS: jax.Array, impl: str
+) -> jax.Array:
+    """softmax(masked q.k) @ v through `jax.nn.dot_product_attention`: [B, H, L, dv]; `impl`
+    'dot_product_attention' (implementation=None) or 'cudnn' (model.attention_impl).
+
+    Full forward only: the mask is causal by slot, so `is_causal` lets cuDNN skip the blocks
+    above the diagonal; the mask (documents, DSA's top-k) enters as a bias. Queries scaled
+    already; K key heads read by H // K query heads each (GQA; MLA: K = H). Keys and values
+    must share one head width: the narrower (MLA's v_head_dim < qk_head_dim) is zero-padded
+    and the padding sliced off the output. cuDNN trains with a bias only at even lengths: odd
+    ones take XLA's implementation."""
+    dk, dv, L = q_BHLk.shape[-1], v_BKSv.shape[-1], q_BHLk.shape[2]
+    width = max(dk, dv)
+
+    def to_BLHw(a):  # jax.nn.dot_product_attention is length-major
+        a = jnp.pad(a, ((0, 0), (0, 0), (0, 0), (0, width - a.shape[-1])))
+        return a.transpose(0, 2, 1, 3)
+
+    implementation = "cudnn" if impl == "cudnn" and L % 2 == 0 else None
+    o_BLHw = jax.nn.dot_product_attention(
+        to_BLHw(q_BHLk),
+        to_BLHw(k_BKSk),
+        to_BLHw(v_BKSv),
+        mask=mask_BLS[:, None],
+        scale=1.0,
+        is_causal=True,
+        implementation=implementation,
+    )
+    return o_BLHw[..., :dv].transpose(0, 2, 1, 3)
 
 
 def prefix_attention(
@@ -375,10 +410,15 @@ class MLA(nn.Module):
             k_BHSk = jnp.concatenate([k_nope_BHSn, k_rope_BHSr.astype(dt)], axis=-1)
             v_BHSv = jnp.einsum("bsc,chv->bhsv", latent_BSc, w_uv_cHv)
             probs_out = [] if self.dsa else None
+        # jax.nn.dot_product_attention where it fits: the full forward, but for the prefix
+        # blocks and DSA's training (which reads the probabilities); decoding stays einsum.
+        fused = cfg.attention_impl != "xla" and not self.dsa
         if cache is None and self.prefix and not cfg.index_topk:
             o_BHLv = prefix_attention(
                 q_BHLk[:, :, None], k_BHSk, v_BHSv, mask_BLS, self.prefix, dt
             )[:, :, 0]
+        elif cache is None and fused:
+            o_BHLv = fused_attention(q_BHLk, k_BHSk, v_BHSv, mask_BLS, cfg.attention_impl)
         elif cache is None:
             o_BHLv = causal_attention(
                 lambda lo, hi: jnp.einsum(
@@ -495,6 +535,10 @@ class GQA(nn.Module):
             o_BHLd = prefix_attention(
                 q_BKGLd / math.sqrt(hd), k_BKSd, v_BKSd, mask_BLS, self.prefix, dt
             ).reshape(B, H, L, hd)
+        elif cache is None and cfg.attention_impl != "xla":  # see MLA
+            o_BHLd = fused_attention(
+                q_BHLd / math.sqrt(hd), k_BKSd, v_BKSd, mask_BLS, cfg.attention_impl
+            )
         elif cache is None:
             o_BHLd = causal_attention(
                 lambda lo, hi: scores(q_BKGLd[:, :, :, lo:hi], hi), values, mask_BLS, dt

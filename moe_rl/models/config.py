@@ -14,10 +14,11 @@ import jax.numpy as jnp
 import ml_collections
 from ml_collections import config_dict
 
+from moe_rl.models.backend import ATTENTION_IMPLS, AUTO, MOE_IMPLS, resolve_impls
+
 ATTENTION_KINDS = ("mla", "gqa", "v4")  # v4: DeepSeek-V4 hybrid attention (compressed_attention)
 SCORING_FUNCS = ("sigmoid", "softmax", "sqrtsoftplus")  # sqrtsoftplus: DeepSeek-V4
 ROPE_SCALING_TYPES = ("none", "yarn")
-MOE_IMPLS = ("sparse", "dense", "ragged")
 DTYPES = ("float32", "bfloat16", "float16")
 # DeepSeek-V4 block: per-layer MLP kinds (HF DEEPSEEK_V4_MLP_LAYER_TYPES) and HF's default number
 # of leading hash-routed layers (DeepseekV4Config.default_num_hash_layers).
@@ -70,6 +71,9 @@ class ModelConfig:
     qk_rope_head_dim: int = 16
     v_head_dim: int = 32
     mla_absorb: bool = True  # decode from the cache with the absorbed (latent-space) path
+    # Attention kernel (backend.ATTENTION_IMPLS): 'xla' (einsum), 'dot_product_attention' or
+    # 'cudnn' (jax.nn.dot_product_attention, full forward); 'auto' by backend (models/backend.py).
+    attention_impl: str = AUTO
     # DeepSeek Sparse Attention (DeepSeek-V3.2, arXiv 2512.02556 sec. 2.1): a lightning indexer
     # of index_n_heads heads of index_head_dim scores the keys of each query, which attends to
     # its index_topk best only. index_topk 0 (or None): dense MLA, no indexer.
@@ -108,7 +112,7 @@ class ModelConfig:
     scoring_func: str = "sigmoid"
     norm_topk_prob: bool = True
     first_k_dense_replace: int = 0
-    moe_impl: str = "sparse"
+    moe_impl: str = AUTO  # 'sparse', 'dense' or 'ragged' (models/dispatch.py); 'auto' by backend
     # DeepSeek-V4 block (mHC, hash MoE, router); names of HF `DeepseekV4Config`. The router's
     # scoring_func='sqrtsoftplus' (V4 sec. 2.1) is set above.
     # mHC (V4 sec. 2.2): hc_mult residual streams mixed by manifold-constrained hyper-connections
@@ -135,8 +139,8 @@ class ModelConfig:
     # Multi-token prediction depth D (DeepSeek-V3 sec. 2.2); 0 disables it.
     num_nextn_predict_layers: int = 0
     # Numerics and compilation
-    dtype: str = "float32"  # activations / matmuls
-    param_dtype: str = "float32"
+    dtype: str = AUTO  # activations / matmuls; 'auto': bfloat16 on GPU/TPU, float32 on CPU
+    param_dtype: str = "float32"  # master weights
     scan_layers: bool = False  # lax.scan over identical layers: compile time flat in depth
     remat: bool = False  # rematerialise each layer in the backward pass
 
@@ -179,8 +183,16 @@ class ModelConfig:
         return jnp.dtype(self.param_dtype)
 
     @classmethod
-    def from_config(cls, cfg: ml_collections.ConfigDict | dict) -> ModelConfig:
-        """Builds and validates; raises ValueError naming the offending `model.<field>`."""
+    def from_config(
+        cls,
+        cfg: ml_collections.ConfigDict | dict,
+        *,
+        backend: str | None = None,
+        expert_parallel: int | None = None,
+    ) -> ModelConfig:
+        """Builds, validates and resolves 'auto' run-time choices for `backend` (default
+        jax.default_backend()) and `expert_parallel` (default: the mesh set with jax.set_mesh;
+        see backend.resolve_impls); raises ValueError naming the offending `model.<field>`."""
         values = known_fields(cls, cfg, "model")
         rope_scaling = values.get("rope_scaling")
         if isinstance(rope_scaling, dict):
@@ -194,7 +206,7 @@ class ModelConfig:
             values["swiglu_limit"] = values["swiglu_limit"] or 0.0
         model = cls(**values)
         validate(model)
-        return model
+        return resolve_impls(model, backend, expert_parallel)
 
 
 def known_fields(cls, cfg: ml_collections.ConfigDict | dict, section: str) -> dict:
@@ -320,7 +332,11 @@ def validate(m: ModelConfig) -> None:
         m.attention in ATTENTION_KINDS,
         f"model.attention={m.attention!r}; allowed: {ATTENTION_KINDS}",
     )
-    _require(m.dtype in DTYPES, f"model.dtype={m.dtype!r}; allowed: {DTYPES}")
+    _require(m.dtype in (AUTO, *DTYPES), f"model.dtype={m.dtype!r}; allowed: {(AUTO, *DTYPES)}")
+    _require(
+        m.attention_impl in ATTENTION_IMPLS,
+        f"model.attention_impl={m.attention_impl!r}; allowed: {ATTENTION_IMPLS}",
+    )
     _require(m.param_dtype in DTYPES, f"model.param_dtype={m.param_dtype!r}; allowed: {DTYPES}")
     _require(m.rms_norm_eps > 0, f"model.rms_norm_eps={m.rms_norm_eps} must be > 0")
     _require(m.num_nextn_predict_layers >= 0, "model.num_nextn_predict_layers must be >= 0")

@@ -21,17 +21,12 @@ from jax.sharding import PartitionSpec as P
 
 from moe_rl import mesh as mesh_axes
 from moe_rl.models import dispatch
+from moe_rl.models.backend import expert_parallel_size
 from moe_rl.models.config import ModelConfig
 from moe_rl.models.layers import MLP, logical_param, normal_init
 
 BIAS_COLLECTION = "moe_bias"
 HASH_COLLECTION = "moe_hash"
-
-
-def expert_parallel_size() -> int:
-    """Size of the 'expert' axis of the mesh set with `jax.set_mesh` (1 without one)."""
-    mesh = jax.sharding.get_abstract_mesh()
-    return 1 if mesh.empty else dict(mesh.shape).get("expert", 1)
 
 
 def routed_output(

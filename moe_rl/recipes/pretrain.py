@@ -48,9 +48,10 @@ def run(config: ml_collections.ConfigDict, workdir: str, loss_fn: Callable | Non
             f"config.init_checkpoint={config.init_checkpoint!r}: use its tokenizer, "
             f"--config.data.tokenizer={config.init_checkpoint}"
         )
-    cfg = ModelConfig.from_config(config.model)
-    validate_train_config(config, cfg)
     mesh = sharding.mesh_from_config(config)
+    expert_parallel = 1 if mesh is None else dict(mesh.shape)["expert"]
+    cfg = ModelConfig.from_config(config.model, expert_parallel=expert_parallel)
+    validate_train_config(config, cfg)
     if mesh is None:
         return _run(config, workdir, loss_fn, cfg, None)
     t = config.train
@@ -117,7 +118,7 @@ def _run(config, workdir: str, loss_fn, cfg: ModelConfig, mesh) -> dict:
         return {"val_loss": loss, "val_ppl": float(np.exp(min(loss, 50.0)))}
 
     flops = counting.flops_per_token(cfg, t.seq_len)
-    peak = perf.measure_matmul_peak()
+    peak = perf.measure_matmul_peak(dtype=cfg.compute_dtype)  # MFU of the matmuls' dtype
 
     schedule = train_state.make_schedule(config.optim, t.num_steps)
 

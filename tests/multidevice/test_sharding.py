@@ -197,6 +197,17 @@ def test_mesh_errors_name_the_key():
         sharding.state_shardings(abstract, cfg, sharding.make_mesh(dict(tensor=8)))
 
 
+def test_auto_moe_impl_reads_the_expert_axis_of_the_mesh_set():
+    """'auto' resolved inside jax.set_mesh: a GPU run with mesh.expert > 1 dispatches with
+    'sparse' (ragged_dot has no expert-parallel form), without one with 'ragged'."""
+    from moe_rl.models.config import ModelConfig, preset
+
+    with jax.set_mesh(sharding.make_mesh(MESHES["data2_expert4"])):
+        assert ModelConfig.from_config(preset("tiny"), backend="gpu").moe_impl == "sparse"
+    with jax.set_mesh(sharding.make_mesh(MESHES["data8"])):
+        assert ModelConfig.from_config(preset("tiny"), backend="gpu").moe_impl == "ragged"
+
+
 def test_pretraining_recipe_with_expert_parallelism_trains_like_one_device(tmp_path):
     """`--config.mesh.expert=4` (the rest data parallel) gives the single-device losses, and a
     run stopped after 2 steps resumes on the mesh from its sharded checkpoint."""
