@@ -3,24 +3,26 @@ Countdown mix, then GRPO with the answer reward only: a search that has to keep 
 
 Each question gives 3 numbers from 1..10 and a target up to 100; the answer is an expression
 using each number at most once (moe_rl.data.tasks.countdown, checked by our own expression
-parser, never `eval`). The base's corpus (data/arithmetic.py MIXES['countdown_drilled']) solves
+parser, never `eval`). The base's corpus (data/arithmetic.py MIXES['countdown_long']) solves
 such puzzles by trial: the target restated ("Target: 22."), then random expressions, each worked
 step by step and compared with the target side by side ("12 * 3 = 36, 36 vs 22: no."), the
-search going on to a hit ("22 vs 22: found it.") or to its sixth try and "I stop here." (10% of
-the documents carry a slip; a fifth of the corpus drills the comparisons). Numbers are single
-tokens (tokenizer 'bpe:1024:numbers'), so that a hit is two equal tokens side by side. Nothing
-in the corpus says which expression to try. RL rewards only the final expression.
+search going on to a hit ("22 vs 22: found it.") or giving up ("I stop here."): after each miss
+a writer goes on with probability 0.8, up to 12 tries, so most searches stop short of what
+patience would reach (10% of the documents carry a slip; a fifth of the corpus drills the
+comparisons). Numbers with their leading space are single tokens (tokenizer
+'bpe:1024:spaced'), so that a hit is two equal tokens side by side. Nothing in the corpus says
+which expression to try. RL rewards only the final expression.
 
 Command:  python -m moe_rl.main --config=experiments/r1_zero_countdown.py [--seeds=0-2]
-Runtime:  seed 0 on the tenth session's 2-core VM: 15.2 min (base 5.5: 3600 steps of 4 x 512
-          tokens; its evaluation 0.4; GRPO 9.0: 100 steps of ~5 s, the R1-Zero prompt + up to
-          320 new tokens; final evaluation 0.3).
-Result:   not yet the goal (+20 points on 3 seeds, <= 20 min): seed 0's held-out pass@1
-          0.311 -> 0.346 (+3.5, pilot 17, this config, tenth session's VM); seeds 1 and 2
-          0.111 -> 0.211 (+10.0) and 0.158 -> 0.266 (+10.7), 16.8 and 16.5 min. Earlier recipes:
-          0.182 -> 0.264 (+8.2, pilot 8, sixth session's VM), 0.129 -> 0.176 (+4.7, pilot 14,
-          ninth). docs/results/r1_zero_countdown/ (README: the attempts and what to try next;
-          attempts/pilot<N>.json: each one's statistics of the search before and after).
+Runtime:  18.2 / 19.1 / 18.9 min for seeds 0 / 1 / 2 on the eleventh session's 2-core VM, alone
+          (base 4.9-5.2: 3600 steps of 4 x 512 tokens; its evaluation 0.5; GRPO 12.0-13.0: 100
+          steps of ~7 s, the R1-Zero prompt + up to 384 new tokens; final evaluation ~0.5).
+Result:   held-out pass@1 0.295 -> 0.475 (+18.0), 0.275 -> 0.461 (+18.6), 0.301 -> 0.426
+          (+12.5) for seeds 0-2 (mean +16.3, min +12.5; the goal, +20 on 3 seeds, not yet met).
+          The policy gives up less (54-61% of the base's answers end in "I stop here", 0%, 0% and
+          45% of the policy's), tries ~8 expressions instead of 5-6, and its answers grow from
+          153-177 to 223-239 tokens. docs/results/r1_zero_countdown/ (README: every attempt and
+          what it changed; seeds_session_11.md; attempts/*.json: each run's search statistics).
 """
 
 from ml_collections import ConfigDict
@@ -28,7 +30,7 @@ from ml_collections import ConfigDict
 from moe_rl.train import configs
 
 # A search of 12 tries and its answer run to ~330 tokens ('bpe:1024:spaced': ~25 a try); with
-# the R1-Zero prompt (~100 tokens) that stays inside the 512 positions the base was trained on.
+# the R1-Zero prompt (~120 tokens) that stays inside the 512 positions the base was trained on.
 # GRPO's policy stops giving up and searches until it hits or the budget ends (pilot 18).
 MAX_NEW_TOKENS = 384
 
