@@ -195,7 +195,7 @@ def test_model_logits_equal_across_attention_impls(tiny):
 def test_cudnn_equals_xla_on_gpu(name):
     """cuDNN's flash attention in bfloat16 against the einsum attention (a GPU only)."""
     if jax.default_backend() != "gpu":
-        pytest.skip(f"cuDNN flash attention needs a GPU; the backend is {jax.default_backend()}")
+        pytest.skip(f"needs a GPU (cuDNN flash attention); the backend is {jax.default_backend()}")
     ref = make_config(name, dtype="bfloat16", attention_impl="xla")
     fused = make_config(name, dtype="bfloat16", attention_impl="cudnn")
     inputs = attention_inputs(ref)
