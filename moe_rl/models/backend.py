@@ -24,13 +24,13 @@ picks:
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING
+from typing import Any, TypeVar
 
 import jax
 import jax.extend.backend
 
-if TYPE_CHECKING:
-    from moe_rl.models.config import ModelConfig
+# models.config.ModelConfig (which imports this module: not imported back here)
+ModelConfig = TypeVar("ModelConfig", bound=Any)
 
 AUTO = "auto"
 MOE_IMPLS = (AUTO, "sparse", "dense", "ragged")
@@ -60,7 +60,7 @@ def cudnn_max_head_dim(backend: str) -> int:
     return 256 if (major, minor) >= (9, 0) else 128
 
 
-def attention_head_dim(m: ModelConfig) -> int:
+def attention_head_dim(m: Any) -> int:
     """The head width jax.nn.dot_product_attention sees: MLA pads the narrower of its qk and
     v heads to the other (attention.fused_attention); 0 where it is not used (V4)."""
     if m.attention == "mla":
@@ -117,7 +117,7 @@ def resolve_impls(
     return dataclasses.replace(m, dtype=dtype, moe_impl=moe_impl, attention_impl=attn)
 
 
-def describe(m: ModelConfig) -> str:
+def describe(m: Any) -> str:
     """The run-time choices of a resolved config, for a run's banner."""
     return (
         f"dtype={m.dtype} (params {m.param_dtype}), moe_impl={m.moe_impl}, "
